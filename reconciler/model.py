@@ -1,0 +1,259 @@
+"""Pydantic models of the config repository: one gateway file per cloud host, one file per tunnel.
+
+These are the only shapes ops edit. Per-file rules live here as validators; rules that need
+several files (overlaps, uniqueness, path/name agreement) live in `reconciler.validate`.
+The model imports nothing else from the package.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from datetime import date, datetime
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Network
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+KEY_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
+
+# Private IPv4 space a customer LAN may use (RFC 1918 and RFC 6598 shared CGNAT space).
+PRIVATE_LAN_RANGES: tuple[IPv4Network, ...] = tuple(
+    IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+
+
+def _check_name(value: str) -> str:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _check_wg_key(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a WireGuard key must be a base64 string")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            f"{value!r} is not valid base64; a WireGuard public key looks like the output of "
+            "'wg pubkey' (44 characters ending in '=')"
+        ) from None
+    if len(raw) != 32:
+        raise ValueError(
+            f"a WireGuard key is exactly 32 bytes; this one decodes to {len(raw)} bytes"
+        )
+    return base64.b64encode(raw).decode()
+
+
+def _parse_cidr(value: Any) -> IPv4Network:
+    if isinstance(value, IPv4Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IPv4 CIDR string such as '192.168.1.0/24', got {value!r}")
+    text = value.strip()
+    if "/" not in text:
+        raise ValueError(f"{value!r} has no prefix length; write it as a CIDR, e.g. '{text}/32'")
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 CIDR such as '192.168.1.0/24'") from None
+    if not isinstance(net, IPv4Network):
+        raise ValueError(f"{value!r} is IPv6; only IPv4 is supported for now")
+    if str(net) != text:
+        raise ValueError(
+            f"{value!r} has host bits set; the canonical form is '{net}' (host bits zero)"
+        )
+    return net
+
+
+def _parse_interface_address(value: Any) -> ipaddress.IPv4Interface:
+    if isinstance(value, ipaddress.IPv4Interface):
+        return value
+    try:
+        iface = ipaddress.ip_interface(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address with prefix such as '10.20.0.1/16'") from None
+    if not isinstance(iface, ipaddress.IPv4Interface) or "/" not in str(value):
+        raise ValueError(f"{value!r} must be an IPv4 address with prefix such as '10.20.0.1/16'")
+    return iface
+
+
+Name = Annotated[str, AfterValidator(_check_name), Field(pattern=NAME_PATTERN)]
+WireGuardKey = Annotated[
+    str,
+    BeforeValidator(_check_wg_key),
+    WithJsonSchema({"type": "string", "pattern": KEY_PATTERN,
+                    "description": "WireGuard public key: base64 of 32 bytes"}),
+]
+CIDR = Annotated[
+    IPv4Network,
+    BeforeValidator(_parse_cidr),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": "canonical IPv4 CIDR, e.g. 192.168.1.0/24",
+                    "pattern": r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$"}),
+]
+InterfaceAddress = Annotated[
+    ipaddress.IPv4Interface,
+    BeforeValidator(_parse_interface_address),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": "IPv4 address with prefix, e.g. 10.20.0.1/16"}),
+]
+
+
+class Strict(BaseModel):
+    """Base for repo files: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PortRange(Strict):
+    first: int = Field(ge=1, le=65535)
+    last: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PortRange:
+        if self.last < self.first:
+            raise ValueError(f"port range {self.first}-{self.last} is reversed")
+        return self
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+def _parse_ports(value: Any) -> Any:
+    """Accept `5060`, `"5060,5080"`, `"10000-20000"` or a list of those."""
+    items: list[Any]
+    if isinstance(value, (int, str)):
+        items = [value]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return value
+    out: list[Any] = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not re.fullmatch(r"\d{1,5}(-\d{1,5})?", part):
+                raise ValueError(f"{part!r} is not a port or port range such as 5060 or 10000-20000")
+            first, _, last = part.partition("-")
+            out.append({"first": int(first), "last": int(last or first)})
+    return out
+
+
+class Service(Strict):
+    """One entry of a gateway's service catalog, e.g. `sip: {proto: udp, ports: "5060,5080"}`."""
+
+    proto: Literal["udp", "tcp"]
+    ports: Annotated[
+        tuple[PortRange, ...],
+        BeforeValidator(_parse_ports),
+        WithJsonSchema({"oneOf": [{"type": "integer"}, {"type": "string"},
+                                  {"type": "array", "items": {"type": ["integer", "string"]}}],
+                        "description": "ports: 5060, '5060,5080', '10000-20000' or a list"}),
+    ] = Field(min_length=1)
+    description: str = ""
+
+
+class Gateway(Strict):
+    """A cloud host's tenant interface: `gateway.yaml` or `gateways/<name>.yaml`."""
+
+    name: Name
+    interface: str = Field(default="wg1", pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    listen_port: int = Field(default=51821, ge=1, le=65535)
+    address: InterfaceAddress = Field(description="cloud tunnel address; every customer talks to it")
+    pool: CIDR = Field(description="tunnel pool the per-tenant subnets are allocated from")
+    allocation_prefix: int = Field(default=30, ge=8, le=30)
+    reserved: tuple[CIDR, ...] = Field(default=(), description="infrastructure ranges no tenant may overlap")
+    infra_interfaces: tuple[str, ...] = Field(default=(), description="internal interfaces tenants must never reach, e.g. wg0")
+    endpoint: str = Field(description="public host:port customers connect to")
+    public_key: WireGuardKey | None = Field(default=None, description="printed by 'tunnelctl bootstrap'")
+    mtu: int = Field(default=1420, ge=1280, le=9000)
+    services: dict[Name, Service]
+    default_services: tuple[Name, ...] = ()
+    routed_ranges: tuple[CIDR, ...] = Field(default=(), description="cloud service ranges customers may reach besides the tunnel address")
+
+    @property
+    def endpoint_host(self) -> str:
+        host, _, _ = self.endpoint.rpartition(":")
+        return host.strip("[]")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Gateway:
+        host, sep, port = self.endpoint.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError(f"endpoint {self.endpoint!r} must be host:port, e.g. 203.0.113.10:51821")
+        if self.address.ip not in self.pool:
+            raise ValueError(f"interface address {self.address} is outside the pool {self.pool}")
+        unknown = [s for s in self.default_services if s not in self.services]
+        if unknown:
+            raise ValueError(f"default_services {unknown} are not in the service catalog {sorted(self.services)}")
+        return self
+
+    @property
+    def gateway_subnet(self) -> IPv4Network:
+        """The allocation-sized block holding the cloud's own address; never given to a tenant."""
+        return IPv4Network(f"{self.address.ip}/{self.allocation_prefix}", strict=False)
+
+
+class TunnelStatus(str, Enum):
+    active = "active"
+    disabled = "disabled"
+    revoked = "revoked"
+
+
+class Tunnel(Strict):
+    """One customer tunnel: `tenants/<org>/<name>.yaml`."""
+
+    org: Name
+    name: Name
+    gateway: Name
+    public_key: WireGuardKey
+    subnet: CIDR = Field(description="the tenant's /30; the customer uses .2")
+    lans: tuple[CIDR, ...] = Field(default=(), description="customer LANs routed through the tunnel")
+    status: TunnelStatus = TunnelStatus.active
+    revoked_at: date | datetime | None = None
+    services: tuple[Name, ...] | None = Field(default=None, description="subset of the gateway catalog; default: the gateway's default_services")
+    persistent_keepalive: int = Field(default=25, ge=0, le=65535)
+    psk_rotation: int = Field(default=0, ge=0, description="bump to rotate the derived preshared key")
+    notes: str = ""
+
+    @property
+    def ident(self) -> str:
+        return f"{self.org}/{self.name}"
+
+    @property
+    def customer_address(self) -> IPv4Address:
+        return self.subnet.network_address + 2
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Tunnel:
+        for lan in self.lans:
+            if lan.prefixlen == 0:
+                raise ValueError(f"LAN {lan} would route all traffic to this customer")
+            if not any(lan.subnet_of(r) for r in PRIVATE_LAN_RANGES):
+                raise ValueError(
+                    f"LAN {lan} is not a private range (10/8, 172.16/12, 192.168/16, 100.64/10)"
+                )
+        if self.status is TunnelStatus.revoked and self.revoked_at is None:
+            raise ValueError("a revoked tunnel needs revoked_at (the date it was revoked)")
+        if self.status is not TunnelStatus.revoked and self.revoked_at is not None:
+            raise ValueError("revoked_at is only allowed when status is revoked")
+        return self
