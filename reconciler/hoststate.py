@@ -1,0 +1,181 @@
+"""Typed host state: what the render stage wants and what the observe stage saw.
+
+Both sides use the same frozen values in the same canonical form (sorted, normalised CIDRs),
+so `plan(desired, observed)` can compare them with `==` and an unchanged host plans nothing.
+No secret lives here: a preshared key appears only as its digest; the keys themselves travel
+in `Secrets`, whose repr hides them.
+This module imports nothing from the package, so every stage can depend on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+# Our own route protocol number (rtnetlink allows 0-255; 252 is unassigned in
+# /etc/iproute2/rt_protos). Routes carrying it are ours across restarts; all others are foreign.
+ROUTE_PROTO = 252
+ROUTE_PROTO_NAME = "tunnelctl"
+
+FIREWALL_FAMILY = "inet"
+FIREWALL_TABLE = "tunnelctl"
+
+
+def canonical_cidr(text: str) -> str:
+    """'10.20.0.6' -> '10.20.0.6/32'; host bits cleared; IPv6 compressed."""
+    return str(ipaddress.ip_network(text.strip(), strict=False))
+
+
+def _cidr_sort_key(text: str) -> tuple[int, int, int]:
+    net = ipaddress.ip_network(text)
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+def canonical_ips(items: Iterable[str]) -> tuple[str, ...]:
+    """Normalised, de-duplicated and sorted by address: the one form both sides compare in."""
+    return tuple(sorted({canonical_cidr(i) for i in items if i.strip()}, key=_cidr_sort_key))
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    name: str
+    listen_port: int
+    public_key: str | None  # derived from the private key; None = no key set
+    address: str | None  # "10.20.0.1/16"; several addresses are joined with "," in sorted order
+    mtu: int | None
+    up: bool
+
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.address or "").split(",") if a)
+
+
+@dataclass(frozen=True)
+class Peer:
+    public_key: str
+    allowed_ips: tuple[str, ...]  # canonical_ips() form
+    psk_digest: str | None  # reconciler.psk.psk_digest of the PSK; None = no PSK
+    keepalive: int  # seconds; 0 = off
+    # Display only (org/name from the repo); never part of equality, observed peers have none.
+    owner: str | None = field(default=None, compare=False)
+
+    @property
+    def label(self) -> str:
+        short = f"{self.public_key[:8]}…"
+        return f"{self.owner} ({short})" if self.owner else f"({short})"
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """Live counters: read for status and metrics, never planned on (roaming is not drift)."""
+
+    public_key: str
+    endpoint: str | None
+    latest_handshake: int  # unix seconds; 0 = never
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    dst: str  # canonical CIDR
+    dev: str
+    table: str = "main"
+    proto: int = ROUTE_PROTO
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.table, self.dst, self.dev)
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """Our nftables table in canonical form.
+
+    `elements` is a structural description that both the rendered text and `nft -j list table`
+    reduce to: ("chain", name, type, hook, prio, policy), ("rule", chain, index, tag) where the
+    tag is a hash of the rule text carried in the rule's comment, ("map", name, key, value,
+    flags) and ("elem", map, key, value). A flushed table, a deleted rule or a changed element
+    all change it. `fingerprint` is a digest of `elements` for display. `text` is loadable nft
+    syntax of the table (rendered, or listed for a rollback snapshot) and not compared.
+    """
+
+    family: str
+    table: str
+    fingerprint: str
+    elements: frozenset[tuple[str | int, ...]]
+    text: str = field(default="", compare=False, repr=False)
+
+    @staticmethod
+    def digest(elements: Iterable[tuple[str | int, ...]]) -> str:
+        h = hashlib.sha256()
+        for item in sorted(repr(e) for e in elements):
+            h.update(item.encode())
+            h.update(b"\n")
+        return h.hexdigest()[:16]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.elements:
+            out[str(e[0])] = out.get(str(e[0]), 0) + 1
+        return out
+
+    def summary(self) -> str:
+        c = self.counts()
+        return (f"{self.family} {self.table} fp={self.fingerprint} chains={c.get('chain', 0)} "
+                f"rules={c.get('rule', 0)} elements={c.get('elem', 0)}")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """The interface config file (wg-quick format) the host reboots from; holds secrets,
+    so only its digest is kept. digest None = file absent."""
+
+    path: str
+    digest: str | None
+
+    @staticmethod
+    def digest_of(content: bytes) -> str:
+        return hashlib.sha256(content).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class HostState:
+    interface: InterfaceConfig | None
+    peers: Mapping[str, Peer]  # by public key
+    routes: frozenset[Route]
+    firewall: Firewall | None
+    config: ConfigFile | None = None  # None on the desired side = do not manage the file
+
+
+@dataclass(frozen=True)
+class ObservedState(HostState):
+    peer_status: Mapping[str, PeerStatus] = field(default_factory=dict)
+
+
+class Secrets:
+    """The gateway private key and each peer's PSK. Never printed: repr/str hide the values."""
+
+    __slots__ = ("_private_key", "_psks")
+
+    def __init__(self, private_key: str | None, psks: Mapping[str, str]) -> None:
+        self._private_key = private_key
+        self._psks = dict(psks)
+
+    @property
+    def private_key(self) -> str | None:
+        return self._private_key
+
+    @property
+    def psks(self) -> Mapping[str, str]:
+        return self._psks
+
+    def psk(self, public_key: str) -> str | None:
+        return self._psks.get(public_key)
+
+    def __repr__(self) -> str:
+        key = "<hidden>" if self._private_key else None
+        return f"Secrets(private_key={key}, psks=<{len(self._psks)} hidden>)"
+
+    __str__ = __repr__

@@ -1,0 +1,305 @@
+"""Plan stage: plan(desired, observed) -> Plan, a pure diff into typed changes.
+
+Identity keys: interface by name, peer by public key, route by (table, dst, dev), firewall by
+(family, table), config file by path. Values compare in the canonical form the render and
+observe stages already produce, so an unchanged host plans nothing. Live counters
+(endpoint, handshake, bytes) are not compared: a roaming customer is not drift. Only routes
+carrying our protocol number are considered: everything else is foreign and never planned on.
+This module is pure: no processes, no files, no imports of apply or runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar, Union
+
+from .hoststate import (
+    ROUTE_PROTO,
+    ConfigFile,
+    Firewall,
+    HostState,
+    InterfaceConfig,
+    Peer,
+    Route,
+)
+
+FieldChange = tuple[str, Any, Any]  # (field, old, new)
+
+
+def _field_changes(old: Any, new: Any, names: tuple[str, ...]) -> tuple[FieldChange, ...]:
+    return tuple((n, getattr(old, n), getattr(new, n)) for n in names
+                 if getattr(old, n) != getattr(new, n))
+
+
+@dataclass(frozen=True)
+class SetInterface:
+    old: InterfaceConfig | None
+    new: InterfaceConfig
+    FIELDS = ("listen_port", "public_key", "address", "mtu", "up")
+
+    def fields(self) -> tuple[FieldChange, ...]:
+        if self.old is None:
+            return tuple((n, None, getattr(self.new, n)) for n in self.FIELDS)
+        return _field_changes(self.old, self.new, self.FIELDS)
+
+
+@dataclass(frozen=True)
+class AddPeer:
+    peer: Peer
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class RemovePeer:
+    peer: Peer
+
+
+@dataclass(frozen=True)
+class UpdatePeer:
+    old: Peer
+    new: Peer
+    FIELDS = ("allowed_ips", "psk_digest", "keepalive")
+
+    def fields(self) -> tuple[FieldChange, ...]:
+        return _field_changes(self.old, self.new, self.FIELDS)
+
+
+@dataclass(frozen=True)
+class AddRoute:
+    route: Route
+
+
+@dataclass(frozen=True)
+class DeleteRoute:
+    route: Route
+
+
+@dataclass(frozen=True)
+class ReplaceFirewall:
+    old: Firewall | None  # None: the table does not exist yet
+    new: Firewall | None  # None: delete the table
+
+    @property
+    def old_fingerprint(self) -> str | None:
+        return self.old.fingerprint if self.old else None
+
+    @property
+    def new_fingerprint(self) -> str | None:
+        return self.new.fingerprint if self.new else None
+
+
+@dataclass(frozen=True)
+class WriteConfig:
+    old: ConfigFile | None
+    new: ConfigFile
+
+
+Change = Union[SetInterface, AddPeer, RemovePeer, UpdatePeer, AddRoute, DeleteRoute,
+               ReplaceFirewall, WriteConfig]
+C = TypeVar("C", SetInterface, AddPeer, RemovePeer, UpdatePeer, AddRoute, DeleteRoute,
+            ReplaceFirewall, WriteConfig)
+
+
+def _action(change: Change) -> str:
+    """add | change | remove, the three words of the summary line."""
+    if isinstance(change, (AddPeer, AddRoute)):
+        return "add"
+    if isinstance(change, (RemovePeer, DeleteRoute)):
+        return "remove"
+    if isinstance(change, ReplaceFirewall):
+        return "add" if change.old is None else "remove" if change.new is None else "change"
+    if isinstance(change, SetInterface):
+        return "add" if change.old is None else "change"
+    return "add" if change.old is None or change.old.digest is None else "change"
+
+
+def _kind(change: Change) -> str:
+    if isinstance(change, (AddPeer, RemovePeer, UpdatePeer)):
+        return "peers"
+    if isinstance(change, (AddRoute, DeleteRoute)):
+        return "routes"
+    if isinstance(change, ReplaceFirewall):
+        return "firewall"
+    if isinstance(change, SetInterface):
+        return "interface"
+    return "config"
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    def of(self, kind: type[C]) -> tuple[C, ...]:
+        return tuple(c for c in self.changes if isinstance(c, kind))
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Counts per kind and action, e.g. {"peers": {"add": 2, ...}, ..., "total": {...}}."""
+        out = {k: {"add": 0, "change": 0, "remove": 0}
+               for k in ("interface", "firewall", "peers", "routes", "config", "total")}
+        for c in self.changes:
+            out[_kind(c)][_action(c)] += 1
+            out["total"][_action(c)] += 1
+        return out
+
+    def summary_line(self) -> str:
+        t = self.summary()["total"]
+        return f"Plan: {t['add']} to add, {t['change']} to change, {t['remove']} to remove."
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict. Secrets never appear: a PSK only as its digest, no private key."""
+        return {"changes": [_change_json(c) for c in self.changes], "summary": self.summary()}
+
+    def render_text(self) -> str:
+        if self.empty:
+            return "No changes. The host matches the desired state."
+        return "\n".join([*(_change_text(c) for c in self.changes), "", self.summary_line()])
+
+
+# ------------------------------------------------------------------------------ diffing
+
+
+def plan(desired: HostState, observed: HostState) -> Plan:
+    """The changes that turn `observed` into `desired`, in display order."""
+    changes: list[Change] = []
+    if desired.interface is not None and desired.interface != observed.interface:
+        changes.append(SetInterface(observed.interface, desired.interface))
+    if desired.firewall != observed.firewall:
+        changes.append(ReplaceFirewall(observed.firewall, desired.firewall))
+    changes.extend(plan_peers(desired, observed))
+    changes.extend(plan_routes(desired.routes, observed.routes))
+    if desired.config is not None and desired.config != observed.config:
+        changes.append(WriteConfig(observed.config, desired.config))
+    return Plan(tuple(changes))
+
+
+def plan_peers(desired: HostState, observed: HostState) -> list[Change]:
+    out: list[Change] = []
+    for key in sorted(desired.peers, key=lambda k: (desired.peers[k].owner or "", k)):
+        want = desired.peers[key]
+        have = observed.peers.get(key)
+        if have is None:
+            out.append(AddPeer(want, want.owner))
+        elif have != want:
+            out.append(UpdatePeer(have, want))
+    out.extend(RemovePeer(observed.peers[k]) for k in sorted(observed.peers)
+               if k not in desired.peers)
+    return out
+
+
+def plan_routes(desired: frozenset[Route], observed: frozenset[Route]) -> list[Change]:
+    ours = {r.key: r for r in observed if r.proto == ROUTE_PROTO}
+    want = {r.key: r for r in desired}
+    out: list[Change] = [AddRoute(r) for k, r in sorted(want.items()) if k not in ours]
+    out.extend(DeleteRoute(r) for k, r in sorted(ours.items()) if k not in want)
+    return out
+
+
+# -------------------------------------------------------------------------- presenting
+
+
+def _ips(ips: tuple[str, ...]) -> str:
+    return "[" + ", ".join(ips) + "]"
+
+
+def _fmt(name: str, value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, tuple):
+        return _ips(value)
+    if name == "public_key":
+        return f"{value[:8]}…"
+    if name == "keepalive" and value == 0:
+        return "off"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _peer_attrs(p: Peer) -> str:
+    return (f"allowed_ips={_ips(p.allowed_ips)} psk={_fmt('psk', p.psk_digest)} "
+            f"keepalive={_fmt('keepalive', p.keepalive)}")
+
+
+def _change_text(c: Change) -> str:
+    if isinstance(c, SetInterface):
+        diff = ", ".join(f"{n}: {_fmt(n, o)} -> {_fmt(n, v)}" for n, o, v in c.fields())
+        return f"{'+' if c.old is None else '~'} interface {c.new.name} {diff}"
+    if isinstance(c, ReplaceFirewall):
+        fw = c.new or c.old
+        assert fw is not None
+        name = f"firewall {fw.family} {fw.table}"
+        if c.old is None:
+            return f"+ {name} ({c.new.summary() if c.new else ''})"
+        if c.new is None:
+            return f"- {name} ({c.old.summary()})"
+        oc, nc = c.old.counts(), c.new.counts()
+        parts = [f"fp {c.old.fingerprint} -> {c.new.fingerprint}"]
+        parts += [f"{k}s {oc.get(k, 0)} -> {nc.get(k, 0)}" for k in ("chain", "rule", "elem")
+                  if oc.get(k, 0) != nc.get(k, 0)]
+        return f"~ {name} (replaced atomically: {', '.join(parts)})"
+    if isinstance(c, AddPeer):
+        return f"+ peer {c.peer.label} {_peer_attrs(c.peer)}"
+    if isinstance(c, RemovePeer):
+        return f"- peer {c.peer.label} {_peer_attrs(c.peer)}"
+    if isinstance(c, UpdatePeer):
+        diff = ", ".join(f"{n}: {_fmt(n, o)} -> {_fmt(n, v)}" for n, o, v in c.fields())
+        return f"~ peer {c.new.label} {diff}"
+    if isinstance(c, AddRoute):
+        return f"+ route {_route_text(c.route)}"
+    if isinstance(c, DeleteRoute):
+        return f"- route {_route_text(c.route)}"
+    verb = "+" if c.old is None or c.old.digest is None else "~"
+    return f"{verb} file {c.new.path} (mode 0600; contents {'new' if verb == '+' else 'differ'})"
+
+
+def _route_text(r: Route) -> str:
+    table = "" if r.table == "main" else f" table {r.table}"
+    return f"{r.dst} dev {r.dev}{table} proto {r.proto}"
+
+
+def _value_json(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _peer_json(p: Peer) -> dict[str, Any]:
+    return {"public_key": p.public_key, "owner": p.owner, "allowed_ips": list(p.allowed_ips),
+            "psk_digest": p.psk_digest, "keepalive": p.keepalive}
+
+
+def _change_json(c: Change) -> dict[str, Any]:
+    base: dict[str, Any] = {"kind": _kind(c).rstrip("s"), "action": _action(c)}
+    if isinstance(c, (SetInterface, UpdatePeer)):
+        if isinstance(c, UpdatePeer):
+            base.update(key=c.new.public_key, owner=c.new.owner)
+        else:
+            base.update(key=c.new.name)
+        base["fields"] = {n: {"old": _value_json(o), "new": _value_json(v)}
+                          for n, o, v in c.fields()}
+    elif isinstance(c, (AddPeer, RemovePeer)):
+        base.update(key=c.peer.public_key, **{k: v for k, v in _peer_json(c.peer).items()
+                                              if k != "public_key"})
+        if isinstance(c, AddPeer):
+            base["owner"] = c.owner
+    elif isinstance(c, (AddRoute, DeleteRoute)):
+        base.update(key=list(c.route.key), **{f.name: getattr(c.route, f.name)
+                                               for f in fields(c.route)})
+    elif isinstance(c, ReplaceFirewall):
+        fw = c.new or c.old
+        assert fw is not None
+        base.update(key=[fw.family, fw.table], old_fingerprint=c.old_fingerprint,
+                    new_fingerprint=c.new_fingerprint,
+                    old_counts=c.old.counts() if c.old else None,
+                    new_counts=c.new.counts() if c.new else None)
+    else:
+        base.update(key=c.new.path, old_digest=c.old.digest if c.old else None,
+                    new_digest=c.new.digest)
+    return base

@@ -1,0 +1,202 @@
+"""Render stage (pure): repo models -> the host's desired state.
+
+For one gateway and its active tunnels: the interface, one peer per tunnel (PSK derived by
+HKDF from the host secret and the tunnel identity + rotation), routes for customer LANs,
+the nftables table (templates/nftables.nft.j2) and the interface config file
+(templates/wg-interface.conf.j2). Secrets come back separately in `Secrets`; the state only
+carries digests. Reading the key files is the caller's job, so this module does no I/O
+beyond loading its templates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from .hoststate import (
+    FIREWALL_FAMILY,
+    FIREWALL_TABLE,
+    ConfigFile,
+    Firewall,
+    HostState,
+    InterfaceConfig,
+    Peer,
+    Route,
+    Secrets,
+    canonical_cidr,
+    canonical_ips,
+)
+from .model import Gateway, PortRange, Tunnel, TunnelStatus
+from .parsers import firewall_from_elements, rendered_structure, rule_tag
+from .psk import derive_psk, psk_digest
+from .wgkeys import public_key
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+NFT_TEMPLATE = "nftables.nft.j2"
+CONFIG_TEMPLATE = "wg-interface.conf.j2"
+TENANT_MAP = "tenant_profiles"
+FP_PLACEHOLDER = "@@FINGERPRINT@@"
+
+
+class RenderError(ValueError):
+    """The repo asks for something the host cannot express (names the tunnel)."""
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # nft and wg-quick syntax, not HTML
+        keep_trailing_newline=True,
+    )
+    env.filters["tagged"] = lambda text: f'{text} comment "tc:{rule_tag(text)}"'
+    return env
+
+
+# ------------------------------------------------------------------------------- peers
+
+
+def tunnel_allowed_ips(tunnel: Tunnel) -> tuple[str, ...]:
+    """The customer's /32 plus its LANs: what cryptokey routing accepts from this peer."""
+    return canonical_ips([f"{tunnel.customer_address}/32", *(str(n) for n in tunnel.lans)])
+
+
+def active_tunnels(gateway: Gateway, tunnels: Iterable[Tunnel]) -> list[Tunnel]:
+    return sorted((t for t in tunnels if t.gateway == gateway.name
+                   and t.status is TunnelStatus.active), key=lambda t: t.ident)
+
+
+def render_peers(tunnels: Sequence[Tunnel], host_secret: bytes) -> tuple[dict[str, Peer],
+                                                                          dict[str, str]]:
+    peers: dict[str, Peer] = {}
+    psks: dict[str, str] = {}
+    for t in tunnels:
+        psk = derive_psk(host_secret, t.org, t.name, t.psk_rotation)
+        if t.public_key in peers:
+            raise RenderError(f"{t.ident}: public key already used by {peers[t.public_key].owner}")
+        peers[t.public_key] = Peer(t.public_key, tunnel_allowed_ips(t), psk_digest(psk),
+                                   t.persistent_keepalive, owner=t.ident)
+        psks[t.public_key] = psk
+    return peers, psks
+
+
+# ------------------------------------------------------------------------------ routes
+
+
+def render_routes(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str) -> frozenset[Route]:
+    """LAN routes via the interface. A customer /32 is routed only when the interface's own
+    prefix (the on-link route of e.g. 10.20.0.1/16) does not already cover it."""
+    on_link = gateway.address.network
+    routes: set[Route] = set()
+    for t in tunnels:
+        for lan in t.lans:
+            routes.add(Route(canonical_cidr(str(lan)), interface))
+        if t.customer_address not in on_link:
+            routes.add(Route(f"{t.customer_address}/32", interface))
+    return frozenset(routes)
+
+
+# ---------------------------------------------------------------------------- firewall
+
+
+@dataclass(frozen=True)
+class ServiceProfile:
+    chain: str
+    services: tuple[str, ...]
+    ports: tuple[tuple[str, tuple[str, ...]], ...]  # (proto, ("5060", "10000-20000", ...))
+
+
+def _merge_ports(ranges: Iterable[PortRange]) -> tuple[str, ...]:
+    """Overlapping or adjacent ranges merged: nft rejects overlapping intervals in one set."""
+    merged: list[list[int]] = []
+    for first, last in sorted((r.first, r.last) for r in ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    return tuple(str(a) if a == b else f"{a}-{b}" for a, b in merged)
+
+
+def profile_chain(services: Sequence[str]) -> str:
+    # Service names never contain "_", so joining with it is unambiguous; nft names max 256.
+    name = "svc_" + "_".join(services)
+    return name if len(name) <= 200 else "svc_h" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def tunnel_services(gateway: Gateway, tunnel: Tunnel) -> tuple[str, ...]:
+    names = tunnel.services if tunnel.services is not None else gateway.default_services
+    unknown = [n for n in names if n not in gateway.services]
+    if unknown:
+        raise RenderError(f"{tunnel.ident}: services {unknown} are not in gateway "
+                          f"{gateway.name}'s catalog {sorted(gateway.services)}")
+    return tuple(sorted(set(names)))
+
+
+def _profile(gateway: Gateway, services: tuple[str, ...]) -> ServiceProfile:
+    by_proto: dict[str, list[PortRange]] = {}
+    for name in services:
+        svc = gateway.services[name]
+        by_proto.setdefault(svc.proto, []).extend(svc.ports)
+    ports = tuple((proto, _merge_ports(rs)) for proto, rs in sorted(by_proto.items()))
+    return ServiceProfile(profile_chain(services), services, ports)
+
+
+def render_firewall(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str) -> Firewall:
+    profiles: dict[tuple[str, ...], ServiceProfile] = {}
+    elements: list[tuple[str, str]] = []
+    for t in tunnels:
+        services = tunnel_services(gateway, t)
+        if not services:
+            continue  # no map entry: only ping reaches the cloud, everything else drops
+        prof = profiles.setdefault(services, _profile(gateway, services))
+        sources = [ipaddress.ip_network(f"{t.customer_address}/32"), *t.lans]
+        for net in ipaddress.collapse_addresses(sources):  # nft refuses overlapping intervals
+            elements.append((str(net), prof.chain))
+    elements.sort(key=lambda e: (int(ipaddress.ip_network(e[0]).network_address), e[0]))
+    routed = [str(n) for n in ipaddress.collapse_addresses(gateway.routed_ranges)]
+    text = _env().get_template(NFT_TEMPLATE).render(
+        interface=interface, address=str(gateway.address.ip), fingerprint=FP_PLACEHOLDER,
+        tenant_elements=elements, profiles=sorted(profiles.values(), key=lambda p: p.chain),
+        routed_ranges=routed, infra_interfaces=gateway.infra_interfaces)
+    structure = rendered_structure(text)
+    structure.update(("elem", TENANT_MAP, key, f"jump {chain}") for key, chain in elements)
+    structure.update(("elem", "routed_ranges", net, "") for net in routed)
+    fw = firewall_from_elements(structure, family=FIREWALL_FAMILY, table=FIREWALL_TABLE)
+    return Firewall(fw.family, fw.table, fw.fingerprint, fw.elements,
+                    text.replace(FP_PLACEHOLDER, fw.fingerprint))
+
+
+# ----------------------------------------------------------------- interface and config
+
+
+def render_config(interface: InterfaceConfig, peers: Mapping[str, Peer], secrets: Secrets) -> str:
+    """The wg-quick file text. Contains the private key and PSKs: write it 0600, never log it."""
+    ordered = sorted(peers.values(), key=lambda p: (p.owner or "", p.public_key))
+    return _env().get_template(CONFIG_TEMPLATE).render(
+        interface=interface, private_key=secrets.private_key, peers=ordered, psks=secrets.psks)
+
+
+def render_host(gateway: Gateway, tunnels: Iterable[Tunnel], *, interface: str | None,
+                private_key: str, host_secret: bytes,
+                config_path: Path | None) -> tuple[HostState, Secrets]:
+    """Everything the host should look like for `gateway`, plus the secrets to get there."""
+    ifname = interface or gateway.interface
+    active = active_tunnels(gateway, tunnels)
+    peers, psks = render_peers(active, host_secret)
+    secrets = Secrets(private_key, psks)
+    iface = InterfaceConfig(ifname, gateway.listen_port, public_key(private_key),
+                            str(gateway.address), gateway.mtu, True)
+    config = None
+    if config_path is not None:
+        content = render_config(iface, peers, secrets).encode()
+        config = ConfigFile(str(config_path), ConfigFile.digest_of(content))
+    state = HostState(iface, peers, render_routes(gateway, active, ifname),
+                      render_firewall(gateway, active, ifname), config)
+    return state, secrets
