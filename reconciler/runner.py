@@ -119,3 +119,24 @@ class Runner:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def create_file(self, path: Path, content: str, mode: int = 0o600) -> bool:
+        """Create `path` only if it does not exist (O_EXCL): keys and secrets are never
+        overwritten. Returns False, changing nothing, when the file already exists."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            return False
+        self.writes += 1
+        self.log.append(("create", str(path)))
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed or widened nothing; be exact
+            with os.fdopen(fd, "w") as fh:
+                fh.write(content)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return True
