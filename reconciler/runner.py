@@ -131,7 +131,7 @@ class Runner:
         self.writes += 1
         self.log.append(("create", str(path)))
         try:
-            os.fchmod(fd, mode)  # the umask may have narrowed or widened nothing; be exact
+            os.fchmod(fd, mode)  # os.open applied the umask; make the mode exact
             with os.fdopen(fd, "w") as fh:
                 fh.write(content)
                 fh.flush()
