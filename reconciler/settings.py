@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     allowed_signers: Path | None = Field(default=None, description="SSH allowed-signers file; "
                                          "when set (or gnupg_home), every applied commit must be signed")
     gnupg_home: Path | None = Field(default=None, description="OpenPGP keyring of trusted signers")
+    ssh_identity: Path | None = Field(default=None, description="deploy key for ssh:// remotes "
+                                      "(the unit hides /root, so ~/.ssh is not used)")
+    ssh_known_hosts: Path | None = Field(default=None, description="known_hosts for ssh:// remotes")
     metrics_address: str = Field(default="127.0.0.1:9586", description="host:port, or '' to disable")
     max_removal_share: float = Field(default=0.5, ge=0, le=1,
                                      description="refuse a commit removing more than this share of tenants")
@@ -67,7 +70,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "kv"] = "json"
     host: str = Field(default_factory=lambda: os.uname().nodename, description="name in audit entries")
 
-    @field_validator("gateway", "netns", "interface", "allowed_signers", "gnupg_home", mode="before")
+    @field_validator("gateway", "netns", "interface", "allowed_signers", "gnupg_home",
+                     "ssh_identity", "ssh_known_hosts", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         # An empty environment variable means "not set", as it does for systemd's Environment=.
@@ -90,6 +94,19 @@ class Settings(BaseSettings):
         return self.allowed_signers is not None or self.gnupg_home is not None
 
     @property
+    def git_ssh_command(self) -> str | None:
+        """GIT_SSH_COMMAND for ssh remotes; paths only, never key material."""
+        if self.ssh_identity is None and self.ssh_known_hosts is None:
+            return None
+        parts = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        if self.ssh_identity is not None:
+            parts += ["-o", "IdentitiesOnly=yes", "-i", _ssh_quote(str(self.ssh_identity))]
+        if self.ssh_known_hosts is not None:
+            parts += ["-o", f"UserKnownHostsFile={_ssh_quote(str(self.ssh_known_hosts))}",
+                      "-o", "StrictHostKeyChecking=yes"]
+        return " ".join(parts)
+
+    @property
     def mirror_dir(self) -> Path:
         return self.state_dir / "mirror.git"
 
@@ -108,6 +125,13 @@ class Settings(BaseSettings):
             if not sep or not port.isdigit() or int(port) > 65535:
                 raise ValueError(f"{value!r} must be host:port, e.g. 127.0.0.1:9586")
         return value
+
+
+def _ssh_quote(path: str) -> str:
+    # git runs GIT_SSH_COMMAND through sh; an operator's path is quoted, never interpolated raw.
+    import shlex
+
+    return shlex.quote(path)
 
 
 def config_path(explicit: Path | str | None = None) -> Path:

@@ -64,7 +64,7 @@ class GitSource:
 
     def __init__(self, url: str, branch: str, mirror_dir: Path, *, repo_path: str = "",
                  allowed_signers: Path | None = None, gnupg_home: Path | None = None,
-                 fetch_timeout: float = 20.0) -> None:
+                 fetch_timeout: float = 20.0, ssh_command: str | None = None) -> None:
         self.url = url
         self.branch = branch
         self.mirror_dir = Path(mirror_dir)
@@ -72,6 +72,7 @@ class GitSource:
         self.allowed_signers = allowed_signers
         self.gnupg_home = gnupg_home
         self.fetch_timeout = fetch_timeout
+        self.env = {**GIT_ENV, **({"GIT_SSH_COMMAND": ssh_command} if ssh_command else {})}
         self._repo: git.Repo | None = None
         self._blobs: dict[str, bytes] = {}  # blob id -> content, for the last tree read
 
@@ -106,7 +107,7 @@ class GitSource:
         """Run one git command in the mirror; returns (status, stdout, stderr)."""
         status, out, err = self.repo.git.execute(
             ["git", *args], with_extended_output=True, with_exceptions=False,
-            env={**GIT_ENV, **(env or {})}, kill_after_timeout=timeout)
+            env={**self.env, **(env or {})}, kill_after_timeout=timeout)
         out_s = out if isinstance(out, str) else (out or b"").decode(errors="replace")
         if check and status != 0:
             raise SourceError(_first_error_line(err) or f"git {args[0]} exited {status}")
