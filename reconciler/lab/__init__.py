@@ -1,0 +1,34 @@
+"""A network-namespace lab: real wireguard-go, real packets, for tests, benchmarks and the demo.
+
+    from reconciler.lab import Lab
+    with Lab("tenants") as lab:           # cloud + a router per tunnel with a known key
+        reconcile(load_repo("tenants"), lab.target())
+        assert lab.wait_handshake("acme-voip/hq")
+"""
+
+from .processes import LabError, LabState, TrackedProcess
+from .repogen import (
+                      GeneratedRepo,
+                      GeneratedTunnel,
+                      add_generated_tunnels,
+                      demo_private_keys,
+                      generate_repo,
+)
+from .topology import (
+                      RUN_ROOT,
+                      InfraHost,
+                      Lab,
+                      Router,
+                      RouterConfig,
+                      find_labs,
+                      list_namespaces,
+                      teardown,
+)
+from .traffic import Flow, FlowResult, ServeLog, nonce, ping, tcp_probe, udp_probe
+
+__all__ = [
+    "RUN_ROOT", "Flow", "FlowResult", "GeneratedRepo", "GeneratedTunnel", "InfraHost", "Lab",
+    "LabError", "LabState", "Router", "RouterConfig", "ServeLog", "TrackedProcess",
+    "add_generated_tunnels", "demo_private_keys", "find_labs", "generate_repo", "list_namespaces",
+    "nonce", "ping", "tcp_probe", "teardown", "udp_probe",
+]

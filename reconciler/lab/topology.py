@@ -1,0 +1,553 @@
+"""The lab: a cloud namespace, customer routers with LAN hosts, an infra host, real wireguard-go.
+
+    cloud (tcl-<id>-cloud)  managed interface <cloud_if> (bare wireguard-go: the engine configures
+       │  r<k> 198.18.x.1/30      it), infra veth named like gateway.infra_interfaces[0],
+       │                          probe server on the cloud tunnel address
+    router k (tcl-<id>-r<k>) wan0 198.18.x.2/30, wireguard-go tc<id>r<k> = the customer's side
+       │  lan0 <LAN>.1
+    LAN host k (tcl-<id>-h<k>) eth0 <LAN>.10, default via the router
+
+The veth links stand in for the internet (198.18.0.0/15, the benchmarking range; nothing is
+ever routed to the real host). Everything is created inside the lab's own namespaces, so
+parallel labs never meet; only wireguard-go's socket directory is shared, hence interface
+names carry the lab id. The lab never configures the cloud's peers, routes or firewall.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import os
+import re
+import secrets
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from .. import wgkeys
+from ..model import Gateway, Tunnel
+from ..psk import create_host_secret, derive_psk, read_host_secret
+from ..repo import load_repo
+from ..runner import UAPI_DIR, Runner
+from .processes import (
+    LabError,
+    LabState,
+    TrackedProcess,
+    own_starttime,
+    spawn,
+    stop,
+    uapi_socket_busy,
+    wait_for,
+)
+from .repogen import merged_private_keys
+from .traffic import Flow, ServeLog, netprobe_argv
+
+if TYPE_CHECKING:
+    from ..engine import HostTarget
+
+RUN_ROOT = Path("/run/tunnelctl-lab")
+NS_PREFIX = "tcl-"
+UNDERLAY = IPv4Network("198.18.0.0/15")
+LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+# Without a memory limit wireguard-go was seen past 1 GB after repeated 16k-peer reconfiguration.
+WIREGUARD_ENV = {"GOMEMLIMIT": "256MiB", "WG_PROCESS_FOREGROUND": "1"}
+OUTSIDE_PORT = 8000  # a port in no service catalog: must always be blocked
+SIP_PORT = 5060
+
+
+@dataclass(frozen=True)
+class Router:
+    """One simulated customer site: router namespace + optional LAN host behind it."""
+
+    ident: str
+    index: int
+    netns: str
+    interface: str
+    wan_address: IPv4Address  # the router's "internet" address
+    cloud_wan_address: IPv4Address  # cloud end of the link: the router's endpoint host
+    address: IPv4Address  # customer tunnel address (.2 of its /30)
+    prefixlen: int
+    lans: tuple[IPv4Network, ...]
+    host_netns: str | None = None
+    host_address: IPv4Address | None = None
+    lan_address: IPv4Address | None = None  # the router's address on its first LAN
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """The customer-side WireGuard settings; changed with `Lab.configure_router`."""
+
+    private_key: str
+    psk_rotation: int
+    keepalive: int
+    extra_allowed: tuple[IPv4Network, ...] = ()  # a hostile customer routing more into the tunnel
+
+
+@dataclass(frozen=True)
+class InfraHost:
+    netns: str
+    cloud_interface: str
+    cloud_address: IPv4Address
+    address: IPv4Address
+
+
+def new_lab_name() -> str:
+    return "x" + secrets.token_hex(3)[:4]  # a letter first, 5 chars: fits every interface name
+
+
+def _hex(key_b64: str) -> str:
+    return base64.b64decode(key_b64).hex()
+
+
+@dataclass
+class _Live:
+    """Mutable bookkeeping of a running lab (not part of the public API)."""
+
+    state: LabState
+    popens: dict[int, Any] = field(default_factory=dict)
+    configs: dict[str, RouterConfig] = field(default_factory=dict)
+
+
+class Lab:
+    """Build with `with Lab(repo) as lab:` (or `up()`/`down()`); teardown always runs."""
+
+    def __init__(self, repo: Path | str, *, name: str | None = None, gateway: str | None = None,
+                 routers: Sequence[str] | int | Literal["all"] = "all",
+                 private_keys: Mapping[str, str] | None = None, cloud_interface: str | None = None,
+                 infra: bool = True, services: bool = True, router_keepalive: int | None = None,
+                 run_root: Path = RUN_ROOT, detached: bool = False) -> None:
+        self.name = name or new_lab_name()
+        if not LAB_NAME.fullmatch(self.name):
+            raise LabError(f"lab name {self.name!r}: use 1-6 lowercase letters/digits, letter first "
+                           "(it becomes part of 15-character interface names)")
+        self.repo = Path(repo).resolve()
+        state = load_repo(self.repo)
+        if not state.gateways:
+            raise LabError(f"{self.repo}: no gateway.yaml or gateways/*.yaml")
+        if gateway is None and len(state.gateways) > 1:
+            raise LabError(f"{self.repo} has gateways {sorted(state.gateways)}; choose one")
+        self.gateway: Gateway = state.gateways[gateway] if gateway else next(iter(state.gateways.values()))
+        self._keys = merged_private_keys(private_keys)
+        self._tunnels = {t.ident: t for t in state.for_gateway(self.gateway.name)}
+        self._selected = self._select(routers)
+        self.interface = cloud_interface or f"tc{self.name}c"
+        self.netns = self._ns("cloud")
+        self.run_dir = run_root / self.name
+        self.secret_dir = self.run_dir / "secrets"
+        self.config_dir = self.run_dir / "config"
+        self.log_dir = self.run_dir / "logs"
+        self._infra_enabled = infra and bool(self.gateway.reserved and self.gateway.infra_interfaces)
+        self._services = services
+        self._router_keepalive = router_keepalive
+        self._detached = detached
+        self.routers: dict[str, Router] = {
+            ident: self._plan_router(k, self._tunnels[ident]) for k, ident in enumerate(self._selected)}
+        self.infra: InfraHost | None = self._plan_infra() if self._infra_enabled else None
+        self.cloud_public_key = ""
+        self._live: _Live | None = None
+
+    # -- naming and planning -------------------------------------------------------------
+    def _ns(self, suffix: str) -> str:
+        return f"{NS_PREFIX}{self.name}-{suffix}"
+
+    def _select(self, routers: Sequence[str] | int | Literal["all"]) -> list[str]:
+        if routers == "all":
+            return [i for i in self._tunnels if i in self._keys]
+        if isinstance(routers, int):
+            return [i for i in self._tunnels if i in self._keys][:routers]
+        missing = [i for i in routers if i not in self._tunnels]
+        if missing:
+            raise LabError(f"no tunnel {missing} for gateway {self.gateway.name} in {self.repo}")
+        keyless = [i for i in routers if i not in self._keys]
+        if keyless:
+            raise LabError(f"no private key for router(s) {keyless}: pass private_keys=")
+        return list(routers)
+
+    def _plan_router(self, k: int, tunnel: Tunnel) -> Router:
+        if 4 * k >= UNDERLAY.num_addresses:
+            raise LabError(f"at most {UNDERLAY.num_addresses // 4} routers fit in {UNDERLAY}")
+        base = UNDERLAY.network_address + 4 * k  # router k's /30 link: cloud .1, router .2
+        lans = tunnel.lans
+        host_ns = host = lan_addr = None
+        if lans:
+            host_ns = self._ns(f"h{k}")
+            lan_addr = lans[0].network_address + 1
+            host = lans[0].network_address + (10 if lans[0].num_addresses > 12 else 2)
+        return Router(tunnel.ident, k, self._ns(f"r{k}"), f"tc{self.name}r{k}", base + 2, base + 1,
+                      tunnel.customer_address, tunnel.subnet.prefixlen, lans, host_ns, host, lan_addr)
+
+    def _plan_infra(self) -> InfraHost:
+        net = self.gateway.reserved[0]
+        return InfraHost(self._ns("infra"), self.gateway.infra_interfaces[0],
+                         net.network_address + 1, net.network_address + 2)
+
+    @property
+    def namespaces(self) -> list[str]:
+        out = [self.netns] + ([self.infra.netns] if self.infra else [])
+        for r in self.routers.values():
+            out += [r.netns] + ([r.host_netns] if r.host_netns else [])
+        return out
+
+    @property
+    def wg_interfaces(self) -> list[str]:
+        return [self.interface] + [r.interface for r in self.routers.values()]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        return self.up()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.down()
+
+    def up(self) -> Self:
+        if self._live is not None:
+            raise LabError(f"lab {self.name} is already up")
+        self._check_free()
+        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        # The run dir may already hold a repo generated for this lab (`tunnelctl lab up --tenants`).
+        self.run_dir.mkdir(mode=0o700, exist_ok=True)
+        for d in (self.secret_dir, self.config_dir, self.log_dir):
+            d.mkdir(mode=0o700, exist_ok=True)
+        self._live = _Live(LabState(self.name, str(self.run_dir), os.getpid(), own_starttime(),
+                                    self._detached))
+        self._live.state.save()
+        if not self._detached:
+            _ACTIVE.add(self)
+        try:
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """Stop our processes, delete our namespaces, sockets and run dir. Safe to call twice."""
+        live, self._live = self._live, None
+        _ACTIVE.discard(self)
+        if live is not None:
+            teardown(live.state, live.popens)
+
+    def _check_free(self) -> None:
+        taken = [ns for ns in list_namespaces() if ns.startswith(f"{NS_PREFIX}{self.name}-")]
+        if taken or (self.run_dir / "lab.json").exists():
+            raise LabError(f"lab {self.name!r} already exists ({self.run_dir}, namespaces {taken}); "
+                           f"remove it with: tunnelctl lab down --name {self.name}")
+        busy = [i for i in self.wg_interfaces if uapi_socket_busy(i)]
+        if busy:
+            raise LabError(f"wireguard-go interface(s) {busy} already run on this machine "
+                           f"({UAPI_DIR}); choose another lab name or cloud interface")
+
+    def _track(self, process: TrackedProcess, popen: Any) -> None:
+        assert self._live is not None
+        self._live.state.processes.append(process)
+        self._live.popens[process.pid] = popen
+        self._live.state.save()
+
+    def _build(self) -> None:
+        assert self._live is not None
+        state, gw, root = self._live.state, self.gateway, Runner()
+        cloud_key = self._keys.get(f"gateway/{gw.name}") or wgkeys.generate_private_key()
+        root.write_file(self.secret_dir / "private.key", cloud_key + "\n", 0o600)
+        create_host_secret(self.secret_dir / "psk.secret")
+        self.cloud_public_key = wgkeys.public_key(cloud_key)
+        state.wg_interfaces = self.wg_interfaces
+        state.namespaces = self.namespaces
+        state.info = self.describe()
+        state.save()  # before creating anything, so a crash mid-build is still cleanable
+        root.run(["ip", "-batch", "-"], stdin="".join(f"netns add {ns}\n" for ns in state.namespaces),
+                 write=True)
+        wg_procs = [(self.netns, self.interface)] + [(r.netns, r.interface) for r in self.routers.values()]
+        started = []
+        for ns, ifname in wg_procs:
+            proc, popen = spawn(["wireguard-go", "-f", ifname], role=f"wireguard-go {ifname}",
+                                netns=ns, env=WIREGUARD_ENV, output=self.log_dir / f"{ifname}.log")
+            self._track(proc, popen)
+            started.append((proc, ifname))
+        for proc, ifname in started:
+            wait_for(UAPI_DIR / f"{ifname}.sock", timeout=10, what=f"wireguard-go {ifname}",
+                     alive=proc, log=self.log_dir / f"{ifname}.log")
+        self._ip_batch(self.netns, self._cloud_commands())
+        Runner(self.netns).run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], write=True)
+        if self.infra:
+            self._ip_batch(self.infra.netns, [
+                "link set lo up", f"addr add {self.infra.address}/{gw.reserved[0].prefixlen} dev eth0",
+                "link set eth0 up", f"route add default via {self.infra.cloud_address}"])
+        for r in self.routers.values():
+            self._build_router(r)
+        if self._services:
+            self._start_services()
+
+    def _cloud_commands(self) -> list[str]:
+        cmds = ["link set lo up"]
+        if self.infra:
+            i = self.infra
+            cmds += [f"link add {i.cloud_interface} type veth peer name eth0 netns {i.netns}",
+                     f"addr add {i.cloud_address}/{self.gateway.reserved[0].prefixlen} dev {i.cloud_interface}",
+                     f"link set {i.cloud_interface} up"]
+        for r in self.routers.values():
+            cmds += [f"link add r{r.index} type veth peer name wan0 netns {r.netns}",
+                     f"addr add {r.cloud_wan_address}/30 dev r{r.index}", f"link set r{r.index} up"]
+        return cmds
+
+    def _build_router(self, r: Router) -> None:
+        tunnel = self._tunnels[r.ident]
+        cmds = ["link set lo up", f"addr add {r.wan_address}/30 dev wan0", "link set wan0 up",
+                f"addr add {r.address}/{r.prefixlen} dev {r.interface}",
+                f"link set {r.interface} mtu {self.gateway.mtu} up",
+                f"route add {self.gateway.address.ip}/32 dev {r.interface}"]
+        if r.host_netns:
+            prefix = r.lans[0].prefixlen
+            cmds += [f"link add lan0 type veth peer name eth0 netns {r.host_netns}",
+                     f"addr add {r.lan_address}/{prefix} dev lan0", "link set lan0 up"]
+        self._ip_batch(r.netns, cmds)
+        Runner(r.netns).run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], write=True)
+        if r.host_netns:
+            self._ip_batch(r.host_netns, [
+                "link set lo up", f"addr add {r.host_address}/{r.lans[0].prefixlen} dev eth0",
+                "link set eth0 up", f"route add default via {r.lan_address}"])
+        assert self._live is not None
+        keepalive = self._router_keepalive if self._router_keepalive is not None \
+            else tunnel.persistent_keepalive
+        self._live.configs[r.ident] = RouterConfig(self._keys[r.ident], tunnel.psk_rotation, keepalive)
+        self._push_router(r.ident)
+
+    def _start_services(self) -> None:
+        """Echo/listen servers that log every arrival: cloud, infra, routers, LAN hosts."""
+        gw = self.gateway
+        cloud_udp = sorted({p for s in gw.services.values() if s.proto == "udp"
+                            for r in s.ports for p in (r.first, r.last)} | {OUTSIDE_PORT})
+        cloud_tcp = sorted({p for s in gw.services.values() if s.proto == "tcp"
+                            for r in s.ports for p in (r.first, r.last)} | {22, OUTSIDE_PORT})
+        servers: list[tuple[str, IPv4Address, list[int], list[int]]] = [
+            (self.netns, gw.address.ip, cloud_udp, cloud_tcp)]
+        if self.infra:
+            servers.append((self.infra.netns, self.infra.address, [SIP_PORT], [22]))
+        for r in self.routers.values():
+            servers.append((r.netns, r.address, [SIP_PORT], []))
+            if r.host_netns and r.host_address:
+                servers.append((r.host_netns, r.host_address, [SIP_PORT], []))
+        pending = []
+        for ns, addr, udp, tcp in servers:
+            ready = self.log_dir / f"serve-{ns}.ready"
+            args = ["serve", "--bind", str(addr), "--log", str(self.serve_log(ns).path),
+                    "--ready", str(ready)]
+            args += [a for p in udp for a in ("--udp", str(p))]
+            args += [a for p in tcp for a in ("--tcp", str(p))]
+            proc, popen = spawn(netprobe_argv(*args), role=f"serve {ns}", netns=ns,
+                                output=self.log_dir / f"serve-{ns}.out")
+            self._track(proc, popen)
+            pending.append((proc, ready, ns))
+        for proc, ready, ns in pending:
+            wait_for(ready, timeout=10, what=f"probe server in {ns}", alive=proc,
+                     log=self.log_dir / f"serve-{ns}.out")
+
+    def _ip_batch(self, netns: str, commands: Iterable[str]) -> None:
+        Runner().run(["ip", "-n", netns, "-batch", "-"], stdin="".join(c + "\n" for c in commands),
+                     write=True)
+
+    # -- routers ---------------------------------------------------------------------------
+    def _push_router(self, ident: str) -> None:
+        """Send a router its whole WireGuard config over the UAPI socket (keys never in argv).
+
+        `replace_peers` makes a fresh peer, so the router initiates a handshake at once.
+        """
+        assert self._live is not None
+        r, cfg = self.routers[ident], self._live.configs[ident]
+        tunnel = self._tunnels[ident]
+        psk = derive_psk(read_host_secret(self.secret_dir / "psk.secret"), tunnel.org, tunnel.name,
+                         cfg.psk_rotation)
+        allowed = [IPv4Network(f"{self.gateway.address.ip}/32"), *cfg.extra_allowed]
+        lines = ["set=1", f"private_key={_hex(cfg.private_key)}", "replace_peers=true",
+                 f"public_key={_hex(self.cloud_public_key)}", f"preshared_key={_hex(psk)}",
+                 f"endpoint={r.cloud_wan_address}:{self.gateway.listen_port}",
+                 "persistent_keepalive_interval=0",  # 0 then N: wireguard-go sends a keepalive now
+                 f"persistent_keepalive_interval={cfg.keepalive}",
+                 "replace_allowed_ips=true", *(f"allowed_ip={n}" for n in allowed)]
+        Runner().uapi(r.interface, "\n".join(lines) + "\n\n", write=True)
+
+    def configure_router(self, ident: str, *, private_key: str | None = None,
+                         psk_rotation: int | None = None, keepalive: int | None = None) -> None:
+        """Reconfigure a customer router, e.g. after a PSK rotation or a key change in the repo."""
+        live = self._require_live()
+        cfg = live.configs[ident]
+        live.configs[ident] = replace(
+            cfg, private_key=private_key or cfg.private_key,
+            psk_rotation=cfg.psk_rotation if psk_rotation is None else psk_rotation,
+            keepalive=cfg.keepalive if keepalive is None else keepalive)
+        self._push_router(ident)
+
+    def reload_tunnel(self, ident: str, repo: Path | str) -> None:
+        """Take a router's tunnel settings (rotation, keepalive) from another repo version."""
+        tunnel = next(t for t in load_repo(repo).tunnels if t.ident == ident)
+        self._tunnels[ident] = tunnel
+        self.configure_router(ident, psk_rotation=tunnel.psk_rotation,
+                              keepalive=tunnel.persistent_keepalive)
+
+    def route_into_tunnel(self, ident: str, networks: Iterable[IPv4Network | str]) -> None:
+        """Make a router send `networks` into its tunnel, as a hostile customer would.
+
+        The cloud, not the customer, must stop such packets: this is how isolation is tested.
+        """
+        live = self._require_live()
+        nets = tuple(IPv4Network(n) for n in networks)
+        cfg = live.configs[ident]
+        live.configs[ident] = replace(cfg, extra_allowed=tuple(dict.fromkeys(cfg.extra_allowed + nets)))
+        self._push_router(ident)
+        r = self.routers[ident]
+        self._ip_batch(r.netns, [f"route replace {n} dev {r.interface}" for n in nets])
+
+    def latest_handshake(self, ident: str) -> int:
+        """Unix time of the router's last completed handshake with the cloud (0 = never)."""
+        body = Runner().uapi(self.routers[ident].interface, "get=1\n")
+        for line in body.splitlines():
+            if line.startswith("last_handshake_time_sec="):
+                return int(line.split("=", 1)[1])
+        return 0
+
+    def wait_handshakes(self, idents: Iterable[str], *, timeout: float = 10.0) -> dict[str, bool]:
+        """Poll until every router has a handshake or `timeout`; {ident: handshaken}."""
+        pending = set(idents)
+        done: dict[str, bool] = {i: False for i in pending}
+        deadline = time.monotonic() + timeout
+        while pending:
+            for ident in list(pending):
+                if self.latest_handshake(ident) > 0:
+                    done[ident] = True
+                    pending.discard(ident)
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return done
+
+    def wait_handshake(self, ident: str, *, timeout: float = 10.0) -> bool:
+        return self.wait_handshakes([ident], timeout=timeout)[ident]
+
+    # -- traffic ---------------------------------------------------------------------------
+    def serve_log(self, netns: str) -> ServeLog:
+        """Log of the probe server in `netns` (cloud, infra, a router or a LAN host)."""
+        return ServeLog(self.log_dir / f"serve-{netns}.jsonl")
+
+    def flow(self, netns: str, dst: IPv4Address | str, *, interval: float = 0.05,
+             proto: str = "icmp", port: int = SIP_PORT) -> Flow:
+        """Start a tracked ping/UDP flow; `stop()` it for the loss summary."""
+        self._require_live()
+        return Flow(netns, dst, workdir=self.log_dir, interval=interval, proto=proto, port=port,
+                    on_start=self._track)
+
+    # -- engine hand-off and description ----------------------------------------------------
+    def target(self) -> HostTarget:
+        """Where the engine should apply: the cloud namespace and its managed interface."""
+        from ..engine import HostTarget
+
+        return HostTarget(netns=self.netns, interface=self.interface, secret_dir=self.secret_dir,
+                          config_dir=self.config_dir)
+
+    def apply_command(self, repo: Path | str | None = None) -> list[str]:
+        cmd = ["tunnelctl", "apply", "--netns", self.netns, "--interface", self.interface,
+               "--secret-dir", str(self.secret_dir), "--config-dir", str(self.config_dir),
+               "--gateway", self.gateway.name, str(repo or self.repo)]
+        return cmd
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "repo": str(self.repo), "gateway": self.gateway.name,
+            "cloud": {"netns": self.netns, "interface": self.interface,
+                      "public_key": self.cloud_public_key,
+                      "secret_dir": str(self.secret_dir), "config_dir": str(self.config_dir)},
+            "infra": None if not self.infra else {"netns": self.infra.netns,
+                                                  "address": str(self.infra.address)},
+            "routers": [{"ident": r.ident, "netns": r.netns, "interface": r.interface,
+                         "address": str(r.address), "endpoint":
+                         f"{r.cloud_wan_address}:{self.gateway.listen_port}",
+                         "host_netns": r.host_netns,
+                         "host_address": str(r.host_address) if r.host_address else None}
+                        for r in self.routers.values()],
+            "apply_command": self.apply_command(),
+        }
+
+    def _require_live(self) -> _Live:
+        if self._live is None:
+            raise LabError(f"lab {self.name} is not up")
+        return self._live
+
+
+# -- teardown, usable on a lab built by another process (state file) ----------------------
+def list_namespaces() -> list[str]:
+    out = Runner().run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def teardown(state: LabState, popens: Mapping[int, Any] | None = None) -> list[str]:
+    """Remove everything `state` records, and only that. Returns warnings (never raises)."""
+    warnings: list[str] = []
+    prefix = f"{NS_PREFIX}{state.name}-"
+    for proc in reversed(state.processes):
+        try:
+            stop(proc, (popens or {}).get(proc.pid))
+        except (OSError, RuntimeError) as exc:
+            warnings.append(f"could not stop {proc.role} (pid {proc.pid}): {exc}")
+    existing = set(list_namespaces())
+    ours = [ns for ns in state.namespaces if ns in existing and ns.startswith(prefix)]
+    for ns in ours:
+        pids = Runner().run(["ip", "netns", "pids", ns], check=False).stdout.split()
+        if pids:  # not started by the lab: left alone, the namespace goes when they exit
+            warnings.append(f"namespace {ns} still has processes the lab did not start: {pids}")
+    if ours:
+        res = Runner().run(["ip", "-force", "-batch", "-"], check=False, write=True,
+                           stdin="".join(f"netns del {ns}\n" for ns in ours))
+        if res.returncode:
+            warnings.append(f"deleting namespaces: {res.stderr.strip()}")
+    for ifname in state.wg_interfaces:
+        sock = UAPI_DIR / f"{ifname}.sock"
+        if sock.exists() and not uapi_socket_busy(ifname):
+            sock.unlink(missing_ok=True)
+        elif sock.exists():
+            warnings.append(f"{sock} is still served by a process the lab did not start")
+    run_dir = Path(state.run_dir)
+    if (run_dir / "lab.json").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return warnings
+
+
+def find_labs(run_root: Path = RUN_ROOT) -> list[LabState]:
+    return [LabState.load(p) for p in sorted(run_root.glob("*/lab.json"))]
+
+
+# Labs built by this process that must not outlive it: torn down at exit and on SIGTERM/SIGHUP.
+class _ActiveLabs:
+    def __init__(self) -> None:
+        self.labs: list[Lab] = []
+        self.hooked = False
+
+    def add(self, lab: Lab) -> None:
+        self.labs.append(lab)
+        if not self.hooked:
+            self.hooked = True
+            atexit.register(self.down_all)
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGHUP):
+                    if signal.getsignal(sig) is signal.SIG_DFL:
+                        signal.signal(sig, _exit_on_signal)
+
+    def discard(self, lab: Lab) -> None:
+        if lab in self.labs:
+            self.labs.remove(lab)
+
+    def down_all(self) -> None:
+        for lab in list(self.labs):
+            lab.down()
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds `with Lab(...)` blocks and runs atexit
+
+
+_ACTIVE = _ActiveLabs()
