@@ -1,0 +1,279 @@
+"""The reconcile orchestrator: render -> observe -> plan -> snapshot -> apply -> verify.
+
+The only function that calls the stages in order. On any failed step, or when the host still
+differs after apply, it restores the snapshot taken before apply and reports which step
+failed. A non-dry-run cycle holds an exclusive flock per interface, so the CLI and the
+service never apply at once; the kernel drops the lock when its holder dies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from .apply import ApplyTarget, StepFailed, apply_plan
+from .hoststate import HostState, ObservedState, Secrets
+from .model import Gateway
+from .observe import InterfaceMissing, NotWireGuard, Snapshot, observe, read_snapshot
+from .plan import Plan, WriteConfig, plan
+from .psk import read_host_secret
+from .render import RenderError, render_config, render_host
+from .repo import RepoState
+from .runner import CommandError, Runner
+
+log = logging.getLogger("tunnelctl.engine")
+
+PRIVATE_KEY_FILE = "private.key"
+PSK_SECRET_FILE = "psk.secret"
+
+
+class EngineError(RuntimeError):
+    """A problem the operator must fix before the host can be touched (names the fix)."""
+
+
+class LockBusy(EngineError):
+    pass
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    netns: str | None = None
+    interface: str | None = None  # overrides gateway.interface (labs use unique names)
+    secret_dir: Path = Path("/etc/tunnelctl")  # private.key (base64), psk.secret (host secret)
+    config_dir: Path = Path("/etc/wireguard")  # <interface>.conf is written here
+    lock_dir: Path = Path("/run/tunnelctl")
+    lock_timeout: float = 30.0  # seconds to wait for another apply to finish
+
+    def config_path(self, interface: str) -> Path:
+        return self.config_dir / f"{interface}.conf"
+
+    def lock_path(self, interface: str) -> Path:
+        return self.lock_dir / (f"{self.netns}.{interface}.lock" if self.netns
+                                else f"{interface}.lock")
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    plan: Plan
+    applied: bool  # apply ran to the end and verify passed
+    verified: bool  # the host matched the desired state when the cycle ended
+    error: str | None
+    failed_step: str | None  # load|render|lock|observe|firewall|interface|peers|routes|config|verify
+    timings: Mapping[str, float]
+    writes: int  # host-changing calls, including any rollback
+    rolled_back: bool = False  # the failed apply was undone and the host matches its snapshot
+    observed: ObservedState | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def changed(self) -> bool:
+        return not self.plan.empty
+
+
+# ------------------------------------------------------------------------ desired state
+
+
+def select_gateway(repo: RepoState, name: str | None) -> Gateway:
+    if name is not None:
+        if name not in repo.gateways:
+            raise EngineError(f"gateway {name!r} is not defined in the repo "
+                              f"(defined: {', '.join(sorted(repo.gateways)) or 'none'})")
+        return repo.gateways[name]
+    if len(repo.gateways) != 1:
+        raise EngineError(f"the repo defines {len(repo.gateways)} gateways "
+                          f"({', '.join(sorted(repo.gateways)) or 'none'}); choose one with --gateway")
+    return next(iter(repo.gateways.values()))
+
+
+def read_private_key(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise EngineError(f"{path}: gateway private key missing; run `tunnelctl bootstrap` "
+                          "(or `tunnelctl lab up` for a lab)") from None
+    try:
+        ok = len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        ok = False
+    if not ok:
+        raise EngineError(f"{path}: not a WireGuard private key (base64 of 32 bytes)")
+    return text
+
+
+def desired_state(repo: RepoState, gateway: str | None,
+                  target: HostTarget) -> tuple[HostState, Secrets]:
+    """Render stage for one gateway: reads the two secret files, then renders (pure)."""
+    gw = select_gateway(repo, gateway)
+    private_key = read_private_key(target.secret_dir / PRIVATE_KEY_FILE)
+    secret_path = target.secret_dir / PSK_SECRET_FILE
+    try:
+        host_secret = read_host_secret(secret_path)
+    except FileNotFoundError:
+        raise EngineError(f"{secret_path}: host PSK secret missing; run `tunnelctl bootstrap`"
+                          ) from None
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    interface = target.interface or gw.interface
+    return render_host(gw, repo.tunnels, interface=interface, private_key=private_key,
+                       host_secret=host_secret, config_path=target.config_path(interface))
+
+
+# ---------------------------------------------------------------------------- locking
+
+
+@contextmanager
+def host_lock(target: HostTarget, interface: str) -> Iterator[None]:
+    """Exclusive flock on /run/tunnelctl/[<netns>.]<interface>.lock, waiting up to
+    lock_timeout. flock dies with its process, so a killed run never leaves a stale lock."""
+    target.lock_dir.mkdir(parents=True, exist_ok=True)
+    path = target.lock_path(interface)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + target.lock_timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    raise LockBusy(f"another tunnelctl apply (pid {holder}) holds {path}") from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+# ---------------------------------------------------------------------------- reconcile
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def done(self) -> dict[str, float]:
+        self.timings["total"] = time.perf_counter() - self.start
+        return self.timings
+
+
+def reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None = None,
+              dry_run: bool = False, runner: Runner | None = None) -> ReconcileResult:
+    """One cycle. Never raises for host or repo problems: the result says what failed."""
+    runner = runner or Runner(netns=target.netns)
+    writes0 = runner.writes
+    clock = _Clock()
+
+    def result(p: Plan, *, applied: bool = False, verified: bool = False, error: str | None = None,
+               step: str | None = None, rolled_back: bool = False,
+               observed: ObservedState | None = None) -> ReconcileResult:
+        return ReconcileResult(p, applied, verified, error, step, clock.done(),
+                               runner.writes - writes0, rolled_back, observed)
+
+    if repo.problems:
+        first = "; ".join(str(p) for p in repo.problems[:3])
+        return result(Plan(), error=f"the repo has {len(repo.problems)} problem(s), host "
+                      f"left untouched: {first}", step="load")
+    try:
+        desired, secrets = desired_state(repo, gateway, target)
+    except (EngineError, RenderError) as exc:
+        return result(Plan(), error=str(exc), step="render")
+    clock.lap("render")
+    assert desired.interface is not None
+    interface = desired.interface.name
+    config_path = target.config_path(interface)
+    try:
+        lock = nullcontext() if dry_run else host_lock(target, interface)
+        with lock:
+            clock.lap("lock")
+            return _cycle(desired, secrets, runner, interface, config_path, dry_run, clock, result)
+    except LockBusy as exc:
+        return result(Plan(), error=str(exc), step="lock")
+
+
+class ResultFactory(Protocol):  # the shape of reconcile's local `result` helper
+    def __call__(self, p: Plan, *, applied: bool = False, verified: bool = False,
+                 error: str | None = None, step: str | None = None, rolled_back: bool = False,
+                 observed: ObservedState | None = None) -> ReconcileResult: ...
+
+
+def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
+           config_path: Path, dry_run: bool, clock: _Clock, result: ResultFactory) -> ReconcileResult:
+    try:
+        observed = observe(runner, interface, config_path=config_path)
+    except (InterfaceMissing, NotWireGuard, CommandError, OSError, ValueError) as exc:
+        return result(Plan(), error=str(exc), step="observe")
+    clock.lap("observe")
+    changes = plan(desired, observed)
+    clock.lap("plan")
+    if dry_run or changes.empty:
+        return result(changes, verified=changes.empty, observed=observed)
+    log.info("applying on %s: %s", interface, changes.summary_line())
+    snapshot = read_snapshot(runner, interface, observed, config_path)
+    clock.lap("snapshot")
+    config_text = (render_config(desired.interface, desired.peers, secrets)
+                   if changes.of(WriteConfig) and desired.interface else None)
+    failed_step, error = None, None
+    after: ObservedState | None = None
+    try:
+        apply_plan(changes, ApplyTarget(runner, interface, secrets, config_text))
+    except StepFailed as exc:
+        failed_step, error = exc.step, str(exc.cause)
+    clock.lap("apply")
+    if failed_step is None:
+        after = observe(runner, interface, config_path=config_path)
+        residue = plan(desired, after)
+        clock.lap("verify")
+        if residue.empty:
+            return result(changes, applied=True, verified=True, observed=after)
+        failed_step = "verify"
+        error = ("host still differs after apply: " + residue.summary_line() + " "
+                 + "; ".join(residue.render_text().splitlines()[:5]))
+    log.warning("apply failed at %s: %s; restoring the snapshot", failed_step, error)
+    rollback_error = restore(snapshot, runner, interface, config_path)
+    clock.lap("rollback")
+    if rollback_error:
+        error = f"{error}; ROLLBACK INCOMPLETE: {rollback_error}"
+    return result(changes, error=error, step=failed_step, rolled_back=rollback_error is None)
+
+
+def snapshot_state(snapshot: Snapshot) -> HostState:
+    """The snapshot as a desired state: its firewall carries the listed text to load back."""
+    st = snapshot.state
+    fw = replace(st.firewall, text=snapshot.firewall_text or "") if st.firewall else None
+    return HostState(st.interface, st.peers, st.routes, fw, st.config)
+
+
+def restore(snapshot: Snapshot, runner: Runner, interface: str, config_path: Path) -> str | None:
+    """Converge the host back to the snapshot (peers with their PSKs, routes, firewall text,
+    config file). Returns None when the host matches the snapshot again, else why not."""
+    want = snapshot_state(snapshot)
+    content = snapshot.config_content.decode() if snapshot.config_content is not None else None
+    try:
+        current = observe(runner, interface, config_path=config_path)
+        back = plan(want, current)
+        if not back.empty:
+            apply_plan(back, ApplyTarget(runner, interface, snapshot.secrets, content))
+        left = plan(want, observe(runner, interface, config_path=config_path))
+    except Exception as exc:  # report, never mask the original failure
+        return f"{type(exc).__name__}: {exc}"
+    return None if left.empty else left.summary_line()

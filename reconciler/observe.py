@@ -1,0 +1,124 @@
+"""Observe stage: read the live host through the runner and parse it into ObservedState.
+
+Reads only: `ip -json addr show dev <if>`, `wg show <if> dump`, our routes
+(`ip -json route show table all dev <if> proto 252`), our nft table (`nft -j list table
+inet tunnelctl`) and the interface config file's digest. Preshared keys are reduced to
+digests at parse time. The rollback snapshot (which does need the keys) is read separately
+by `read_snapshot`, into memory only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .hoststate import (
+    FIREWALL_FAMILY,
+    FIREWALL_TABLE,
+    ROUTE_PROTO,
+    ConfigFile,
+    Firewall,
+    InterfaceConfig,
+    ObservedState,
+    Secrets,
+)
+from .parsers import parse_ip_addr, parse_nft_table, parse_routes, parse_wg_dump, parse_wg_dump_secrets
+from .psk import psk_digest
+from .runner import CommandError, Runner
+
+
+class InterfaceMissing(RuntimeError):
+    """The managed interface does not exist: the engine configures it but never creates it."""
+
+    def __init__(self, interface: str, netns: str | None) -> None:
+        where = f"in netns {netns}" if netns else "on this host"
+        super().__init__(f"interface {interface} not found {where}; run `tunnelctl bootstrap` "
+                         "or `tunnelctl lab up`")
+        self.interface = interface
+
+
+class NotWireGuard(RuntimeError):
+    pass
+
+
+def observe(runner: Runner, interface: str, *, config_path: Path | None = None) -> ObservedState:
+    """One consistent-enough read of everything the reconciler owns on this host."""
+    res = runner.run(["ip", "-json", "addr", "show", "dev", interface], check=False)
+    link = parse_ip_addr(res.stdout) if res.returncode == 0 else None
+    if link is None:
+        raise InterfaceMissing(interface, runner.netns)
+    try:
+        dump = parse_wg_dump(runner.run(["wg", "show", interface, "dump"]).stdout, psk_digest)
+    except CommandError as exc:
+        raise NotWireGuard(f"{interface} exists but `wg show` cannot read it: {exc.stderr}") from exc
+    iface = InterfaceConfig(
+        name=interface,
+        listen_port=dump.interface.listen_port,
+        public_key=dump.interface.public_key,
+        address=",".join(link.addresses) or None,
+        mtu=link.mtu,
+        up=link.up,
+    )
+    routes = parse_routes(
+        runner.run(["ip", "-json", "route", "show", "table", "all", "dev", interface,
+                    "proto", str(ROUTE_PROTO)]).stdout,
+        dev=interface, proto=ROUTE_PROTO)
+    config = None
+    if config_path is not None:
+        config = ConfigFile(str(config_path), read_config_digest(config_path))
+    return ObservedState(iface, dump.peers, routes, read_firewall(runner), config,
+                         peer_status=dump.status)
+
+
+def read_firewall(runner: Runner, family: str = FIREWALL_FAMILY,
+                  table: str = FIREWALL_TABLE) -> Firewall | None:
+    res = runner.run(["nft", "-j", "list", "table", family, table], check=False)
+    if res.returncode != 0:
+        if "No such file or directory" in res.stderr:
+            return None  # the table does not exist (yet, or deleted by hand)
+        raise CommandError(res.argv, res.returncode, res.stderr)
+    return parse_nft_table(res.stdout, family, table)
+
+
+def read_config_digest(path: Path) -> str | None:
+    try:
+        return ConfigFile.digest_of(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What rollback restores: the observed state plus what a digest cannot give back.
+
+    Held in memory only and never logged (`secrets` hides its repr; `config_content` holds the
+    old file, which contains keys, so repr is disabled for it too).
+    """
+
+    state: ObservedState
+    secrets: Secrets
+    firewall_text: str | None  # loadable `nft list table` output; None = table was absent
+    config_content: bytes | None
+
+    def __repr__(self) -> str:
+        return f"Snapshot(peers={len(self.state.peers)}, routes={len(self.state.routes)}, " \
+               f"firewall={'yes' if self.firewall_text else 'no'})"
+
+
+def read_snapshot(runner: Runner, interface: str, state: ObservedState,
+                  config_path: Path | None) -> Snapshot:
+    """Keys from the dump (private key, PSKs), the table as text, the config file bytes."""
+    priv, psks = parse_wg_dump_secrets(runner.run(["wg", "show", interface, "dump"]).stdout)
+    fw_text = None
+    if state.firewall is not None:
+        fw_text = runner.run(["nft", "list", "table", FIREWALL_FAMILY, FIREWALL_TABLE]).stdout
+    content = None
+    if config_path is not None:
+        try:
+            content = config_path.read_bytes()
+        except FileNotFoundError:
+            content = None
+    return Snapshot(state, Secrets(priv, psks), fw_text, content)
