@@ -8,7 +8,10 @@ from pathlib import Path
 
 import click
 
+from .. import bootstrap as bs
 from .. import customer_config as cc
+from ..repo import load_repo
+from ..runner import Runner
 
 DEFAULT_REPO = Path("tenants")
 
@@ -47,6 +50,77 @@ def customer_config_cmd(tunnel: str, fmt: str, repo_path: Path, gateway: str | N
     else:
         cc.write_private_file(output, text.encode())
         click.echo(f"{fmt} config of {config.ident} written to {output} (mode 0600)", err=True)
+
+
+LEVEL_STYLE = {"ok": ("ok", "green"), "missing": ("missing", "yellow"),
+               "conflict": ("CONFLICT", "red"), "note": ("note", "cyan")}
+
+
+def _bootstrap_target(repo_path: Path, gateway: str | None, secret_dir: Path,
+                      interface: str | None, netns: str | None) -> bs.BootstrapTarget:
+    state = load_repo(repo_path)
+    if gateway is None:
+        if len(state.gateways) != 1:
+            raise click.ClickException(
+                f"{repo_path} defines gateways {', '.join(sorted(state.gateways)) or '(none)'}: "
+                "choose one with --gateway")
+        gateway = next(iter(state.gateways))
+    gw = state.gateways.get(gateway)
+    if gw is None:
+        raise click.ClickException(f"no gateway {gateway} in {repo_path}")
+    for problem in state.problems:
+        click.echo(f"warning: {problem} (its peers count as foreign until fixed)", err=True)
+    keys = frozenset(t.public_key for t in state.tunnels if t.gateway == gw.name)
+    return bs.BootstrapTarget(gw, interface or gw.interface, secret_dir, keys, netns)
+
+
+@click.command("bootstrap")
+@click.option("--check", is_flag=True, help="report what is missing or conflicting; change nothing")
+@click.option("--dry-run", is_flag=True, help="print the steps it would take; change nothing")
+@click.option("--netns", help="network namespace of the host (lab)")
+@click.option("--repo", "repo_path", type=click.Path(path_type=Path, file_okay=False),
+              default=DEFAULT_REPO, show_default=True, help="config repository root")
+@click.option("--gateway", help="gateway to prepare (default: the repository's only gateway)")
+@click.option("--secret-dir", type=click.Path(path_type=Path, file_okay=False),
+              default=cc.DEFAULT_SECRET_DIR, show_default=True,
+              help="where private.key and psk.secret live (0600, never overwritten)")
+@click.option("--interface", help="interface name (default: the gateway file's)")
+def bootstrap_cmd(check: bool, dry_run: bool, netns: str | None, repo_path: Path,
+                  gateway: str | None, secret_dir: Path, interface: str | None) -> None:
+    """Prepare a fresh host: gateway keys, PSK host secret, interface, firewall table.
+
+    Safe to run again: what exists is left alone. Exit 1 when a conflict is found."""
+    target = _bootstrap_target(repo_path, gateway, secret_dir, interface, netns)
+    gw = target.gateway
+    where = f" in netns {netns}" if netns else ""
+    click.echo(f"Bootstrap of gateway {gw.name}: interface {target.interface}, UDP "
+               f"{gw.listen_port}, pool {gw.pool}{where}")
+    report = bs.bootstrap(target, Runner(netns=netns), check=check, dry_run=dry_run)
+    for f in report.findings:
+        label, colour = LEVEL_STYLE[f.level]
+        click.echo(f"  {click.style(f'{label:<9}', fg=colour)} {f.subject:<16} {f.message}")
+    if check:
+        pass
+    elif report.executed:
+        click.echo("Done:" if report.steps else "Nothing to do: the host is already prepared.")
+    elif report.conflicts:
+        click.echo(click.style("Refusing to change anything until the conflicts are resolved.",
+                               fg="red"))
+    else:
+        click.echo("Would do (dry run):" if report.steps else "Nothing to do.")
+    if not check:
+        for i, step in enumerate(report.steps, 1):
+            click.echo(f"  {i}. {step}")
+    if report.error:
+        click.echo(click.style(f"error: {report.error}", fg="red"), err=True)
+    if report.public_key:
+        click.echo(f"Gateway public key: {report.public_key}")
+        if gw.public_key != report.public_key:
+            click.echo(f"  put it into the gateway file: public_key: {report.public_key}")
+    elif not report.executed:
+        click.echo("Gateway public key: generated on the real run")
+    if report.conflicts or report.error:
+        sys.exit(1)
 
 
 def register(group: click.Group) -> None:
