@@ -21,13 +21,14 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from . import psk, wgkeys
+from .apply import firewall_transaction
+from .hoststate import FIREWALL_FAMILY, FIREWALL_TABLE
 from .model import Gateway
+from .render import render_firewall
 from .runner import CommandError, Runner
 
 PRIVATE_KEY_FILE = "private.key"
 PSK_SECRET_FILE = "psk.secret"
-FIREWALL_FAMILY = "inet"
-FIREWALL_TABLE = "tunnelctl"
 WIREGUARD_GO_ENV = ("GOMEMLIMIT=512MiB",)  # without it wireguard-go was seen past 1 GB (issue 3)
 UAPI_DIR = Path("/var/run/wireguard")
 
@@ -316,7 +317,7 @@ def plan_steps(facts: HostFacts, target: BootstrapTarget) -> tuple[Step, ...]:
         steps.append(Step(f"create the nftables table {FIREWALL_FAMILY} {FIREWALL_TABLE} "
                           f"(tenant traffic on {iface} dropped until the first apply)",
                           partial(_run, argv=("nft", "-f", "-"),
-                                  stdin=firewall_skeleton(iface))))
+                                  stdin=firewall_text(gw, iface))))
     return tuple(steps)
 
 
@@ -324,23 +325,11 @@ def _run(runner: Runner, argv: tuple[str, ...], stdin: str | None = None) -> Non
     runner.run(argv, stdin=stdin, write=True)
 
 
-def firewall_skeleton(interface: str) -> str:
-    """A fail-closed starting table: nothing from the tenant interface reaches the host or is
-    forwarded until the engine replaces this table with the real policy. Only our own table is
-    declared; no other table or the ruleset is touched."""
-    return (
-        f"table {FIREWALL_FAMILY} {FIREWALL_TABLE} {{\n"
-        "  chain input {\n"
-        "    type filter hook input priority filter; policy accept;\n"
-        f'    iifname "{interface}" drop\n'
-        "  }\n"
-        "  chain forward {\n"
-        "    type filter hook forward priority filter; policy accept;\n"
-        f'    iifname "{interface}" drop\n'
-        f'    oifname "{interface}" drop\n'
-        "  }\n"
-        "}\n"
-    )
+def firewall_text(gateway: Gateway, interface: str) -> str:
+    """The engine's own table rendered for zero tenants: fail-closed (nothing from the tenant
+    interface reaches the host or is forwarded) until the first apply. The transaction names
+    only our table; no other table or the ruleset is touched."""
+    return firewall_transaction(render_firewall(gateway, (), interface).text)
 
 
 def _create_private_key(runner: Runner, path: Path) -> None:
