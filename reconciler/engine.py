@@ -14,7 +14,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,7 +67,7 @@ class ReconcileResult:
     applied: bool  # apply ran to the end and verify passed
     verified: bool  # the host matched the desired state when the cycle ended
     error: str | None
-    failed_step: str | None  # load|render|lock|observe|firewall|interface|peers|routes|config|verify
+    failed_step: str | None  # load|render|lock|observe|guard|firewall|interface|peers|routes|config|verify
     timings: Mapping[str, float]
     writes: int  # host-changing calls, including any rollback
     rolled_back: bool = False  # the failed apply was undone and the host matches its snapshot
@@ -176,8 +176,14 @@ class _Clock:
         return self.timings
 
 
+# Called under the lock with the plan and what it was planned against, before anything is
+# applied; a returned reason refuses the plan (failed_step "guard"), None lets it proceed.
+PlanGuard = Callable[[Plan, ObservedState], "str | None"]
+
+
 def reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None = None,
-              dry_run: bool = False, runner: Runner | None = None) -> ReconcileResult:
+              dry_run: bool = False, runner: Runner | None = None,
+              guard: PlanGuard | None = None) -> ReconcileResult:
     """One cycle. Never raises for host or repo problems: the result says what failed."""
     runner = runner or Runner(netns=target.netns)
     writes0 = runner.writes
@@ -205,7 +211,8 @@ def reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None = None
         lock = nullcontext() if dry_run else host_lock(target, interface)
         with lock:
             clock.lap("lock")
-            return _cycle(desired, secrets, runner, interface, config_path, dry_run, clock, result)
+            return _cycle(desired, secrets, runner, interface, config_path, dry_run, clock, result,
+                          guard)
     except LockBusy as exc:
         return result(Plan(), error=str(exc), step="lock")
 
@@ -217,7 +224,8 @@ class ResultFactory(Protocol):  # the shape of reconcile's local `result` helper
 
 
 def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
-           config_path: Path, dry_run: bool, clock: _Clock, result: ResultFactory) -> ReconcileResult:
+           config_path: Path, dry_run: bool, clock: _Clock, result: ResultFactory,
+           guard: PlanGuard | None = None) -> ReconcileResult:
     try:
         observed = observe(runner, interface, config_path=config_path)
     except (InterfaceMissing, NotWireGuard, CommandError, OSError, ValueError) as exc:
@@ -227,6 +235,9 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     clock.lap("plan")
     if dry_run or changes.empty:
         return result(changes, verified=changes.empty, observed=observed)
+    refusal = guard(changes, observed) if guard is not None else None
+    if refusal is not None:
+        return result(changes, error=refusal, step="guard", observed=observed)
     log.info("applying on %s: %s", interface, changes.summary_line())
     snapshot = read_snapshot(runner, interface, observed, config_path)
     clock.lap("snapshot")
