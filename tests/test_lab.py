@@ -1,0 +1,253 @@
+"""The lab's own mechanics: what it builds, that it never collides, that it always cleans up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from reconciler import wgkeys
+from reconciler.cli import main as cli
+from reconciler.lab import (
+    Lab,
+    LabError,
+    add_generated_tunnels,
+    demo_private_keys,
+    generate_repo,
+    list_namespaces,
+    ping,
+)
+from reconciler.lab.processes import uapi_socket_busy
+from reconciler.repo import load_repo
+from reconciler.runner import UAPI_DIR, Runner
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TENANTS = REPO_ROOT / "tenants"
+TUNNELCTL = str(Path(sys.executable).with_name("tunnelctl"))
+
+
+def _wireguard_go_cmdlines() -> list[str]:
+    out = subprocess.run(["pgrep", "-a", "wireguard-go"], capture_output=True, text=True).stdout
+    return out.splitlines()
+
+
+def assert_gone(name: str, interfaces: list[str], run_dir: Path) -> None:
+    """Nothing of lab `name` is left: namespaces, wireguard-go processes, sockets, run dir."""
+    assert [ns for ns in list_namespaces() if ns.startswith(f"tcl-{name}-")] == []
+    procs = _wireguard_go_cmdlines()
+    assert [p for p in procs if any(p.endswith(f" {i}") for i in interfaces)] == []
+    assert [i for i in interfaces if (UAPI_DIR / f"{i}.sock").exists()] == []
+    assert not run_dir.exists()
+
+
+# -- repo generator (no root needed) ---------------------------------------------------------
+def test_generated_repo_is_valid_and_keys_match(tmp_path: Path) -> None:
+    gen = generate_repo(tmp_path / "gen", 30, gateway="lab-9")
+    state = load_repo(gen.root)
+    assert state.problems == ()
+    assert len(state.tunnels) == 30 and set(state.gateways) == {"lab-9"}
+    by_ident = {t.ident: t for t in state.tunnels}
+    for g in gen.tunnels:
+        assert wgkeys.public_key(g.private_key) == by_ident[g.ident].public_key
+    assert len({t.subnet for t in state.tunnels}) == 30
+    assert sum(1 for t in state.tunnels if t.lans) == 10  # every third tenant has a LAN
+    assert sum(1 for t in state.tunnels if t.services == ("sip",)) == 6
+    gw = state.gateways["lab-9"]
+    assert gw.public_key == wgkeys.public_key(gen.gateway_private_key)
+    assert not any(t.subnet.overlaps(gw.gateway_subnet) for t in state.tunnels)
+    # Private keys never reach a tunnel file.
+    text = "".join(p.read_text() for p in gen.root.rglob("*.yaml"))
+    assert not any(g.private_key in text for g in gen.tunnels)
+    assert gen.gateway_private_key not in text
+
+
+def test_generated_tunnels_added_to_the_examples_overlap_nothing(tenants_repo: Path) -> None:
+    before = load_repo(tenants_repo)
+    added = add_generated_tunnels(tenants_repo, 40)
+    after = load_repo(tenants_repo)
+    assert after.problems == ()
+    assert len(after.tunnels) == len(before.tunnels) + 40
+    taken = [t.subnet for t in before.tunnels] + [lan for t in before.tunnels for lan in t.lans]
+    reserved = [IPv4Network("10.10.10.0/24"), IPv4Network("10.20.0.0/30")]
+    for g in added:
+        assert not any(n.overlaps(x) for n in (g.subnet, *g.lans) for x in taken + reserved)
+
+
+def test_demo_keys_match_the_shipped_public_keys() -> None:
+    keys = demo_private_keys()
+    state = load_repo(TENANTS)
+    for t in state.tunnels:
+        assert wgkeys.public_key(keys[t.ident]) == t.public_key
+    gw = state.gateways["cloud-1"]
+    assert wgkeys.public_key(keys["gateway/cloud-1"]) == gw.public_key
+
+
+def test_lab_names_must_fit_interface_names() -> None:
+    with pytest.raises(LabError, match="1-6 lowercase"):
+        Lab(TENANTS, name="much-too-long")
+
+
+# -- building and removing labs ----------------------------------------------------------------
+@pytest.mark.lab
+def test_lab_builds_routers_and_leaves_nothing_behind(lab) -> None:  # type: ignore[no-untyped-def]
+    built = lab(TENANTS)
+    name, ifaces, run_dir = built.name, built.wg_interfaces, built.run_dir
+    assert set(built.routers) == {"acme-voip/hq", "bluebird-telecom/main",
+                                  "carrot-dental/clinic", "carrot-dental/branch"}
+    assert set(built.namespaces) <= set(list_namespaces())
+    assert all(uapi_socket_busy(i) for i in ifaces)
+    assert all(len(i) <= 15 for i in ifaces)
+    # The cloud interface is bare: no key, no peers, no address: configuring it is the engine's job.
+    cloud = Runner().uapi(built.interface, "get=1\n")
+    assert "public_key=" not in cloud and "private_key=" not in cloud
+    assert "inet " not in Runner().run(["ip", "-n", built.netns, "addr", "show", built.interface]).stdout
+    assert Runner(built.netns).run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
+    # A router: peer = the cloud key, endpoint = the cloud's end of its link, AllowedIPs = only
+    # the cloud tunnel address (never a public endpoint), a PSK, keepalive.
+    hq = built.routers["acme-voip/hq"]
+    dump = Runner(hq.netns).run(["wg", "show", hq.interface, "dump"]).stdout.splitlines()
+    peer = dump[1].split("\t")
+    hq_tunnel = next(t for t in load_repo(TENANTS).tunnels if t.ident == "acme-voip/hq")
+    assert dump[0].split("\t")[1] == hq_tunnel.public_key
+    assert peer[0] == built.cloud_public_key == wgkeys.public_key(
+        (built.secret_dir / "private.key").read_text().strip())
+    assert peer[1] != "(none)"  # preshared key present
+    assert peer[2] == f"{hq.cloud_wan_address}:51821" and peer[3] == "10.20.0.1/32"
+    assert peer[7] == "25"
+    assert oct((built.secret_dir / "private.key").stat().st_mode & 0o777) == "0o600"
+    assert oct((built.secret_dir / "psk.secret").stat().st_mode & 0o777) == "0o600"
+    # The links work: LAN host -> router, router -> cloud's underlay address, infra -> cloud.
+    assert ping(hq.host_netns, hq.lan_address)
+    assert ping(hq.netns, hq.cloud_wan_address)
+    assert built.infra is not None and ping(built.infra.netns, built.infra.cloud_address)
+    # No private key or PSK on any command line of the processes the lab started.
+    state_text = (built.run_dir / "lab.json").read_text()
+    for key in (demo_private_keys()["acme-voip/hq"], demo_private_keys()["gateway/cloud-1"]):
+        assert key not in state_text
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    assert key not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+                except OSError:
+                    pass
+    built.down()
+    assert_gone(name, ifaces, run_dir)
+    built.down()  # idempotent
+
+
+@pytest.mark.lab
+def test_two_labs_at_once_do_not_collide(lab) -> None:  # type: ignore[no-untyped-def]
+    a = lab(TENANTS, routers=["acme-voip/hq"])
+    b = lab(TENANTS, routers=["acme-voip/hq"])
+    assert a.name != b.name
+    assert not set(a.namespaces) & set(b.namespaces)
+    assert not set(a.wg_interfaces) & set(b.wg_interfaces)
+    ra, rb = a.routers["acme-voip/hq"], b.routers["acme-voip/hq"]
+    # Same addresses, different namespaces: both work.
+    assert ra.cloud_wan_address == rb.cloud_wan_address
+    assert ping(ra.host_netns, ra.lan_address) and ping(rb.host_netns, rb.lan_address)
+    name, ifaces, run_dir = a.name, a.wg_interfaces, a.run_dir
+    a.down()
+    assert_gone(name, ifaces, run_dir)
+    assert all(uapi_socket_busy(i) for i in b.wg_interfaces)
+    assert ping(rb.netns, rb.cloud_wan_address)
+
+
+@pytest.mark.lab
+def test_teardown_runs_when_the_body_raises() -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with Lab(TENANTS, routers=1) as built:
+            name, ifaces, run_dir = built.name, built.wg_interfaces, built.run_dir
+            assert uapi_socket_busy(built.interface)
+            raise RuntimeError("boom")
+    assert_gone(name, ifaces, run_dir)
+
+
+@pytest.mark.lab
+def test_a_failed_build_removes_what_it_made() -> None:
+    """A router key wireguard-go rejects makes up() fail half-way: nothing may stay behind."""
+    broken = Lab(TENANTS, routers=["acme-voip/hq"], private_keys={"acme-voip/hq": "bm90LWEta2V5"})
+    with pytest.raises(Exception, match="errno"):
+        broken.up()
+    assert_gone(broken.name, broken.wg_interfaces, broken.run_dir)
+
+
+@pytest.mark.lab
+def test_only_the_routers_asked_for_are_built(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gen = generate_repo(tmp_path / "gen", 200)
+    started = time.monotonic()
+    built = lab(gen.root, routers=3, private_keys=gen.private_keys, services=False)
+    print(f"\nlab with 200 tenants in config, 3 routers: up in {time.monotonic() - started:.2f}s")
+    assert len(built.routers) == 3
+    assert len([ns for ns in built.namespaces if "-r" in ns]) == 3
+    assert built.cloud_public_key == wgkeys.public_key(gen.gateway_private_key)
+
+
+@pytest.mark.lab
+def test_a_lab_dies_with_its_process_on_sigterm_and_survives_sigkill_for_lab_down(
+        tmp_path: Path) -> None:
+    """SIGTERM: the builder tears its lab down. SIGKILL: `tunnelctl lab down --name` can."""
+    script = ("import sys, time\nfrom reconciler.lab import Lab\n"
+              f"lab = Lab({str(TENANTS)!r}, routers=1).up()\n"
+              "print(lab.name, ' '.join(lab.wg_interfaces), flush=True)\ntime.sleep(60)\n")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                                cwd=REPO_ROOT)
+        assert proc.stdout is not None
+        name, *ifaces = proc.stdout.readline().split()
+        run_dir = Path("/run/tunnelctl-lab") / name
+        assert (run_dir / "lab.json").exists() and all(uapi_socket_busy(i) for i in ifaces)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        if sig == signal.SIGKILL:
+            assert any(ns.startswith(f"tcl-{name}-") for ns in list_namespaces())
+            res = subprocess.run([TUNNELCTL, "lab", "down", "--name", name],
+                                 capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0, res.stderr
+        assert_gone(name, ifaces, run_dir)
+
+
+@pytest.mark.lab
+def test_cli_up_status_down(tmp_path: Path) -> None:
+    name = "c" + os.urandom(2).hex()
+    iface = f"tc{name}c"
+    up = subprocess.run([TUNNELCTL, "lab", "up", "--name", name, "--repo", str(TENANTS),
+                         "--routers", "2", "--interface", iface],
+                        capture_output=True, text=True, timeout=60)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"tunnelctl apply --netns tcl-{name}-cloud --interface {iface}" in up.stdout
+        assert "--secret-dir /run/tunnelctl-lab/" in up.stdout
+        # The process that built it has exited; the lab is still there.
+        st = subprocess.run([TUNNELCTL, "lab", "status", "--name", name, "-o", "json"],
+                            capture_output=True, text=True, timeout=30)
+        assert st.returncode == 0, st.stderr
+        rep = json.loads(st.stdout)[0]
+        assert rep["detached"] and all(rep["namespaces"].values())
+        assert all(p["running"] for p in rep["processes"])
+        assert [r["ident"] for r in rep["info"]["routers"]] == ["acme-voip/hq",
+                                                                "bluebird-telecom/main"]
+        again = subprocess.run([TUNNELCTL, "lab", "up", "--name", name, "--interface", iface],
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode != 0 and "already up" in again.stderr
+    finally:
+        down = subprocess.run([TUNNELCTL, "lab", "down", "--name", name],
+                              capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert_gone(name, [iface, f"tc{name}r0", f"tc{name}r1"], Path("/run/tunnelctl-lab") / name)
+
+
+@pytest.mark.lab
+def test_lab_down_refuses_a_lab_whose_test_process_still_runs(lab) -> None:  # type: ignore[no-untyped-def]
+    built = lab(TENANTS, routers=1, services=False)
+    res = CliRunner().invoke(cli, ["lab", "down", "--name", built.name])
+    assert res.exit_code != 0 and "belongs to running process" in res.output
+    assert all(uapi_socket_busy(i) for i in built.wg_interfaces)
