@@ -35,8 +35,14 @@ TUNNELCTL = str(Path(sys.executable).with_name("tunnelctl"))
 
 
 def _wireguard_go_cmdlines() -> list[str]:
-    out = subprocess.run(["pgrep", "-a", "wireguard-go"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-a", "wireguard-go"], check=False, capture_output=True,
+                         text=True).stdout
     return out.splitlines()
+
+
+def _tunnelctl(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TUNNELCTL, *args], check=False, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def assert_gone(name: str, interfaces: list[str], run_dir: Path) -> None:
@@ -163,11 +169,10 @@ def test_two_labs_at_once_do_not_collide(lab) -> None:  # type: ignore[no-untype
 
 @pytest.mark.lab
 def test_teardown_runs_when_the_body_raises() -> None:
-    with pytest.raises(RuntimeError, match="boom"):
-        with Lab(TENANTS, routers=1) as built:
-            name, ifaces, run_dir = built.name, built.wg_interfaces, built.run_dir
-            assert uapi_socket_busy(built.interface)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), Lab(TENANTS, routers=1) as built:
+        name, ifaces, run_dir = built.name, built.wg_interfaces, built.run_dir
+        assert uapi_socket_busy(built.interface)
+        raise RuntimeError("boom")
     assert_gone(name, ifaces, run_dir)
 
 
@@ -209,8 +214,7 @@ def test_a_lab_dies_with_its_process_on_sigterm_and_survives_sigkill_for_lab_dow
         proc.wait(timeout=30)
         if sig == signal.SIGKILL:
             assert any(ns.startswith(f"tcl-{name}-") for ns in list_namespaces())
-            res = subprocess.run([TUNNELCTL, "lab", "down", "--name", name],
-                                 capture_output=True, text=True, timeout=60)
+            res = _tunnelctl("lab", "down", "--name", name, timeout=60)
             assert res.returncode == 0, res.stderr
         assert_gone(name, ifaces, run_dir)
 
@@ -219,28 +223,24 @@ def test_a_lab_dies_with_its_process_on_sigterm_and_survives_sigkill_for_lab_dow
 def test_cli_up_status_down(tmp_path: Path) -> None:
     name = "c" + os.urandom(2).hex()
     iface = f"tc{name}c"
-    up = subprocess.run([TUNNELCTL, "lab", "up", "--name", name, "--repo", str(TENANTS),
-                         "--routers", "2", "--interface", iface],
-                        capture_output=True, text=True, timeout=60)
+    up = _tunnelctl("lab", "up", "--name", name, "--repo", str(TENANTS),
+                         "--routers", "2", "--interface", iface, timeout=60)
     try:
         assert up.returncode == 0, up.stderr
         assert f"tunnelctl apply --netns tcl-{name}-cloud --interface {iface}" in up.stdout
         assert "--secret-dir /run/tunnelctl-lab/" in up.stdout
         # The process that built it has exited; the lab is still there.
-        st = subprocess.run([TUNNELCTL, "lab", "status", "--name", name, "-o", "json"],
-                            capture_output=True, text=True, timeout=30)
+        st = _tunnelctl("lab", "status", "--name", name, "-o", "json", timeout=30)
         assert st.returncode == 0, st.stderr
         rep = json.loads(st.stdout)[0]
         assert rep["detached"] and all(rep["namespaces"].values())
         assert all(p["running"] for p in rep["processes"])
         assert [r["ident"] for r in rep["info"]["routers"]] == ["acme-voip/hq",
                                                                 "bluebird-telecom/main"]
-        again = subprocess.run([TUNNELCTL, "lab", "up", "--name", name, "--interface", iface],
-                               capture_output=True, text=True, timeout=60)
+        again = _tunnelctl("lab", "up", "--name", name, "--interface", iface, timeout=60)
         assert again.returncode != 0 and "already up" in again.stderr
     finally:
-        down = subprocess.run([TUNNELCTL, "lab", "down", "--name", name],
-                              capture_output=True, text=True, timeout=60)
+        down = _tunnelctl("lab", "down", "--name", name, timeout=60)
     assert down.returncode == 0, down.stderr
     assert_gone(name, [iface, f"tc{name}r0", f"tc{name}r1"], Path("/run/tunnelctl-lab") / name)
 

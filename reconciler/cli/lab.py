@@ -11,7 +11,16 @@ from typing import Any
 
 import click
 
-from ..lab import RUN_ROOT, Lab, LabError, LabState, find_labs, generate_repo, list_namespaces, teardown
+from ..lab import (
+    RUN_ROOT,
+    Lab,
+    LabError,
+    LabState,
+    find_labs,
+    generate_repo,
+    list_namespaces,
+    teardown,
+)
 from ..lab.processes import uapi_socket_busy
 from ..repo import load_repo
 from ..runner import CommandError, Runner
@@ -67,7 +76,7 @@ def up(name: str, repo_path: Path, generate: int | None, routers: str, gateway: 
         interface = gw.interface
     started = time.monotonic()
     try:
-        built = Lab(repo_path, name=name, gateway=gateway, routers=selection,  # type: ignore[arg-type]
+        built = Lab(repo_path, name=name, gateway=gateway, routers=selection,
                     private_keys=keys, cloud_interface=interface, detached=True).up()
     except (LabError, CommandError) as exc:
         if generate and not (run_dir / "lab.json").exists():
@@ -139,7 +148,8 @@ def status(name: str | None, output: str) -> None:
 def _status(st: LabState) -> dict[str, Any]:
     existing = set(list_namespaces())
     routers = []
-    for r in st.info.get("routers", []):  # type: ignore[union-attr]
+    listed: list[dict[str, Any]] = st.info.get("routers", [])  # type: ignore[assignment]
+    for r in listed:
         routers.append({**r, "last_handshake": _last_handshake(r["interface"])})
     return {
         "name": st.name, "run_dir": st.run_dir, "detached": st.detached,
