@@ -111,6 +111,8 @@ def _action(change: Change) -> str:
         return "add" if change.old is None else "remove" if change.new is None else "change"
     if isinstance(change, SetInterface):
         return "add" if change.old is None else "change"
+    if isinstance(change, UpdatePeer):
+        return "change"
     return "add" if change.old is None or change.old.digest is None else "change"
 
 
