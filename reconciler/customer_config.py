@@ -134,10 +134,10 @@ def find_tunnel(state: RepoState, ident: str, gateway: str | None = None) -> tup
         raise CustomerConfigError(f"{ident!r}: give the tunnel as ORG/NAME, e.g. acme-voip/hq")
     tunnel = next((t for t in state.tunnels if t.org == org and t.name == name), None)
     if tunnel is None:
-        own = [p for p in state.problems if p.org == org]
+        own = [p for p in state.problems if p.org in (org, None)]
         if own:
             raise CustomerConfigError(
-                f"{ident} is not usable: the repository has problems in org {org}:\n"
+                f"{ident} is not usable: the repository has problems (org {org} or gateway):\n"
                 + "\n".join(f"  {p}" for p in own)
             )
         known = ", ".join(sorted(t.ident for t in state.tunnels if t.org == org)) or "none"
