@@ -38,17 +38,25 @@ class TrackedProcess:
             return self.argv[4:]
         return self.argv
 
-    def is_running(self) -> bool:
-        """True only if this pid is still the process we started (and not a zombie)."""
+    def exists(self) -> bool:
+        """This pid still belongs to the process we started (same kernel start time), alive."""
         stat = _read_stat(self.pid)
-        if stat is None or stat[1] != self.starttime or stat[0] == "Z":
-            return False
-        try:
-            raw = Path(f"/proc/{self.pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-        cmdline = tuple(raw.decode(errors="replace").split("\0")[:-1])
-        return cmdline in (self.argv, self.program_argv)
+        return stat is not None and stat[1] == self.starttime and stat[0] != "Z"
+
+    def is_running(self) -> bool:
+        """True only if this pid is still the process we started, running what we started."""
+        for _ in range(100):
+            if not self.exists():
+                return False
+            try:
+                raw = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+            except OSError:
+                return False
+            if raw:
+                cmdline = tuple(raw.decode(errors="replace").split("\0")[:-1])
+                return cmdline in (self.argv, self.program_argv)
+            time.sleep(0.005)  # cmdline reads empty while `ip netns exec` is in execve
+        return False
 
 
 def _read_stat(pid: int) -> tuple[str, int] | None:
@@ -114,7 +122,7 @@ def wait_for(predicate_path: Path, *, timeout: float, what: str,
     """Wait until a socket/ready file exists; fail fast (with its log) if the process died."""
     deadline = time.monotonic() + timeout
     while not predicate_path.exists():
-        if alive is not None and not alive.is_running():
+        if alive is not None and not alive.exists():
             detail = log.read_text(errors="replace").strip()[-2000:] if log and log.exists() else ""
             raise LabError(f"{what} exited during start-up: {detail or '(no output)'}")
         if time.monotonic() > deadline:
