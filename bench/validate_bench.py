@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Time loading and validating a generated repo of N tenants (prints figures, asserts nothing).
+
+    .venv/bin/python bench/validate_bench.py [N] [--keep DIR]
+
+Generates N tunnel files (keys made in-process, subnets from the allocator's order) into a
+temporary folder next to a copy of tenants/gateway.yaml, then times:
+  cold load_repo (fresh ParseCache), warm load_repo (same cache, nothing changed),
+  one-file change (same cache, one tunnel edited), and `tunnelctl validate` as a process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from ipaddress import IPv4Network
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))
+
+from reconciler import wgkeys  # noqa: E402
+from reconciler.repo import ParseCache, load_repo  # noqa: E402
+
+TEMPLATE = """\
+# yaml-language-server: $schema=../../../schemas/tunnel.schema.json
+org: {org}
+name: {name}
+gateway: cloud-1
+public_key: {key}
+subnet: {subnet}
+lans:
+  - {lan}
+status: active
+persistent_keepalive: 25
+psk_rotation: 0
+notes: Generated tenant {i} for the validation benchmark.
+"""
+
+
+def generate(root: Path, n: int) -> None:
+    shutil.copy(HERE / "tenants" / "gateway.yaml", root / "gateway.yaml")
+    orgs = root / "tenants"
+    base = int(IPv4Network("10.20.0.0/16").network_address)
+    for i in range(n):
+        org = f"org-{i // 8:05d}"
+        (orgs / org).mkdir(parents=True, exist_ok=True)
+        subnet = IPv4Network((base + (i + 1) * 4, 30))  # block 0 is the gateway's own
+        lan = IPv4Network((int(IPv4Network("172.16.0.0/12").network_address) + i * 64, 26))
+        _, pub = wgkeys.keypair()
+        (orgs / org / f"site-{i % 8}.yaml").write_text(TEMPLATE.format(
+            org=org, name=f"site-{i % 8}", key=pub, subnet=subnet, lan=lan, i=i))
+
+
+def timed(label: str, fn) -> object:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    result = fn()
+    print(f"{label:<38} {time.perf_counter() - t0:8.3f} s")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("n", nargs="?", type=int, default=16383)
+    ap.add_argument("--keep", type=Path, help="generate into this folder and keep it")
+    args = ap.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="tunnelctl-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        timed(f"generate {args.n} tenants", lambda: generate(root, args.n))
+        cache = ParseCache()
+        state = timed("load_repo cold (in-process)", lambda: load_repo(root, cache))
+        print(f"  tunnels={len(state.tunnels)} problems={len(state.problems)}")  # type: ignore[attr-defined]
+        timed("load_repo warm, nothing changed", lambda: load_repo(root, cache))
+        victim = root / "tenants" / "org-00000" / "site-1.yaml"
+        victim.write_text(victim.read_text().replace("psk_rotation: 0", "psk_rotation: 1"))
+        misses = cache.misses
+        timed("load_repo warm, one file changed", lambda: load_repo(root, cache))
+        print(f"  files parsed again: {cache.misses - misses}")
+        exe = HERE / ".venv" / "bin" / "tunnelctl"
+        for run in range(3):
+            t0 = time.perf_counter()
+            proc = subprocess.run([str(exe), "validate", str(root)], capture_output=True, text=True)
+            print(f"{'tunnelctl validate (process) #' + str(run + 1):<38} "
+                  f"{time.perf_counter() - t0:8.3f} s  exit={proc.returncode}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
