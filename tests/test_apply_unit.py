@@ -1,0 +1,220 @@
+"""Apply stage without a host: a recording Runner shows order, batching and secret handling."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.apply import (
+    ApplyTarget,
+    StepFailed,
+    apply_plan,
+    firewall_transaction,
+    route_batch,
+    uapi_peer_request,
+)
+from reconciler.hoststate import ConfigFile, InterfaceConfig, Peer, Route, Secrets
+from reconciler.parsers import b64_to_hex, firewall_from_elements
+from reconciler.plan import (
+    AddPeer,
+    AddRoute,
+    DeleteRoute,
+    Plan,
+    RemovePeer,
+    ReplaceFirewall,
+    SetInterface,
+    UpdatePeer,
+    WriteConfig,
+)
+from reconciler.runner import CommandError, Result, Runner
+from reconciler.wgkeys import keypair
+
+A, B, C, D = (keypair()[1] for _ in range(4))
+PSK_A, PSK_C = keypair()[0], keypair()[0]  # any 32-byte base64 value does as a PSK
+PRIV = keypair()[0]
+FW = firewall_from_elements({("chain", "input")}, text="table inet tunnelctl {\n}\n")
+
+
+class RecordingRunner(Runner):
+    """Records every call instead of touching the host; can fail one kind of call."""
+
+    def __init__(self, uapi_sock: bool = True, fail: str | None = None) -> None:
+        super().__init__(netns=None)
+        self.calls: list[tuple[str, Any]] = []
+        self.uapi_sock = uapi_sock
+        self.fail = fail
+        self.seen_files: dict[str, tuple[int, int, str]] = {}
+
+    def run(self, argv: Sequence[str], *, stdin: str | bytes | None = None, check: bool = True,
+            write: bool = False, timeout: float = 60.0) -> Result:
+        if write:
+            self.writes += 1
+        self.calls.append(("run", (tuple(argv), stdin)))
+        for arg in argv:  # key files must exist, private, while wg runs
+            if arg.startswith("/run/tunnelctl-") or "/tunnelctl-" in arg:
+                p = Path(arg)
+                self.seen_files[arg] = (stat.S_IMODE(p.stat().st_mode),
+                                        stat.S_IMODE(p.parent.stat().st_mode), p.read_text())
+        if self.fail and self.fail in " ".join(argv):
+            raise CommandError(argv, 1, "injected failure")
+        return Result(tuple(argv), 0, "", "")
+
+    def uapi(self, interface: str, request: str, *, write: bool = False) -> str:
+        if write:
+            self.writes += 1
+        self.calls.append(("uapi", request))
+        if self.fail == "uapi":
+            raise CommandError(["uapi"], 1, "injected failure")
+        return ""
+
+    def has_uapi(self, interface: str) -> bool:
+        return self.uapi_sock
+
+    def write_file(self, path: Path, content: str, mode: int = 0o600) -> None:
+        self.writes += 1
+        self.calls.append(("write", (str(path), mode)))
+
+
+def peer(key: str, *ips: str, psk: str | None = "d", ka: int = 25) -> Peer:
+    return Peer(key, tuple(ips), psk, ka, owner=f"org/{key[:4]}")
+
+
+SECRETS = Secrets(PRIV, {A: PSK_A, C: PSK_C})
+OLD_IF = InterfaceConfig("wg1", 40000, None, None, 1420, False)
+NEW_IF = InterfaceConfig("wg1", 51821, "pub", "10.20.0.1/16", 1412, True)
+MIXED = Plan((
+    SetInterface(OLD_IF, NEW_IF),
+    ReplaceFirewall(None, FW),
+    UpdatePeer(peer(C, "10.20.0.14/32", psk="old"), peer(C, "10.20.0.14/32", "192.168.30.0/24")),
+    AddPeer(peer(A, "10.20.0.6/32", "192.168.10.0/24"), "org/a"),
+    RemovePeer(peer(B, "10.20.0.10/32")),
+    AddRoute(Route("192.168.10.0/24", "wg1")),
+    AddRoute(Route("192.168.30.0/24", "wg1")),
+    DeleteRoute(Route("192.168.20.0/24", "wg1")),
+    WriteConfig(None, ConfigFile("/etc/wireguard/wg1.conf", "abc")),
+))
+
+
+def kinds(runner: RecordingRunner) -> list[str]:
+    out = []
+    for kind, payload in runner.calls:
+        if kind == "uapi":
+            out.append("uapi-remove" if "remove=true" in payload else
+                       "uapi-key" if "private_key" in payload else "uapi-peers")
+        elif kind == "run":
+            argv, stdin = payload
+            if argv[:2] == ("nft", "-f"):
+                out.append("nft")
+            elif "route del" in (stdin or ""):
+                out.append("route-del")
+            elif "route replace" in (stdin or ""):
+                out.append("route-add")
+            elif "link set" in (stdin or ""):
+                out.append("link")
+            else:
+                out.append(" ".join(argv[:2]))
+        else:
+            out.append("write")
+    return out
+
+
+def test_order_removals_reverse_then_adds() -> None:
+    r = RecordingRunner()
+    done = apply_plan(MIXED, ApplyTarget(r, "wg1", SECRETS, config_text="[Interface]\n"))
+    assert kinds(r) == ["route-del", "uapi-remove", "nft", "uapi-key", "link", "uapi-peers",
+                        "route-add", "write"]
+    assert done == ["routes", "peers", "firewall", "interface", "peers", "routes", "config"]
+    assert r.writes == 8
+    assert ("write", ("/etc/wireguard/wg1.conf", 0o600)) in r.calls
+
+
+def test_uapi_request_mentions_only_changed_peers_and_fields() -> None:
+    upserts = [MIXED.changes[3], MIXED.changes[2]]
+    req = uapi_peer_request(upserts, [B], SECRETS)  # type: ignore[arg-type]
+    lines = req.splitlines()
+    assert lines[0] == "set=1" and req.endswith("\n\n")
+    assert lines[1:3] == [f"public_key={b64_to_hex(B)}", "remove=true"]
+    a_at = lines.index(f"public_key={b64_to_hex(A)}")
+    assert lines[a_at + 1:a_at + 6] == [f"preshared_key={b64_to_hex(PSK_A)}",
+                                        "persistent_keepalive_interval=25",
+                                        "replace_allowed_ips=true", "allowed_ip=10.20.0.6/32",
+                                        "allowed_ip=192.168.10.0/24"]
+    c_at = lines.index(f"public_key={b64_to_hex(C)}")
+    # C changed its PSK digest and its AllowedIPs; keepalive did not change, so is not sent.
+    assert lines[c_at + 1:-1] == ["update_only=true", f"preshared_key={b64_to_hex(PSK_C)}",
+                                "replace_allowed_ips=true", "allowed_ip=10.20.0.14/32",
+                                "allowed_ip=192.168.30.0/24"]
+    assert D not in req and b64_to_hex(D) not in req
+
+
+def test_psk_removal_sends_the_zero_key() -> None:
+    req = uapi_peer_request([UpdatePeer(peer(A, "10.20.0.6/32"),
+                                        peer(A, "10.20.0.6/32", psk=None))], [], SECRETS)
+    assert "preshared_key=" + "0" * 64 in req
+
+
+def test_missing_psk_is_an_error_not_a_silent_none() -> None:
+    with pytest.raises(KeyError):
+        uapi_peer_request([AddPeer(peer(D, "10.20.0.22/32"))], [], SECRETS)
+
+
+def test_wg_set_fallback_is_one_call_with_psk_files_not_argv() -> None:
+    r = RecordingRunner(uapi_sock=False)
+    plan = Plan((AddPeer(peer(A, "10.20.0.6/32")), RemovePeer(peer(B)),
+                 UpdatePeer(peer(C, "10.20.0.14/32", psk="x", ka=25),
+                            peer(C, "10.20.0.14/32", psk=None, ka=0)),
+                 SetInterface(OLD_IF, NEW_IF)))
+    apply_plan(plan, ApplyTarget(r, "wg1", SECRETS))
+    wg_calls = [p[0] for k, p in r.calls if k == "run" and p[0][0] == "wg"]
+    assert len(wg_calls) == 3  # remove phase, private key + port, add phase
+    everything = repr(r.calls)
+    for secret in (PSK_A, PSK_C, PRIV):
+        assert secret not in everything
+    remove, key, add = wg_calls
+    assert remove == ("wg", "set", "wg1", "peer", B, "remove")
+    assert key[:4] == ("wg", "set", "wg1", "private-key") and key[-2:] == ("listen-port", "51821")
+    assert add[3:6] == ("peer", A, "preshared-key")
+    assert add[add.index(C) + 1:] == ("preshared-key", "/dev/null", "persistent-keepalive", "off")
+    # The files were 0600 in a 0700 directory while wg ran, and are gone now.
+    assert {m for m, _, _ in r.seen_files.values()} == {0o600}
+    assert {d for _, d, _ in r.seen_files.values()} == {0o700}
+    assert sorted(t.strip() for _, _, t in r.seen_files.values()) == sorted([PSK_A, PRIV])
+    assert not any(os.path.exists(f) for f in r.seen_files)
+
+
+def test_route_batch_replaces_and_deletes_only_our_protocol() -> None:
+    text = route_batch([Route("192.168.10.0/24", "wg1")],
+                       [Route("172.16.5.0/24", "wg1", "100")])
+    assert text == ("route del 172.16.5.0/24 dev wg1 proto 252 table 100\n"
+                    "route replace 192.168.10.0/24 dev wg1 proto 252\n")
+
+
+def test_firewall_transaction_replaces_only_our_table() -> None:
+    text = firewall_transaction(FW.text)
+    assert text.splitlines()[:3] == ["table inet tunnelctl {}", "delete table inet tunnelctl",
+                                     "table inet tunnelctl {"]
+    assert "flush" not in text and "ruleset" not in text
+    assert firewall_transaction(None) == "table inet tunnelctl {}\ndelete table inet tunnelctl\n"
+
+
+@pytest.mark.parametrize("fail,step", [("nft", "firewall"), ("uapi", "peers"),
+                                       ("-batch", "routes")])
+def test_a_failure_names_its_step_and_stops(fail: str, step: str) -> None:
+    r = RecordingRunner(fail=fail)
+    plan = Plan((ReplaceFirewall(None, FW), AddPeer(peer(A, "10.20.0.6/32")),
+                 AddRoute(Route("192.168.10.0/24", "wg1"))))
+    with pytest.raises(StepFailed) as info:
+        apply_plan(plan, ApplyTarget(r, "wg1", SECRETS))
+    assert info.value.step == step
+    assert kinds(r)[-1] == {"firewall": "nft", "peers": "uapi-peers", "routes": "route-add"}[step]
+
+
+def test_empty_plan_makes_no_calls() -> None:
+    r = RecordingRunner()
+    assert apply_plan(Plan(), ApplyTarget(r, "wg1", SECRETS)) == []
+    assert r.calls == [] and r.writes == 0
