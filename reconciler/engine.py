@@ -285,6 +285,6 @@ def restore(snapshot: Snapshot, runner: Runner, interface: str, config_path: Pat
         if not back.empty:
             apply_plan(back, ApplyTarget(runner, interface, snapshot.secrets, content))
         left = plan(want, observe(runner, interface, config_path=config_path))
-    except Exception as exc:  # report, never mask the original failure
+    except Exception as exc:  # noqa: BLE001 - report it, never mask the original failure
         return f"{type(exc).__name__}: {exc}"
     return None if left.empty else left.summary_line()

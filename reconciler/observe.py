@@ -22,7 +22,13 @@ from .hoststate import (
     ObservedState,
     Secrets,
 )
-from .parsers import parse_ip_addr, parse_nft_table, parse_routes, parse_wg_dump, parse_wg_dump_secrets
+from .parsers import (
+    parse_ip_addr,
+    parse_nft_table,
+    parse_routes,
+    parse_wg_dump,
+    parse_wg_dump_secrets,
+)
 from .psk import psk_digest
 from .runner import CommandError, Runner
 

@@ -254,6 +254,8 @@ def _nft_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, dict):
+        if "elem" in value:  # element carrying attributes (counter, timeout, comment)
+            return _nft_value(value["elem"].get("val"))
         if "prefix" in value:
             p = value["prefix"]
             return canonical_cidr(f"{p['addr']}/{p['len']}")
@@ -267,15 +269,13 @@ def _nft_value(value: Any) -> str:
             except (ValueError, TypeError):
                 pass
             return f"{lo}-{hi}"
-        if "elem" in value:  # element carrying attributes (counter, timeout, comment)
-            return _nft_value(value["elem"].get("val"))
         for verdict in ("jump", "goto"):
             if verdict in value:
                 return f"{verdict} {value[verdict]['target']}"
         if len(value) == 1:
             (k, v), = value.items()
             if v is None:  # {"accept": null}
-                return k
+                return str(k)
         return json.dumps(value, sort_keys=True)
     return json.dumps(value, sort_keys=True)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from .hoststate import (
     ROUTE_PROTO,
@@ -95,8 +95,8 @@ class WriteConfig:
     new: ConfigFile
 
 
-Change = Union[SetInterface, AddPeer, RemovePeer, UpdatePeer, AddRoute, DeleteRoute,
-               ReplaceFirewall, WriteConfig]
+Change = (SetInterface | AddPeer | RemovePeer | UpdatePeer | AddRoute | DeleteRoute
+          | ReplaceFirewall | WriteConfig)
 C = TypeVar("C", SetInterface, AddPeer, RemovePeer, UpdatePeer, AddRoute, DeleteRoute,
             ReplaceFirewall, WriteConfig)
 

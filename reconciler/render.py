@@ -156,7 +156,7 @@ def render_firewall(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str)
         if not services:
             continue  # no map entry: only ping reaches the cloud, everything else drops
         prof = profiles.setdefault(services, _profile(gateway, services))
-        sources = [ipaddress.ip_network(f"{t.customer_address}/32"), *t.lans]
+        sources = [ipaddress.IPv4Network(f"{t.customer_address}/32"), *t.lans]
         for net in ipaddress.collapse_addresses(sources):  # nft refuses overlapping intervals
             elements.append((str(net), prof.chain))
     elements.sort(key=lambda e: (int(ipaddress.ip_network(e[0]).network_address), e[0]))

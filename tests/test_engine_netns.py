@@ -38,7 +38,6 @@ from reconciler.plan import (
     SetInterface,
     UpdatePeer,
     WriteConfig,
-    plan,
 )
 from reconciler.psk import create_host_secret
 from reconciler.repo import RepoState, load_repo

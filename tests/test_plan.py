@@ -49,8 +49,9 @@ def peer(key: str, *ips: str, psk: str | None = "d1", keepalive: int = 25,
     return Peer(key, canonical_ips(ips), psk, keepalive, owner=owner)
 
 
-def state(peers: list[Peer], routes: set[Route] = set(), fw: Firewall | None = FW1,
-          iface: InterfaceConfig | None = IFACE, config: ConfigFile | None = None) -> HostState:
+def state(peers: list[Peer], routes: frozenset[Route] | set[Route] = frozenset(),
+          fw: Firewall | None = FW1, iface: InterfaceConfig | None = IFACE,
+          config: ConfigFile | None = None) -> HostState:
     return HostState(iface, {p.public_key: p for p in peers}, frozenset(routes), fw, config)
 
 
