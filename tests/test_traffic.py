@@ -17,9 +17,18 @@ from typing import Any
 
 import pytest
 
+from reconciler import wgkeys
 from reconciler.engine import reconcile
-from reconciler.lab import Lab, add_generated_tunnels, nonce, ping, tcp_probe, udp_probe
-from reconciler.plan import AddPeer, RemovePeer
+from reconciler.lab import (
+    Lab,
+    add_generated_tunnels,
+    demo_private_keys,
+    nonce,
+    ping,
+    tcp_probe,
+    udp_probe,
+)
+from reconciler.plan import AddPeer, RemovePeer, UpdatePeer
 from reconciler.repo import load_repo
 from reconciler.runner import Runner
 
@@ -106,6 +115,44 @@ def test_cloud_ssh_is_closed_to_tenants(cloud: Lab) -> None:
         assert not tcp_probe(cloud.routers[ident].netns, CLOUD_IP, 22, timeout=NEGATIVE_TIMEOUT)
     # ...and only the cloud's own connection ever reached it.
     assert cloud.serve_log(cloud.netns).connections(dport=22) == before + 1
+
+
+def test_psk_rotation_and_key_change_need_the_new_router_config(cloud: Lab,
+                                                                tmp_path: Path) -> None:
+    """The cloud side changes from the repo; the customer's old config stops working, the new
+    one works: the same round trip ops do with a customer (`Lab.configure_router`)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(TENANTS, repo)
+    tunnel_file = repo / "bluebird-telecom" / "main.yaml"
+    original = tunnel_file.read_text()
+    router = cloud.routers[SIP_ONLY]
+    try:
+        tunnel_file.write_text(original.replace("psk_rotation: 0", "psk_rotation: 1"))
+        assert converge(cloud, repo).plan.of(UpdatePeer)
+        cloud.configure_router(SIP_ONLY)  # reconnect with the old PSK: the handshake fails
+        time.sleep(1.0)
+        assert cloud.latest_handshake(SIP_ONLY) == 0
+        cloud.reload_tunnel(SIP_ONLY, repo)  # the customer enters the new PSK
+        assert cloud.wait_handshake(SIP_ONLY, timeout=5)
+        assert udp_probe(router.netns, CLOUD_IP, 5060)
+
+        new_private, new_public = wgkeys.keypair()
+        tunnel_file.write_text(original.replace(
+            next(ln for ln in original.splitlines() if ln.startswith("public_key:")),
+            f"public_key: {new_public}"))
+        changed = converge(cloud, repo)
+        assert changed.plan.of(AddPeer) and changed.plan.of(RemovePeer)
+        cloud.configure_router(SIP_ONLY, psk_rotation=0)  # old key: the cloud ignores it
+        time.sleep(1.0)
+        assert cloud.latest_handshake(SIP_ONLY) == 0
+        cloud.configure_router(SIP_ONLY, private_key=new_private)
+        assert cloud.wait_handshake(SIP_ONLY, timeout=5)
+        assert udp_probe(router.netns, CLOUD_IP, 5060)
+    finally:
+        converge(cloud)
+        cloud.configure_router(SIP_ONLY, private_key=demo_private_keys()[SIP_ONLY],
+                               psk_rotation=0)
+    assert cloud.wait_handshake(SIP_ONLY, timeout=5)
 
 
 def _forbidden_probes(lab: Lab) -> dict[str, bool]:

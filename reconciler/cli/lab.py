@@ -83,7 +83,7 @@ def up(name: str, repo_path: Path, generate: int | None, routers: str, gateway: 
             shutil.rmtree(run_dir, ignore_errors=True)
         raise click.ClickException(str(exc)) from None
     click.echo(f"lab {name} is up in {time.monotonic() - started:.1f}s")
-    _print_lab(built.describe(), verbose=True)
+    _print_lab(built.describe())
     click.echo("\nconverge the cloud with:\n  " + shlex.join(built.apply_command()))
     click.echo(f"tear down with:\n  tunnelctl lab down --name {name}")
 
@@ -151,8 +151,10 @@ def _status(st: LabState) -> dict[str, Any]:
     listed: list[dict[str, Any]] = st.info.get("routers", [])  # type: ignore[assignment]
     for r in listed:
         routers.append({**r, "last_handshake": _last_handshake(r["interface"])})
+    cloud: dict[str, Any] = st.info.get("cloud", {})  # type: ignore[assignment]
     return {
         "name": st.name, "run_dir": st.run_dir, "detached": st.detached,
+        "cloud_peers": _peer_count(cloud["interface"]) if cloud else None,
         "owner_pid": st.owner_pid, "owner_alive": st.owner_alive(),
         "namespaces": {ns: ns in existing for ns in st.namespaces},
         "processes": [{"pid": p.pid, "role": p.role, "running": p.is_running()}
@@ -161,23 +163,33 @@ def _status(st: LabState) -> dict[str, Any]:
     }
 
 
-def _last_handshake(interface: str) -> int | None:
+def _uapi_get(interface: str) -> list[str] | None:
     if not uapi_socket_busy(interface):
         return None
     try:
-        body = Runner().uapi(interface, "get=1\n")
+        return Runner().uapi(interface, "get=1\n").splitlines()
     except (OSError, CommandError):
         return None
-    for line in body.splitlines():
-        if line.startswith("last_handshake_time_sec="):
-            return int(line.split("=", 1)[1])
-    return 0
 
 
-def _print_lab(info: dict[str, Any], *, verbose: bool) -> None:
+def _peer_count(interface: str) -> int | None:
+    lines = _uapi_get(interface)
+    return None if lines is None else sum(1 for ln in lines if ln.startswith("public_key="))
+
+
+def _last_handshake(interface: str) -> int | None:
+    lines = _uapi_get(interface)
+    if lines is None:
+        return None
+    return next((int(ln.split("=", 1)[1]) for ln in lines
+                 if ln.startswith("last_handshake_time_sec=")), 0)
+
+
+def _print_lab(info: dict[str, Any], *, peers: int | None = -1) -> None:
     cloud = info["cloud"]
-    click.echo(f"  cloud     {cloud['netns']}  interface {cloud['interface']} (bare: the engine "
-               "configures it)")
+    state = ("bare: the engine configures it" if peers == -1 else "interface gone" if peers is None
+             else f"{peers} peer(s) configured")
+    click.echo(f"  cloud     {cloud['netns']}  interface {cloud['interface']} ({state})")
     click.echo(f"            public key {cloud['public_key']}  secrets {cloud['secret_dir']}")
     if info.get("infra"):
         click.echo(f"  infra     {info['infra']['netns']}  {info['infra']['address']}")
@@ -200,7 +212,7 @@ def _print_status(rep: dict[str, Any]) -> None:
     click.echo(f"lab {rep['name']}: {owner}; {present}/{len(rep['namespaces'])} namespaces, "
                f"{alive}/{len(rep['processes'])} processes running; {rep['run_dir']}")
     if rep["info"].get("cloud"):
-        _print_lab(rep["info"], verbose=False)
+        _print_lab(rep["info"], peers=rep["cloud_peers"])
         click.echo("  apply:    " + shlex.join(rep["info"]["apply_command"]))
     dead = [f"{p['role']} (pid {p['pid']})" for p in rep["processes"] if not p["running"]]
     if dead:
