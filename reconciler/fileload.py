@@ -17,7 +17,7 @@ from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .model import Gateway, Service, Tunnel
-from .yamlio import Loc, ParsedYaml, parse, position
+from .yamlio import Loc, ParsedYaml, YamlProblem, parse, position
 
 MAX_ISSUES_PER_FILE = 20
 
@@ -166,9 +166,23 @@ def _capped(issues: list[Issue]) -> tuple[Issue, ...]:
     return tuple(issues)
 
 
-def check_document(data: bytes, kind: type[Tunnel] | type[Gateway]) -> FileCheck:
-    """Parse and validate one file as `kind`. Never raises."""
-    parsed = parse(data)
+def check_document(data: bytes, kind: type[Tunnel] | type[Gateway],
+                   parsed: ParsedYaml | YamlProblem | None = None) -> FileCheck:
+    """Parse and validate one file as `kind`. Never raises.
+
+    `parsed` may carry the parse result made elsewhere (another process, which sends the value
+    but not the node tree); if the file then has a problem it is parsed again here, for the
+    positions.
+    """
+    if parsed is None:
+        parsed = parse(data)
+    elif isinstance(parsed, ParsedYaml) and parsed.node is None and parsed.value is not None:
+        if not isinstance(parsed.value, dict):
+            return check_document(data, kind)
+        try:
+            return FileCheck(kind.model_validate(parsed.value), ())
+        except ValidationError:
+            return check_document(data, kind)
     if not isinstance(parsed, ParsedYaml):
         return FileCheck(None, (Issue(parsed.line, parsed.col, parsed.message),))
     what = "tunnel" if kind is Tunnel else "gateway"

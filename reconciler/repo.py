@@ -28,6 +28,8 @@ from yaml.nodes import Node
 
 from . import yamlio
 from .fileload import MAX_ISSUES_PER_FILE, FileCheck, Issue, check_document
+from .parallel_check import MIN_FILES as MIN_PARALLEL_FILES
+from .parallel_check import check_all
 from .model import Gateway, Tunnel
 from .validate import (Finding, GatewayFile, RuleMemo, TunnelFile, check_gateways,
                        check_tunnels)
@@ -98,6 +100,20 @@ class ParseCache:
         else:
             self.hits += 1
         return found
+
+    def prefill(self, items: list[tuple[str, type[Tunnel] | type[Gateway], bytes]],
+                jobs: int) -> None:
+        """Check every uncached file at once, on `jobs` processes when it pays off."""
+        todo = {(key, kind.__name__): (data, kind) for key, kind, data in items
+                if (key, kind.__name__) not in self._checks}
+        if jobs < 2 or len(todo) < MIN_PARALLEL_FILES:
+            return  # `check` does them one by one
+        try:
+            results = check_all(list(todo.values()), jobs)
+        except Exception:
+            return
+        self._checks.update(zip(todo, results))
+        self.misses += len(todo)
 
     def position(self, content_key: str, loc: Loc, node_of: dict[str, Node | None],
                  data: bytes) -> tuple[int, int]:
@@ -170,84 +186,96 @@ def _place(path: str, tenants_dir: bool) -> _Placed | None:
 
 
 def load_files(files: Iterable[SourceFile], cache: ParseCache | None = None,
-               today: date | None = None) -> RepoState:
+               today: date | None = None, *, jobs: int = 1) -> RepoState:
     """Validate a whole repo given as files (from a git tree or a folder). `today` decides
-    which revoked tunnels still hold their subnet (default: the current date)."""
-    return _load(files, cache, today, {})
+    which revoked tunnels still hold their subnet (default: the current date). `jobs > 1`
+    lets a cold load of a big repo fork a helper process (only from single-threaded code)."""
+    return _load(files, cache, today, {}, jobs)
 
 
 def _load(files: Iterable[SourceFile], cache: ParseCache | None, today: date | None,
-          refused: Mapping[str, str]) -> RepoState:
+          refused: Mapping[str, str], jobs: int = 1) -> RepoState:
     today = today or date.today()
     cache = cache if cache is not None else ParseCache()
-    sources = [f for f in files]
+    sources = list(files)
     tenants_dir = any(f.path.startswith("tenants/") for f in sources)
-    by_path: dict[str, tuple[str, SourceFile]] = {}
     problems: list[Problem] = []
-    gateway_files: list[GatewayFile] = []
-    tunnel_files: list[TunnelFile] = []
-    org_of: dict[str, str | None] = {}
-    gateways_complete = True
-    have_gateway_file = False
     for path, reason in refused.items():
         placed = _place(path, tenants_dir)
         problems.append(Problem(path, 1, 1, reason, placed.org if placed else None))
     gc_was_enabled = gc.isenabled()
     gc.disable()  # thousands of small models: collection passes only cost time here
     try:
-        for sf in sources:
-            placed = _place(sf.path, tenants_dir)
-            if placed is None:
-                continue
-            org_of[sf.path] = placed.org
-            if placed.kind == "misplaced":
-                problems.append(Problem(sf.path, 1, 1, placed.message, placed.org))
-                continue
-            have_gateway_file |= placed.kind == "gateway"
-            key = content_key(sf)
-            by_path[sf.path] = (key, sf)
-            kind: type[Tunnel] | type[Gateway] = Gateway if placed.kind == "gateway" else Tunnel
-            result = cache.check(key, kind, sf.data)
-            if result.issues:
-                problems.extend(Problem(sf.path, i.line, i.col, i.message, placed.org)
-                                for i in result.issues)
-            if isinstance(result.model, Tunnel):
-                tunnel_files.append(TunnelFile(sf.path, placed.org or "", placed.stem,
-                                               result.model, key))
-            elif isinstance(result.model, Gateway):
-                gateway_files.append(GatewayFile(sf.path, result.model, key))
-            elif kind is Gateway:
-                gateways_complete = False
-        if not have_gateway_file:
-            problems.append(Problem("gateway.yaml", 1, 1, "no gateway file: add gateway.yaml "
-                                    "(or gateways/<name>.yaml) at the repo root"))
-            gateways_complete = False
-        node_of: dict[str, Node | None] = {}
-
-        def locate(path: str, loc: Loc) -> tuple[int, int]:
-            key, sf = by_path[path]
-            return cache.position(key, loc, node_of, sf.data)
-
-        gateways = {gf.gateway.name: gf for gf in gateway_files}
-        findings: list[Finding] = check_gateways(gateway_files)
-        findings += check_tunnels(tunnel_files, gateways, locate, today,
-                                  gateways_complete=gateways_complete, memo=cache.rule_memo)
-        for f in findings:
-            line, col = locate(f.path, f.loc)
-            problems.append(Problem(f.path, line, col, f.message, org_of.get(f.path)))
-        if len(cache) > len(by_path):  # something changed or was removed: forget old content
-            cache.keep_only({key for key, _ in by_path.values()})
+        return _load_placed(sources, tenants_dir, cache, today, problems, jobs)
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+_Entry = tuple[SourceFile, _Placed, str, "type[Tunnel] | type[Gateway]"]
+
+
+def _load_placed(sources: list[SourceFile], tenants_dir: bool, cache: ParseCache, today: date,
+                 problems: list[Problem], jobs: int) -> RepoState:
+    entries: list[_Entry] = []
+    org_of: dict[str, str | None] = {}
+    for sf in sources:
+        placed = _place(sf.path, tenants_dir)
+        if placed is None:
+            continue
+        org_of[sf.path] = placed.org
+        if placed.kind == "misplaced":
+            problems.append(Problem(sf.path, 1, 1, placed.message, placed.org))
+            continue
+        kind = Gateway if placed.kind == "gateway" else Tunnel
+        entries.append((sf, placed, content_key(sf), kind))
+    cache.prefill([(key, kind, sf.data) for sf, _, key, kind in entries], jobs)
+
+    by_path: dict[str, tuple[str, SourceFile]] = {}
+    gateway_files: list[GatewayFile] = []
+    tunnel_files: list[TunnelFile] = []
+    gateways_complete = True
+    for sf, placed, key, kind in entries:
+        by_path[sf.path] = (key, sf)
+        result = cache.check(key, kind, sf.data)
+        if result.issues:
+            problems.extend(Problem(sf.path, i.line, i.col, i.message, placed.org)
+                            for i in result.issues)
+        if isinstance(result.model, Tunnel):
+            tunnel_files.append(TunnelFile(sf.path, placed.org or "", placed.stem,
+                                           result.model, key))
+        elif isinstance(result.model, Gateway):
+            gateway_files.append(GatewayFile(sf.path, result.model, key))
+        elif kind is Gateway:
+            gateways_complete = False
+    if not any(kind is Gateway for *_, kind in entries):
+        problems.append(Problem("gateway.yaml", 1, 1, "no gateway file: add gateway.yaml "
+                                "(or gateways/<name>.yaml) at the repo root"))
+        gateways_complete = False
+
+    node_of: dict[str, Node | None] = {}  # node trees of files named in findings, this load only
+
+    def locate(path: str, loc: Loc) -> tuple[int, int]:
+        key, sf = by_path[path]
+        return cache.position(key, loc, node_of, sf.data)
+
+    gateways = {gf.gateway.name: gf for gf in gateway_files}
+    findings: list[Finding] = check_gateways(gateway_files)
+    findings += check_tunnels(tunnel_files, gateways, locate, today,
+                              gateways_complete=gateways_complete, memo=cache.rule_memo)
+    for f in findings:
+        line, col = locate(f.path, f.loc)
+        problems.append(Problem(f.path, line, col, f.message, org_of.get(f.path)))
+    if len(cache) > len(by_path):  # something changed or was removed: forget old content
+        cache.keep_only({key for key, _ in by_path.values()})
+
     problems = _capped(problems)
     broken = frozenset(p.org for p in problems if p.org is not None)
     blocked = any(p.org is None for p in problems)
     all_tunnels = tuple(tf.tunnel for tf in tunnel_files)
-    good = () if blocked else tuple(t for t in all_tunnels if t.org not in broken)
     return RepoState(
         gateways={name: gf.gateway for name, gf in gateways.items()},
-        tunnels=good,
+        tunnels=() if blocked else tuple(t for t in all_tunnels if t.org not in broken),
         problems=tuple(problems),
         broken_orgs=broken,
         all_tunnels=all_tunnels,
@@ -313,7 +341,7 @@ def scan_dir(root: Path | str) -> tuple[list[SourceFile], dict[str, str]]:
 
 
 def load_repo(path: Path | str, cache: ParseCache | None = None,
-              today: date | None = None) -> RepoState:
+              today: date | None = None, *, jobs: int = 1) -> RepoState:
     """Load and validate the config repo rooted at `path` (the folder with gateway.yaml)."""
     files, refused = scan_dir(path)
-    return _load(files, cache, today, refused)
+    return _load(files, cache, today, refused, jobs)
