@@ -25,6 +25,13 @@ from reconciler.lab import (
     list_namespaces,
     ping,
 )
+from reconciler.lab.layout import (
+    MAX_ROUTERS,
+    LayoutError,
+    check_lab_name,
+    new_lab_name,
+    plan_router,
+)
 from reconciler.lab.processes import uapi_socket_busy
 from reconciler.repo import load_repo
 from reconciler.runner import UAPI_DIR, Runner
@@ -94,6 +101,20 @@ def test_demo_keys_match_the_shipped_public_keys() -> None:
         assert wgkeys.public_key(keys[t.ident]) == t.public_key
     gw = state.gateways["cloud-1"]
     assert wgkeys.public_key(keys["gateway/cloud-1"]) == gw.public_key
+
+
+def test_layout_names_fit_and_links_never_overlap() -> None:
+    hq = next(t for t in load_repo(TENANTS).tunnels if t.ident == "acme-voip/hq")
+    last = plan_router("abcdef", MAX_ROUTERS - 1, hq)
+    assert len(last.interface) <= 15 and last.netns == f"tcl-abcdef-r{MAX_ROUTERS - 1}"
+    assert last.cloud_wan_address + 1 == last.wan_address
+    assert str(last.wan_address) == "198.19.255.254"  # the very end of 198.18.0.0/15
+    first = plan_router("abcdef", 0, hq)
+    assert (str(first.cloud_wan_address), str(first.wan_address)) == ("198.18.0.1", "198.18.0.2")
+    assert str(first.lan_address) == "192.168.10.1" and str(first.host_address) == "192.168.10.10"
+    with pytest.raises(LayoutError):
+        plan_router("abcdef", MAX_ROUTERS, hq)
+    assert check_lab_name(new_lab_name())
 
 
 def test_lab_names_must_fit_interface_names() -> None:

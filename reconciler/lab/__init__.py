@@ -4,26 +4,23 @@
     with Lab("tenants") as lab:           # cloud + a router per tunnel with a known key
         reconcile(load_repo("tenants"), lab.target())
         assert lab.wait_handshake("acme-voip/hq")
+
+Modules: layout (names, addresses; pure), topology (Lab: build and operate), processes
+(tracked daemons, state file), teardown, traffic (probes from the lab side), netprobe (the
+stdlib tool run inside namespaces), repogen (demo keys, generated config repos).
 """
 
+from .layout import RUN_ROOT, InfraHost, Router, RouterConfig
 from .processes import LabError, LabState, TrackedProcess
 from .repogen import (
-                      GeneratedRepo,
-                      GeneratedTunnel,
-                      add_generated_tunnels,
-                      demo_private_keys,
-                      generate_repo,
+    GeneratedRepo,
+    GeneratedTunnel,
+    add_generated_tunnels,
+    demo_private_keys,
+    generate_repo,
 )
-from .topology import (
-                      RUN_ROOT,
-                      InfraHost,
-                      Lab,
-                      Router,
-                      RouterConfig,
-                      find_labs,
-                      list_namespaces,
-                      teardown,
-)
+from .teardown import find_labs, list_namespaces, teardown
+from .topology import Lab
 from .traffic import Flow, FlowResult, ServeLog, nonce, ping, tcp_probe, udp_probe
 
 __all__ = [

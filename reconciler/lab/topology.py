@@ -15,91 +15,53 @@ names carry the lab id. The lab never configures the cloud's peers, routes or fi
 
 from __future__ import annotations
 
-import atexit
 import base64
 import os
-import re
-import secrets
-import shutil
-import signal
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .. import wgkeys
-from ..model import Gateway, Tunnel
+from ..model import Gateway
 from ..psk import create_host_secret, derive_psk, read_host_secret
 from ..repo import load_repo
 from ..runner import UAPI_DIR, Runner
+from .layout import (
+    RUN_ROOT,
+    InfraHost,
+    LayoutError,
+    Router,
+    RouterConfig,
+    check_lab_name,
+    namespace,
+    new_lab_name,
+    plan_infra,
+    plan_router,
+)
 from .processes import (
     LabError,
     LabState,
     TrackedProcess,
     own_starttime,
     spawn,
-    stop,
     uapi_socket_busy,
     wait_for,
 )
 from .repogen import merged_private_keys
+from .teardown import ACTIVE_LABS, list_namespaces, teardown
 from .traffic import Flow, ServeLog, netprobe_argv
 
 if TYPE_CHECKING:
     from ..engine import HostTarget
 
-RUN_ROOT = Path("/run/tunnelctl-lab")
-NS_PREFIX = "tcl-"
-UNDERLAY = IPv4Network("198.18.0.0/15")
-LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 # Without a memory limit wireguard-go was seen past 1 GB after repeated 16k-peer reconfiguration.
 WIREGUARD_ENV = {"GOMEMLIMIT": "256MiB", "WG_PROCESS_FOREGROUND": "1"}
 OUTSIDE_PORT = 8000  # a port in no service catalog: must always be blocked
 SIP_PORT = 5060
-
-
-@dataclass(frozen=True)
-class Router:
-    """One simulated customer site: router namespace + optional LAN host behind it."""
-
-    ident: str
-    index: int
-    netns: str
-    interface: str
-    wan_address: IPv4Address  # the router's "internet" address
-    cloud_wan_address: IPv4Address  # cloud end of the link: the router's endpoint host
-    address: IPv4Address  # customer tunnel address (.2 of its /30)
-    prefixlen: int
-    lans: tuple[IPv4Network, ...]
-    host_netns: str | None = None
-    host_address: IPv4Address | None = None
-    lan_address: IPv4Address | None = None  # the router's address on its first LAN
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """The customer-side WireGuard settings; changed with `Lab.configure_router`."""
-
-    private_key: str
-    psk_rotation: int
-    keepalive: int
-    extra_allowed: tuple[IPv4Network, ...] = ()  # a hostile customer routing more into the tunnel
-
-
-@dataclass(frozen=True)
-class InfraHost:
-    netns: str
-    cloud_interface: str
-    cloud_address: IPv4Address
-    address: IPv4Address
-
-
-def new_lab_name() -> str:
-    return "x" + secrets.token_hex(3)[:4]  # a letter first, 5 chars: fits every interface name
 
 
 def _hex(key_b64: str) -> str:
@@ -123,10 +85,10 @@ class Lab:
                  private_keys: Mapping[str, str] | None = None, cloud_interface: str | None = None,
                  infra: bool = True, services: bool = True, router_keepalive: int | None = None,
                  run_root: Path = RUN_ROOT, detached: bool = False) -> None:
-        self.name = name or new_lab_name()
-        if not LAB_NAME.fullmatch(self.name):
-            raise LabError(f"lab name {self.name!r}: use 1-6 lowercase letters/digits, letter first "
-                           "(it becomes part of 15-character interface names)")
+        try:
+            self.name = check_lab_name(name or new_lab_name())
+        except LayoutError as exc:
+            raise LabError(str(exc)) from None
         self.repo = Path(repo).resolve()
         state = load_repo(self.repo)
         if not state.gateways:
@@ -138,25 +100,24 @@ class Lab:
         self._tunnels = {t.ident: t for t in state.for_gateway(self.gateway.name)}
         self._selected = self._select(routers)
         self.interface = cloud_interface or f"tc{self.name}c"
-        self.netns = self._ns("cloud")
+        self.netns = namespace(self.name, "cloud")
         self.run_dir = run_root / self.name
         self.secret_dir = self.run_dir / "secrets"
         self.config_dir = self.run_dir / "config"
         self.log_dir = self.run_dir / "logs"
-        self._infra_enabled = infra and bool(self.gateway.reserved and self.gateway.infra_interfaces)
         self._services = services
         self._router_keepalive = router_keepalive
         self._detached = detached
-        self.routers: dict[str, Router] = {
-            ident: self._plan_router(k, self._tunnels[ident]) for k, ident in enumerate(self._selected)}
-        self.infra: InfraHost | None = self._plan_infra() if self._infra_enabled else None
+        try:
+            self.routers: dict[str, Router] = {ident: plan_router(self.name, k, self._tunnels[ident])
+                                               for k, ident in enumerate(self._selected)}
+        except LayoutError as exc:
+            raise LabError(str(exc)) from None
+        self.infra: InfraHost | None = plan_infra(self.name, self.gateway) if infra else None
         self.cloud_public_key = ""
         self._live: _Live | None = None
 
     # -- naming and planning -------------------------------------------------------------
-    def _ns(self, suffix: str) -> str:
-        return f"{NS_PREFIX}{self.name}-{suffix}"
-
     def _select(self, routers: Sequence[str] | int | Literal["all"]) -> list[str]:
         if routers == "all":
             return [i for i in self._tunnels if i in self._keys]
@@ -169,24 +130,6 @@ class Lab:
         if keyless:
             raise LabError(f"no private key for router(s) {keyless}: pass private_keys=")
         return list(routers)
-
-    def _plan_router(self, k: int, tunnel: Tunnel) -> Router:
-        if 4 * k >= UNDERLAY.num_addresses:
-            raise LabError(f"at most {UNDERLAY.num_addresses // 4} routers fit in {UNDERLAY}")
-        base = UNDERLAY.network_address + 4 * k  # router k's /30 link: cloud .1, router .2
-        lans = tunnel.lans
-        host_ns = host = lan_addr = None
-        if lans:
-            host_ns = self._ns(f"h{k}")
-            lan_addr = lans[0].network_address + 1
-            host = lans[0].network_address + (10 if lans[0].num_addresses > 12 else 2)
-        return Router(tunnel.ident, k, self._ns(f"r{k}"), f"tc{self.name}r{k}", base + 2, base + 1,
-                      tunnel.customer_address, tunnel.subnet.prefixlen, lans, host_ns, host, lan_addr)
-
-    def _plan_infra(self) -> InfraHost:
-        net = self.gateway.reserved[0]
-        return InfraHost(self._ns("infra"), self.gateway.infra_interfaces[0],
-                         net.network_address + 1, net.network_address + 2)
 
     @property
     def namespaces(self) -> list[str]:
@@ -220,7 +163,7 @@ class Lab:
                                     self._detached))
         self._live.state.save()
         if not self._detached:
-            _ACTIVE.add(self)
+            ACTIVE_LABS.add(self)
         try:
             self._build()
         except BaseException:
@@ -231,12 +174,12 @@ class Lab:
     def down(self) -> None:
         """Stop our processes, delete our namespaces, sockets and run dir. Safe to call twice."""
         live, self._live = self._live, None
-        _ACTIVE.discard(self)
+        ACTIVE_LABS.discard(self)
         if live is not None:
             teardown(live.state, live.popens)
 
     def _check_free(self) -> None:
-        taken = [ns for ns in list_namespaces() if ns.startswith(f"{NS_PREFIX}{self.name}-")]
+        taken = [ns for ns in list_namespaces() if ns.startswith(namespace(self.name, ""))]
         if taken or (self.run_dir / "lab.json").exists():
             raise LabError(f"lab {self.name!r} already exists ({self.run_dir}, namespaces {taken}); "
                            f"remove it with: tunnelctl lab down --name {self.name}")
@@ -477,77 +420,3 @@ class Lab:
         if self._live is None:
             raise LabError(f"lab {self.name} is not up")
         return self._live
-
-
-# -- teardown, usable on a lab built by another process (state file) ----------------------
-def list_namespaces() -> list[str]:
-    out = Runner().run(["ip", "netns", "list"]).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def teardown(state: LabState, popens: Mapping[int, Any] | None = None) -> list[str]:
-    """Remove everything `state` records, and only that. Returns warnings (never raises)."""
-    warnings: list[str] = []
-    prefix = f"{NS_PREFIX}{state.name}-"
-    for proc in reversed(state.processes):
-        try:
-            stop(proc, (popens or {}).get(proc.pid))
-        except (OSError, RuntimeError) as exc:
-            warnings.append(f"could not stop {proc.role} (pid {proc.pid}): {exc}")
-    existing = set(list_namespaces())
-    ours = [ns for ns in state.namespaces if ns in existing and ns.startswith(prefix)]
-    for ns in ours:
-        pids = Runner().run(["ip", "netns", "pids", ns], check=False).stdout.split()
-        if pids:  # not started by the lab: left alone, the namespace goes when they exit
-            warnings.append(f"namespace {ns} still has processes the lab did not start: {pids}")
-    if ours:
-        res = Runner().run(["ip", "-force", "-batch", "-"], check=False, write=True,
-                           stdin="".join(f"netns del {ns}\n" for ns in ours))
-        if res.returncode:
-            warnings.append(f"deleting namespaces: {res.stderr.strip()}")
-    for ifname in state.wg_interfaces:
-        sock = UAPI_DIR / f"{ifname}.sock"
-        if sock.exists() and not uapi_socket_busy(ifname):
-            sock.unlink(missing_ok=True)
-        elif sock.exists():
-            warnings.append(f"{sock} is still served by a process the lab did not start")
-    run_dir = Path(state.run_dir)
-    if (run_dir / "lab.json").exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return warnings
-
-
-def find_labs(run_root: Path = RUN_ROOT) -> list[LabState]:
-    return [LabState.load(p) for p in sorted(run_root.glob("*/lab.json"))]
-
-
-# Labs built by this process that must not outlive it: torn down at exit and on SIGTERM/SIGHUP.
-class _ActiveLabs:
-    def __init__(self) -> None:
-        self.labs: list[Lab] = []
-        self.hooked = False
-
-    def add(self, lab: Lab) -> None:
-        self.labs.append(lab)
-        if not self.hooked:
-            self.hooked = True
-            atexit.register(self.down_all)
-            if threading.current_thread() is threading.main_thread():
-                for sig in (signal.SIGTERM, signal.SIGHUP):
-                    if signal.getsignal(sig) is signal.SIG_DFL:
-                        signal.signal(sig, _exit_on_signal)
-
-    def discard(self, lab: Lab) -> None:
-        if lab in self.labs:
-            self.labs.remove(lab)
-
-    def down_all(self) -> None:
-        for lab in list(self.labs):
-            lab.down()
-
-
-def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds `with Lab(...)` blocks and runs atexit
-
-
-_ACTIVE = _ActiveLabs()
