@@ -123,6 +123,28 @@ def bootstrap_cmd(check: bool, dry_run: bool, netns: str | None, repo_path: Path
         sys.exit(1)
 
 
+@click.command("demo")
+@click.option("--keep", is_flag=True, help="leave the lab running and print how to remove it")
+@click.option("--fast", is_flag=True, help="no pauses between steps, shorter probe timeouts")
+@click.option("--name", default="demo", show_default=True,
+              help="lab name (1-6 lowercase letters/digits)")
+def demo_cmd(keep: bool, fast: bool, name: str) -> None:
+    """Run the end-to-end demo in a throwaway namespace lab (needs root)."""
+    import os
+
+    from ..demo import DemoOptions, run_demo
+    from ..lab import LabError
+
+    if os.geteuid() != 0:
+        raise click.ClickException("the demo builds network namespaces: run it as root "
+                                   "(sudo ./scripts/demo)")
+    try:
+        code = run_demo(DemoOptions(keep=keep, fast=fast, name=name))
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
 def register(group: click.Group) -> None:
     group.add_command(customer_config_cmd)
     for name in ("bootstrap_cmd", "demo_cmd"):
