@@ -8,6 +8,7 @@ own interfaces that nobody serves any more, and the lab's run directory.
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import signal
 import threading
@@ -22,7 +23,7 @@ from .processes import LabState, stop, uapi_socket_busy
 
 
 def list_namespaces() -> list[str]:
-    out = Runner().run(["ip", "netns", "list"]).stdout
+    out = Runner().run(["ip", "netns", "list"], check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
@@ -81,7 +82,7 @@ class _ActiveLabs:
             if threading.current_thread() is threading.main_thread():
                 for sig in (signal.SIGTERM, signal.SIGHUP):
                     if signal.getsignal(sig) is signal.SIG_DFL:
-                        signal.signal(sig, _exit_on_signal)
+                        signal.signal(sig, _down_then_die)
 
     def discard(self, lab: _Downable) -> None:
         if lab in self.labs:
@@ -92,8 +93,15 @@ class _ActiveLabs:
             lab.down()
 
 
-def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds `with Lab(...)` blocks and runs atexit
+def _down_then_die(signum: int, frame: FrameType | None) -> None:
+    """Remove this process's labs, then die of the same signal as if we had not been here.
+
+    (Raising SystemExit instead would not stop pytest: it reports it as a failed test and
+    carries on, which is not what a SIGTERM from CI or a user means.)
+    """
+    ACTIVE_LABS.down_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 ACTIVE_LABS = _ActiveLabs()

@@ -210,6 +210,11 @@ class Lab:
         wg_procs = [(self.netns, self.interface)] + [(r.netns, r.interface) for r in self.routers.values()]
         started = []
         for ns, ifname in wg_procs:
+            # A dead socket left by a killed wireguard-go of this name would pass the readiness
+            # wait below before the new process replaced it (wireguard-go removes it too).
+            sock = UAPI_DIR / f"{ifname}.sock"
+            if sock.exists() and not uapi_socket_busy(ifname):
+                sock.unlink(missing_ok=True)
             proc, popen = spawn(["wireguard-go", "-f", ifname], role=f"wireguard-go {ifname}",
                                 netns=ns, env=WIREGUARD_ENV, output=self.log_dir / f"{ifname}.log")
             self._track(proc, popen)
