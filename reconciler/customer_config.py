@@ -159,7 +159,7 @@ def build(tunnel: Tunnel, gateway: Gateway, host_secret: bytes, cloud_key: str) 
     """Pure: the customer config of an active tunnel."""
     if tunnel.status is not TunnelStatus.active:
         raise CustomerConfigError(f"{tunnel.ident} is {tunnel.status.value}")
-    host, _, port = gateway.endpoint.rpartition(":")
+    _host, _, port = gateway.endpoint.rpartition(":")
     names = tunnel.services if tunnel.services is not None else gateway.default_services
     services = tuple(
         ServiceLine(n, gateway.services[n].proto,

@@ -25,12 +25,12 @@ from rich.panel import Panel
 from rich.table import Table
 
 from . import wgkeys
-from .allocate import allocate
 from .demo_checks import CheckResult, Roles, run_checks
 from .engine import reconcile
 from .lab import RUN_ROOT, Lab
-from .model import Gateway, Tunnel, TunnelStatus
+from .model import Tunnel, TunnelStatus
 from .observe import observe
+from .provision import NewTunnel, create_tunnel
 from .prplan import commit_files, diff_commits
 from .prplan_render import render_text as render_pr_plan
 from .repo import RepoState, load_files, load_repo
@@ -86,16 +86,11 @@ class ConfigRepo:
         return str(commit.message).strip()
 
 
-def new_tunnel_yaml(state: RepoState, gateway: Gateway, org: str, name: str,
-                    public_key: str) -> tuple[str, str]:
-    """What `tunnelctl new` would write: the first free subnet from the allocator."""
-    used = [n for t in state.tunnels for n in (t.subnet, *t.lans)]
-    subnet = allocate(gateway, used)
-    text = (f"org: {org}\nname: {name}\ngateway: {gateway.name}\npublic_key: {public_key}\n"
-            f"subnet: {subnet}\nlans: []\nstatus: active\nservices: [sip, rtp]\n"
-            "persistent_keepalive: 25\npsk_rotation: 0\n"
-            "notes: Added by the demo as a pull request would.\n")
-    return f"{org}/{name}.yaml", text
+def add_tunnel(root: Path, public_key: str) -> NewTunnel:
+    """What `tunnelctl new dune-logistics depot --pubkey ...` does: validate, allocate the first
+    free subnet, write the file."""
+    return create_tunnel(root, NEW_ORG, NEW_NAME, public_key, services=["sip", "rtp"],
+                         notes="Added by the demo as a pull request would.")
 
 
 # ---- applying: the service's cycle when available, else the engine ------------------------------
@@ -262,11 +257,8 @@ class Demo:
             for p in source.problems:
                 c.print(f"  {p}")
             return 1
-        gateway = next(iter(source.gateways.values()))
         router_priv, router_pub = wgkeys.keypair()
-        new_path, new_text = new_tunnel_yaml(source, gateway, NEW_ORG, NEW_NAME, router_pub)
         new_ident = f"{NEW_ORG}/{NEW_NAME}"
-
         run_dir = RUN_ROOT / o.name
         if run_dir.exists():
             c.print(f"[red]lab {o.name!r} already exists ({run_dir}).[/red] Remove it with "
@@ -274,17 +266,20 @@ class Demo:
             return 1
         # The lab is built for the repo as it will be after the pull request, so the new
         # customer's router already exists and knocks; the cloud ignores it until the merge.
+        # The allocator is deterministic (first free subnet), so the pull request made in
+        # step 6 gets the same subnet.
         self.workspace.mkdir(parents=True)
-        lab_view = self.workspace / "lab-view"
-        shutil.copytree(o.tenants, lab_view, dirs_exist_ok=True)
-        (lab_view / new_path).parent.mkdir(parents=True, exist_ok=True)
-        (lab_view / new_path).write_text(new_text)
-        lab = Lab(lab_view, name=o.name, private_keys={new_ident: router_priv},
-                  detached=o.keep)
+        lab: Lab | None = None
+        code = 1
         try:
-            code = self._run_with(lab, source, new_path, new_text, new_ident)
+            lab_view = self.workspace / "lab-view"
+            shutil.copytree(o.tenants, lab_view)
+            add_tunnel(lab_view, router_pub)
+            lab = Lab(lab_view, name=o.name, private_keys={new_ident: router_priv},
+                      detached=o.keep)
+            code = self._run_with(lab, source, router_pub, new_ident)
         finally:
-            if o.keep:
+            if o.keep and lab is not None:
                 c.print(Panel.fit(
                     f"Lab [bold]{o.name}[/bold] kept. Look around:\n"
                     f"  tunnelctl lab status --name {o.name}\n"
@@ -294,13 +289,13 @@ class Demo:
                     f"  [bold]tunnelctl lab down --name {o.name}[/bold]", border_style="yellow"))
             else:
                 with c.status("Cleaning up: stopping processes, deleting namespaces and files"):
-                    lab.down()
+                    if lab is not None:
+                        lab.down()
                     shutil.rmtree(run_dir, ignore_errors=True)  # created above, ours
                 c.print("Cleaned up: no namespace, process or file of the demo is left.")
         return code
 
-    def _run_with(self, lab: Lab, source: RepoState, new_path: str, new_text: str,
-                  new_ident: str) -> int:
+    def _run_with(self, lab: Lab, source: RepoState, router_pub: str, new_ident: str) -> int:
         c, o = self.c, self.o
         timeout = 0.5 if o.fast else 1.0
         self.section(1, "The config repository: tenants as YAML in git")
@@ -345,12 +340,13 @@ class Demo:
         self.pause()
 
         self.section(6, f"A pull request adds a tunnel: {new_ident}")
-        (repo.clone_path / new_path).parent.mkdir(parents=True, exist_ok=True)
-        (repo.clone_path / new_path).write_text(new_text)
+        made = add_tunnel(repo.clone_path, router_pub)
         repo.clone.git.add("-A")
         repo.clone.index.commit(f"Add {new_ident}", author=AUTHOR, committer=AUTHOR)
-        c.print(f"allocator picked the first free subnet: {new_text.split('subnet: ')[1].split()[0]}"
-                f"; file {new_path}")
+        c.print(f"tunnelctl new {NEW_ORG} {NEW_NAME} --pubkey {router_pub}\n"
+                f"  wrote {made.path.relative_to(repo.clone_path)}: subnet {made.subnet} "
+                f"(first free), customer address {made.customer_address}, cloud address "
+                f"{made.cloud_address}; committed on a branch")
         pr = diff_commits(repo.clone_path, "origin/main", "HEAD")
         c.print(Panel(render_pr_plan(pr), title="PR plan (what CI posts on the pull request)",
                       expand=False))

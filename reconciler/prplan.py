@@ -196,9 +196,12 @@ def commit_files(commit: git.Commit, prefix: str) -> list[SourceFile]:
         return []  # the config root does not exist at this commit: an empty desired state
     files: list[SourceFile] = []
     for item in tree.traverse():
-        if not isinstance(item, git.Blob) or not item.path.endswith((".yaml", ".yml")):
+        if not isinstance(item, git.Blob):
             continue
-        rel = PurePosixPath(item.path).relative_to(prefix) if prefix else PurePosixPath(item.path)
+        path = str(item.path)
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        rel = PurePosixPath(path).relative_to(prefix) if prefix else PurePosixPath(path)
         files.append(SourceFile(str(rel), item.data_stream.read(), item.hexsha))
     return sorted(files, key=lambda f: f.path)
 

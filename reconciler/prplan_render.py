@@ -31,8 +31,8 @@ def _brief(v: TunnelView) -> str:
 
 
 def render_text(diff: RepoDiff) -> str:
-    lines = [f"tunnelctl plan: {diff.base.name} ({diff.base.short}) -> "
-             f"{diff.head.name} ({diff.head.short})", ""]
+    lines = [(f"tunnelctl plan: {diff.base.name} ({diff.base.short}) -> "
+             f"{diff.head.name} ({diff.head.short})"), ""]
     for g in diff.gateway_changes:
         lines.append(f"Gateway {g.name}")
         if g.action != "change":
@@ -147,9 +147,9 @@ def render_markdown(diff: RepoDiff) -> str:
     else:
         title = "no changes"
     lines = [f"### tunnelctl plan: {title}", "",
-             f"Desired state of `{_md(diff.head.name)}` (`{diff.head.short}`) against "
+             (f"Desired state of `{_md(diff.head.name)}` (`{diff.head.short}`) against "
              f"`{_md(diff.base.name)}` (`{diff.base.short}`): "
-             f"{diff.base_tunnels} → {diff.head_tunnels} tunnels.", ""]
+             f"{diff.base_tunnels} → {diff.head_tunnels} tunnels."), ""]
     if diff.problems:
         lines += ["> [!CAUTION]", "> **Validation failed at head**: this change cannot be applied.",
                   *(f"> - `{_md(p)}`" for p in diff.problems), ""]

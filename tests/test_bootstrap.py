@@ -59,11 +59,11 @@ def test_foreign_pool_routes_ignores_default_and_own_interface() -> None:
 
 def _facts(**kw: object) -> bs.HostFacts:
     absent = bs.SecretFile(Path("/x"), False, None, False)
-    base: dict[str, object] = dict(
-        private_key=absent, host_public_key=None, psk_secret=absent, link_exists=False,
-        is_wireguard=False, uapi_socket_elsewhere=False, listen_port=None,
-        interface_public_key=None, peers=frozenset(), addresses=(), link_up=False,
-        udp_ports=frozenset(), pool_routes=(), firewall_table=False, kernel_wireguard=False)
+    base: dict[str, object] = {
+        "private_key": absent, "host_public_key": None, "psk_secret": absent, "link_exists": False,
+        "is_wireguard": False, "uapi_socket_elsewhere": False, "listen_port": None,
+        "interface_public_key": None, "peers": frozenset(), "addresses": (), "link_up": False,
+        "udp_ports": frozenset(), "pool_routes": (), "firewall_table": False, "kernel_wireguard": False}
     base.update(kw)
     return bs.HostFacts(**base)  # type: ignore[arg-type]
 

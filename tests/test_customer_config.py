@@ -93,9 +93,9 @@ def test_routed_ranges_are_added_and_the_endpoint_never(secret_dir: Path, tmp_pa
     assert "allowed-address=10.20.0.1/32,172.31.5.0/24" in rsc
     assert '/ip route add dst-address=172.31.5.0/24 gateway="wg-cloud-1"' in rsc
     gdms = cc.render(config, "gdms")
-    values = [*re.findall(r"^AllowedIPs = (.*)$", wg, re.M),
+    values = [*re.findall(r"^AllowedIPs = (.*)$", wg, re.MULTILINE),
               *re.findall(r"allowed-address=(\S+)", rsc),
-              *re.findall(r"Allowed IPs: (.*)$", gdms, re.M)]
+              *re.findall(r"Allowed IPs: (.*)$", gdms, re.MULTILINE)]
     assert len(values) == 3
     for value in values:
         assert value.replace(" ", "") == "10.20.0.1/32,172.31.5.0/24"  # never 203.0.113.10
@@ -181,7 +181,7 @@ def test_mikrotik_script(secret_dir: Path) -> None:
 def test_gdms_steps_are_numbered_and_filled(secret_dir: Path) -> None:
     config = cc.load(TENANTS, "acme-voip/hq", secret_dir=secret_dir)
     text = cc.render(config, "gdms")
-    numbers = [int(m) for m in re.findall(r"^ (\d+)\. ", text, re.M)]
+    numbers = [int(m) for m in re.findall(r"^ (\d+)\. ", text, re.MULTILINE)]
     assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 15
     for value in (config.customer_public_key, config.cloud_public_key, config.preshared_key,
                   "Local address (tunnel IP): 10.20.0.6/30", "netmask 255.255.255.252",

@@ -18,6 +18,7 @@ import pytest
 from reconciler import prplan
 from reconciler.prplan_render import render_json, render_markdown, render_text
 from reconciler.psk import derive_psk
+from reconciler.repo import RepoState
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TODAY = date(2024, 6, 1)
@@ -224,5 +225,5 @@ def _view(org: str, status: str) -> prplan.TunnelView:
                              status, K[1], 25, 0, "", "")
 
 
-def _empty() -> prplan.RepoState:
-    return prplan.RepoState({}, ())
+def _empty() -> RepoState:
+    return RepoState({}, ())
