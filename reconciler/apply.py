@@ -39,6 +39,7 @@ from .runner import Runner
 
 STEP_NAMES = ("firewall", "interface", "peers", "routes", "config")
 ZERO_KEY = "0" * 64
+WG_SET_CHUNK = 1000
 
 
 class StepFailed(RuntimeError):
@@ -153,12 +154,13 @@ def _key_file(directory: Path, name: str, key: str) -> str:
 
 
 def wg_set_peer_args(interface: str, upserts: Sequence[AddPeer | UpdatePeer],
-                     removes: Sequence[str], secrets: Secrets, directory: Path) -> list[str]:
+                     removes: Sequence[str], secrets: Secrets, directory: Path,
+                     offset: int = 0) -> list[str]:
     """One `wg set` argv for every changed peer; PSKs as 0600 file paths, /dev/null = none."""
     argv = ["wg", "set", interface]
     for key in removes:
         argv += ["peer", key, "remove"]
-    for n, change in enumerate(upserts):
+    for n, change in enumerate(upserts, start=offset):
         peer, changed = _peer_fields(change)
         argv += ["peer", peer.public_key]
         if "psk_digest" in changed:
@@ -179,9 +181,14 @@ def apply_peers(target: ApplyTarget, upserts: Sequence[AddPeer | UpdatePeer],
         target.runner.uapi(target.interface, uapi_peer_request(upserts, removes, target.secrets),
                            write=True)
         return
+    # One `wg set` per WG_SET_CHUNK peers: argv must stay well under ARG_MAX (2 MiB), which
+    # ~16k peers in one call would exceed.
     with secret_dir() as directory:
-        argv = wg_set_peer_args(target.interface, upserts, removes, target.secrets, directory)
-        target.runner.run(argv, write=True)
+        for start in range(0, max(len(removes), len(upserts)), WG_SET_CHUNK):
+            argv = wg_set_peer_args(target.interface, upserts[start:start + WG_SET_CHUNK],
+                                    removes[start:start + WG_SET_CHUNK], target.secrets,
+                                    directory, offset=start)
+            target.runner.run(argv, write=True)
 
 
 # --------------------------------------------------------------------------- interface

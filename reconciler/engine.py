@@ -239,7 +239,11 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     if refusal is not None:
         return result(changes, error=refusal, step="guard", observed=observed)
     log.info("applying on %s: %s", interface, changes.summary_line())
-    snapshot = read_snapshot(runner, interface, observed, config_path)
+    try:
+        snapshot = read_snapshot(runner, interface, observed, config_path)
+    except (CommandError, OSError, ValueError) as exc:  # nothing changed yet: just report
+        return result(changes, error=f"cannot snapshot the host before apply: {exc}",
+                      step="snapshot", observed=observed)
     clock.lap("snapshot")
     config_text = (render_config(desired.interface, desired.peers, secrets)
                    if changes.of(WriteConfig) and desired.interface else None)
@@ -251,14 +255,18 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
         failed_step, error = exc.step, str(exc.cause)
     clock.lap("apply")
     if failed_step is None:
-        after = observe(runner, interface, config_path=config_path)
-        residue = plan(desired, after)
+        try:
+            after = observe(runner, interface, config_path=config_path)
+            residue = plan(desired, after)
+        except (InterfaceMissing, NotWireGuard, CommandError, OSError, ValueError) as exc:
+            residue, error = None, f"cannot observe the host after apply: {exc}"
         clock.lap("verify")
-        if residue.empty:
+        if residue is not None and residue.empty:
             return result(changes, applied=True, verified=True, observed=after)
         failed_step = "verify"
-        error = ("host still differs after apply: " + residue.summary_line() + " "
-                 + "; ".join(residue.render_text().splitlines()[:5]))
+        if residue is not None:
+            error = ("host still differs after apply: " + residue.summary_line() + " "
+                     + "; ".join(residue.render_text().splitlines()[:5]))
     log.warning("apply failed at %s: %s; restoring the snapshot", failed_step, error)
     rollback_error = restore(snapshot, runner, interface, config_path)
     clock.lap("rollback")

@@ -23,19 +23,52 @@ FIREWALL_FAMILY = "inet"
 FIREWALL_TABLE = "tunnelctl"
 
 
+def _v4(text: str) -> tuple[int, int] | None:
+    """'a.b.c.d[/n]' -> (network as int, prefix) with host bits cleared; None if not plain IPv4.
+
+    A hand-rolled fast path: ipaddress costs ~20 us per network, which at 16k tenants with
+    LANs is most of a render or observe cycle.
+    """
+    addr, _, plen = text.partition("/")
+    parts = addr.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0")
+                                  for p in parts):
+        return None
+    if plen and not (plen.isdigit() and len(plen) <= 2):
+        return None
+    a, b, c, d = (int(p) for p in parts)
+    length = int(plen) if plen else 32
+    if a > 255 or b > 255 or c > 255 or d > 255 or length > 32:
+        return None
+    value = (a << 24) | (b << 16) | (c << 8) | d
+    return value & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF, length
+
+
+def _v4_text(value: int, length: int) -> str:
+    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}"
+
+
 def canonical_cidr(text: str) -> str:
     """'10.20.0.6' -> '10.20.0.6/32'; host bits cleared; IPv6 compressed."""
-    return str(ipaddress.ip_network(text.strip(), strict=False))
+    text = text.strip()
+    v4 = _v4(text)
+    if v4 is not None:
+        return _v4_text(*v4)
+    return str(ipaddress.ip_network(text, strict=False))
 
 
-def _cidr_sort_key(text: str) -> tuple[int, int, int]:
+def cidr_sort_key(text: str) -> tuple[int, int, int]:
+    """(IP version, network as int, prefix length) of a canonical CIDR."""
+    v4 = _v4(text)
+    if v4 is not None:
+        return (4, v4[0], v4[1])
     net = ipaddress.ip_network(text)
     return (net.version, int(net.network_address), net.prefixlen)
 
 
 def canonical_ips(items: Iterable[str]) -> tuple[str, ...]:
     """Normalised, de-duplicated and sorted by address: the one form both sides compare in."""
-    return tuple(sorted({canonical_cidr(i) for i in items if i.strip()}, key=_cidr_sort_key))
+    return tuple(sorted({canonical_cidr(i) for i in items if i.strip()}, key=cidr_sort_key))
 
 
 @dataclass(frozen=True)
@@ -121,9 +154,10 @@ class Firewall:
             out[str(e[0])] = out.get(str(e[0]), 0) + 1
         return out
 
-    def summary(self) -> str:
+    def summary(self, short: bool = False) -> str:
         c = self.counts()
-        return (f"{self.family} {self.table} fp={self.fingerprint} chains={c.get('chain', 0)} "
+        name = "" if short else f"{self.family} {self.table} "
+        return (f"{name}fp={self.fingerprint} chains={c.get('chain', 0)} "
                 f"rules={c.get('rule', 0)} elements={c.get('elem', 0)}")
 
 

@@ -330,6 +330,8 @@ def parse_nft_table(text: str, family: str = FIREWALL_FAMILY,
             tag = m.group(1) if m else "x" + hashlib.sha256(
                 json.dumps(body.get("expr"), sort_keys=True).encode()).hexdigest()[:9]
             elements.add(("rule", chain, idx, tag))
+        else:  # counters, quotas, flowtables, ct helpers...: we never make them, so any is drift
+            elements.add(("object", kind, str(body.get("name", ""))))
     if not found:
         return None
     return firewall_from_elements(elements, family=family, table=table)

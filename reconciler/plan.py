@@ -240,9 +240,9 @@ def _change_text(c: Change) -> str:
         assert fw is not None
         name = f"firewall {fw.family} {fw.table}"
         if c.old is None:
-            return f"+ {name} ({c.new.summary() if c.new else ''})"
+            return f"+ {name} ({c.new.summary(short=True) if c.new else ''})"
         if c.new is None:
-            return f"- {name} ({c.old.summary()})"
+            return f"- {name} ({c.old.summary(short=True)})"
         oc, nc = c.old.counts(), c.new.counts()
         parts = [f"fp {c.old.fingerprint} -> {c.new.fingerprint}"]
         parts += [f"{k}s {oc.get(k, 0)} -> {nc.get(k, 0)}" for k in ("chain", "rule", "elem")

@@ -31,6 +31,7 @@ from .hoststate import (
     Secrets,
     canonical_cidr,
     canonical_ips,
+    cidr_sort_key,
 )
 from .model import Gateway, PortRange, Tunnel, TunnelStatus
 from .parsers import firewall_from_elements, rendered_structure, rule_tag
@@ -156,10 +157,14 @@ def render_firewall(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str)
         if not services:
             continue  # no map entry: only ping reaches the cloud, everything else drops
         prof = profiles.setdefault(services, _profile(gateway, services))
-        sources = [ipaddress.IPv4Network(f"{t.customer_address}/32"), *t.lans]
+        host = f"{t.customer_address}/32"
+        if not t.lans:
+            elements.append((host, prof.chain))
+            continue
+        sources = [ipaddress.IPv4Network(host), *t.lans]
         for net in ipaddress.collapse_addresses(sources):  # nft refuses overlapping intervals
             elements.append((str(net), prof.chain))
-    elements.sort(key=lambda e: (int(ipaddress.ip_network(e[0]).network_address), e[0]))
+    elements.sort(key=lambda e: cidr_sort_key(e[0]))
     routed = [str(n) for n in ipaddress.collapse_addresses(gateway.routed_ranges)]
     text = _env().get_template(NFT_TEMPLATE).render(
         interface=interface, address=str(gateway.address.ip), fingerprint=FP_PLACEHOLDER,
