@@ -65,7 +65,8 @@ class Controller:
                                 fetch_timeout=settings.fetch_timeout,
                                 ssh_command=settings.git_ssh_command)
         self.target = HostTarget(netns=settings.netns, interface=settings.interface,
-                                 secret_dir=settings.secret_dir, config_dir=settings.config_dir)
+                                 secret_dir=settings.secret_dir, config_dir=settings.config_dir,
+                                 lock_timeout=settings.lock_timeout)
         self.cache = ParseCache()
         self.state: ServiceState = ServiceState()
         self.enforced: RepoState | None = None  # the last good (composite) state
@@ -147,7 +148,7 @@ class Controller:
         reports = [CycleReport(r.result, r.commit, r.reason, duration, r.summary, r.changed)
                    for r in reports]
         self._push_audit()
-        self._finish(head, reports, duration)
+        self._finish(head, reports, duration, started=now)
         return reports
 
     def _fetch(self) -> str | None:
@@ -329,11 +330,13 @@ class Controller:
         elif res.pushed:
             event(log, "audit_pushed", entries=res.pushed, replayed=res.replayed or None)
 
-    def _finish(self, head: str | None, reports: list[CycleReport], duration: float) -> None:
+    def _finish(self, head: str | None, reports: list[CycleReport], duration: float, *,
+                started: float) -> None:
         main = reports[0] if reports else CycleReport("noop", head)
         failed = any(r.result in ("failed", "busy") for r in reports)
         self.state.phase, self.state.message = self.phase(head, failed=failed)
-        self.state.record(HistoryItem(time=time.time(), result=main.result, commit=main.commit,
+        self.state.record(HistoryItem(time=time.time(), started=started, result=main.result,
+                                      commit=main.commit,
                                       reason=main.reason[:500], duration=round(duration, 3),
                                       summary=main.summary))
         self._save()

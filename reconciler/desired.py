@@ -37,8 +37,9 @@ class Candidate:
         parts = []
         for org, base in sorted(self.held.items()):
             at = f"kept at {base[:12]}" if base else "left out (never applied)"
-            first = (by_org.get(org) or ["conflicts with the other orgs"])[0]
-            parts.append(f"org {org} {at}: {first}")
+            why = by_org.get(org) or ["conflicts with the other orgs"]
+            more = f" (+{len(why) - 3} more)" if len(why) > 3 else ""
+            parts.append(f"org {org} {at}: " + "; ".join(why[:3]) + more)
         return "; ".join(parts)
 
 

@@ -56,6 +56,10 @@ TYPE_HINTS: dict[str, str] = {
 }
 
 
+# A rule about an absent key is best shown at the key that makes it necessary.
+POINT_AT_INSTEAD: dict[str, str] = {"revoked_at": "status"}
+
+
 @dataclass(frozen=True)
 class Issue:
     line: int
@@ -152,8 +156,15 @@ def _issue_from_error(err: ErrorDetails, node: Node | None, kind: type[BaseModel
     elif loc and loc[-1] == "[key]":
         line, col = position(node, loc[:-1], key=True)
     else:
+        if len(loc) == 1 and _child_missing(node, loc[0]) and loc[0] in POINT_AT_INSTEAD:
+            loc = (POINT_AT_INSTEAD[str(loc[0])],)
         line, col = position(node, loc)
     return Issue(line, col, _message(err, kind))
+
+
+def _child_missing(node: Node | None, key: str | int) -> bool:
+    return isinstance(node, MappingNode) and not any(
+        isinstance(k, ScalarNode) and k.value == str(key) for k, _ in node.value)
 
 
 def _capped(issues: list[Issue]) -> tuple[Issue, ...]:

@@ -17,6 +17,8 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Any, Literal
 
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -40,6 +43,14 @@ _CONTROL_RE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f]")
 PRIVATE_LAN_RANGES: tuple[IPv4Network, ...] = tuple(
     IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 )
+
+
+def _item_error(index: int, message: str, value: Any) -> ValidationError:
+    """An error located at item `index` of the list a field validator is checking (so the YAML
+    position is that item, not the whole list)."""
+    return ValidationError.from_exception_data("item", [InitErrorDetails(
+        type=PydanticCustomError("value_error", "{reason}", {"reason": message}),
+        loc=(index,), input=value)])
 
 
 def _check_name(value: str) -> str:
@@ -269,10 +280,11 @@ class Gateway(Strict):
     def _defaults_in_catalog(cls, names: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         catalog = info.data.get("services")
         if catalog is not None:
-            unknown = [s for s in names if s not in catalog]
-            if unknown:
-                raise ValueError(f"default_services {unknown} are not in the service catalog "
-                                 f"{sorted(catalog)}; add them under services: or remove them")
+            for i, name in enumerate(names):
+                if name not in catalog:
+                    raise _item_error(i, f"{name!r} is not in the service catalog "
+                                      f"{sorted(catalog)}; add it under services: or remove it",
+                                      name)
         return names
 
     @property
@@ -322,10 +334,11 @@ class Tunnel(Strict):
     @field_validator("lans")
     @classmethod
     def _lans_distinct(cls, lans: tuple[IPv4Network, ...]) -> tuple[IPv4Network, ...]:
-        ordered = sorted(lans)
-        for a, b in zip(ordered, ordered[1:]):
-            if a.overlaps(b):
-                raise ValueError(f"LANs {a} and {b} overlap; list each network once")
+        for i, lan in enumerate(lans):
+            for other in lans[:i]:
+                if lan.overlaps(other):
+                    raise _item_error(i, f"LAN {lan} overlaps LAN {other} of this tunnel; "
+                                      "list each network once", str(lan))
         return lans
 
     @field_validator("revoked_at")

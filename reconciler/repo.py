@@ -273,9 +273,12 @@ def _load_placed(sources: list[SourceFile], tenants_dir: bool, cache: ParseCache
     broken = frozenset(p.org for p in problems if p.org is not None)
     blocked = any(p.org is None for p in problems)
     all_tunnels = tuple(tf.tunnel for tf in tunnel_files)
+    # A file in folder acme/ that claims org: other is acme's problem and applies for nobody.
+    good = () if blocked else tuple(tf.tunnel for tf in tunnel_files
+                                    if tf.folder not in broken and tf.tunnel.org not in broken)
     return RepoState(
         gateways={name: gf.gateway for name, gf in gateways.items()},
-        tunnels=() if blocked else tuple(t for t in all_tunnels if t.org not in broken),
+        tunnels=good,
         problems=tuple(problems),
         broken_orgs=broken,
         all_tunnels=all_tunnels,

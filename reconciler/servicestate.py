@@ -50,7 +50,8 @@ class Failure(BaseModel):
 
 
 class HistoryItem(BaseModel):
-    time: float
+    time: float  # when the cycle ended
+    started: float = 0.0
     result: str
     commit: str | None
     reason: str = ""

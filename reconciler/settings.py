@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     interval: float = Field(default=30.0, gt=0, description="seconds between level-triggered cycles")
     retry_max: float = Field(default=600.0, gt=0, description="cap of the back-off for a failed commit")
     fetch_timeout: float = Field(default=20.0, gt=0)
+    lock_timeout: float = Field(default=30.0, gt=0, description="seconds a cycle waits for "
+                                "another apply (CLI) to release the interface lock")
     state_dir: Path = Path("/var/lib/tunnelctl")
     runtime_dir: Path = Path("/run/tunnelctl")
     secret_dir: Path = Path("/etc/tunnelctl")

@@ -79,7 +79,7 @@ def _wait_for_cycle(s: Settings, since: float, timeout: float) -> list[dict[str,
         except ValueError:
             state = None
         if state is not None and state.phase != "Reconciling":
-            new = [h.model_dump() for h in state.history if h.time >= since]
+            new = [h.model_dump() for h in state.history if h.started >= since]
             if new:
                 return new
         time.sleep(0.1)
