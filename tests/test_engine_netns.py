@@ -531,3 +531,36 @@ def test_cli_plan_apply_exit_codes_and_json(host: EngineHost) -> None:
     after = host.observe()
     assert (after.peers, after.routes, after.firewall) == (before.peers, before.routes,
                                                            before.firewall)
+
+
+class NoUapi(Runner):
+    """Pretends the interface has no control socket (as with kernel WireGuard): `wg set` path."""
+
+    def has_uapi(self, interface: str) -> bool:
+        return False
+
+
+def test_wg_set_path_without_control_socket(host: EngineHost) -> None:
+    populate(host, 10)
+    runners = [NoUapi(netns=host.ns) for _ in range(3)]
+    r = host.apply(runner=runners[0])
+    assert r.applied and r.verified, r.error
+    host.repo.put(2, psk_rotation=1, persistent_keepalive=0)
+    host.repo.remove(3)
+    host.repo.put(4, lans=["192.168.44.0/24"])
+    r = host.apply(runner=runners[1])
+    assert r.applied and r.verified, r.error
+    assert {type(c) for c in r.plan} == {UpdatePeer, RemovePeer, AddRoute, DeleteRoute,
+                                         ReplaceFirewall, WriteConfig}
+    again = host.apply(runner=runners[2])
+    assert again.plan.empty and again.writes == 0
+    # Neither the private key nor any PSK ever appeared in a command line.
+    priv, psks = host.secrets()
+    keys = [priv, *psks.values()]
+    assert len(keys) == 10
+    for runner in runners[:2]:
+        assert any(argv[4:6] == ("wg", "set") for argv in runner.log)
+    for runner in runners:
+        for argv in runner.log:
+            line = " ".join(argv)
+            assert not any(k and k in line for k in keys), argv
