@@ -23,6 +23,7 @@ from .hoststate import (
     Secrets,
 )
 from .parsers import (
+    nft_table_absent,
     parse_ip_addr,
     parse_nft_table,
     parse_routes,
@@ -80,7 +81,7 @@ def read_firewall(runner: Runner, family: str = FIREWALL_FAMILY,
                   table: str = FIREWALL_TABLE) -> Firewall | None:
     res = runner.run(["nft", "-j", "list", "table", family, table], check=False)
     if res.returncode != 0:
-        if "No such file or directory" in res.stderr:
+        if nft_table_absent(res.stderr):
             return None  # the table does not exist (yet, or deleted by hand)
         raise CommandError(res.argv, res.returncode, res.stderr)
     return parse_nft_table(res.stdout, family, table)

@@ -280,6 +280,11 @@ def _nft_value(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def nft_table_absent(stderr: str) -> bool:
+    """Does `nft list table` stderr say the table does not exist (as opposed to failing)?"""
+    return "No such file or directory" in stderr
+
+
 def firewall_from_elements(elements: Iterable[tuple[str | int, ...]], text: str = "",
                            family: str = FIREWALL_FAMILY, table: str = FIREWALL_TABLE) -> Firewall:
     frozen = frozenset(elements)

@@ -12,6 +12,7 @@ import pytest
 from reconciler.hoststate import ROUTE_PROTO, Route, canonical_ips
 from reconciler.parsers import (
     ParseError,
+    nft_table_absent,
     parse_ip_addr,
     parse_nft_table,
     parse_routes,
@@ -209,3 +210,8 @@ def test_other_tables_in_the_listing_are_ignored_and_absent_is_none() -> None:
 def test_canonical_ips() -> None:
     assert canonical_ips(["192.168.10.0/24", "10.20.0.6", "10.20.0.6/32", "10.1.2.3/8"]) == (
         "10.0.0.0/8", "10.20.0.6/32", "192.168.10.0/24")
+
+
+def test_absent_table_is_told_apart_from_a_failure() -> None:
+    assert nft_table_absent(fixture("nft_table_absent.txt"))
+    assert not nft_table_absent("Error: Could not process rule: Operation not permitted")
