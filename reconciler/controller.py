@@ -241,7 +241,8 @@ class Controller:
         self.state.attempted = Attempt(commit=cand.commit, at=now, result="applied", reason=reason)
         self._save()  # the record of what the host runs, before anything slower
         event(log, "applied", commit=cand.commit, previous=previous, changed=result.changed,
-              held_orgs=sorted(cand.held) or None, reason=reason or None, **summary)
+              held_orgs=sorted(cand.held) or None, reason=reason or None,
+              timings={k: round(v, 4) for k, v in result.timings.items()}, **summary)
         self._audit(AuditEntry(time=AuditEntry.now(), host=self.settings.host,
                                gateway=gateway or "", result="applied", commit=cand.commit,
                                applied_commit=cand.commit, reason=reason, summary=summary,
