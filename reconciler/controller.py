@@ -14,7 +14,14 @@ import time
 from dataclasses import dataclass, field
 
 from .audit import AuditEntry, AuditLog
-from .desired import Candidate, Refusal, candidate_for, describe_problems, load_commit, removal_guard
+from .desired import (
+    Candidate,
+    Refusal,
+    candidate_for,
+    describe_problems,
+    load_commit,
+    removal_guard,
+)
 from .engine import EngineError, HostTarget, ReconcileResult, reconcile, select_gateway
 from .metrics import Revisions, ServiceMetrics, TunnelStats
 from .parsers import parse_wg_dump
@@ -22,7 +29,7 @@ from .psk import psk_digest
 from .repo import ParseCache, RepoState, load_files
 from .runner import Runner
 from .servicelog import event
-from .servicestate import Attempt, HistoryItem, Revision, ServiceState, StateStore
+from .servicestate import Attempt, HistoryItem, Phase, Revision, ServiceState, StateStore
 from .settings import Settings
 from .source import Ancestry, GitSource, SourceError
 
@@ -148,10 +155,12 @@ class Controller:
         reports = [CycleReport(r.result, r.commit, r.reason, duration, r.summary, r.changed)
                    for r in reports]
         self._push_audit()
+        self.source.prune_blobs()
         self._finish(head, reports, duration, started=now)
         return reports
 
     def _fetch(self) -> str | None:
+        head: str | None
         try:
             head = self.source.fetch()
             self.state.fetch_error = None
@@ -355,7 +364,7 @@ class Controller:
         event(log, "cycle", result=main.result, commit=main.commit, phase=self.state.phase,
               duration=round(duration, 3), **main.summary)
 
-    def phase(self, head: str | None, *, failed: bool = False) -> tuple[str, str]:
+    def phase(self, head: str | None, *, failed: bool = False) -> tuple[Phase, str]:
         """Flux-style status word and the sentence behind it."""
         st = self.state
         applied = self.applied_commit

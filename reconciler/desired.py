@@ -8,7 +8,7 @@ another org), so what reaches the engine has passed every cross-file rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .hoststate import ObservedState
@@ -53,7 +53,7 @@ class Refusal:
 def hold_orgs(broken: Iterable[str], applied: str | None,
               held: Mapping[str, str | None]) -> dict[str, str | None]:
     """Where each broken org is kept: where it is already held, else at the applied commit."""
-    return {org: (held[org] if org in held else applied) for org in sorted(broken)}
+    return {org: held.get(org, applied) for org in sorted(broken)}
 
 
 def compose_files(source: GitSource, commit: str,
@@ -103,7 +103,7 @@ def candidate_for(source: GitSource, commit: str, loaded: RepoState, applied: st
                    + describe_problems(loaded.problems))
 
 
-def removal_guard(max_share: float, allow_empty: bool):  # type: ignore[no-untyped-def]
+def removal_guard(max_share: float, allow_empty: bool) -> Callable[[Plan, ObservedState], str | None]:
     """A guard for engine.reconcile: refuse a plan removing every tenant, or too many."""
 
     def guard(plan: Plan, observed: ObservedState) -> str | None:

@@ -115,7 +115,7 @@ class Triggers:
 
 def local_repo_path(url: str) -> Path | None:
     """The directory to watch when the remote is on this machine, else None."""
-    path = url[len("file://"):] if url.startswith("file://") else url
+    path = url.removeprefix("file://")
     if "://" in path or (":" in path.split("/", 1)[0] and not path.startswith("/")):
         return None  # ssh://, https://, host:path
     p = Path(path)
@@ -155,7 +155,7 @@ class RefWatcher(threading.Thread):
                         self.triggers.fire("watch")
                     if not self.path.is_dir():
                         break
-            except Exception as exc:  # never let the watcher take the service down
+            except Exception as exc:  # noqa: BLE001 - the watcher must never end the service
                 event(log, "watch_failed", logging.WARNING, path=str(self.path), error=str(exc))
                 self.stop_event.wait(2.0)
 
@@ -250,7 +250,7 @@ class Service:
         force = bool(reasons & {"signal", "start"})
         try:
             return controller.cycle(force=force)
-        except Exception as exc:  # one bad cycle must not end the service; report and go on
+        except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the service
             event(log, "cycle_crashed", logging.ERROR, error=f"{type(exc).__name__}: {exc}",
                   exc_info=True)
             controller.state.phase = "Stalled"

@@ -54,8 +54,8 @@ def configure(fmt: str = "json", level: int = logging.INFO) -> None:
     root.propagate = False
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, *,
-          exc_info: bool = False, **fields: Any) -> None:
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    exc_info = bool(fields.pop("exc_info", False))
     # Field names that clash with LogRecord attributes get a trailing underscore.
     extra = {(k + "_" if k in _RESERVED else k): v for k, v in fields.items() if v is not None}
     logger.log(level, name, extra=extra, exc_info=exc_info)

@@ -26,15 +26,15 @@ class SettingsError(ValueError):
 
 
 # The parsed config file of the load_settings call in progress (a source below the environment).
-_FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("tunnelctl_file_values", default={})
+_FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("tunnelctl_file_values")
 
 
 class _FileSource(PydanticBaseSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return _FILE_VALUES.get().get(field_name), field_name, False
+        return _FILE_VALUES.get({}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_FILE_VALUES.get())
+        return dict(_FILE_VALUES.get({}))
 
 
 class Settings(BaseSettings):
@@ -116,14 +116,14 @@ class Settings(BaseSettings):
     def metrics_bind(self) -> tuple[str, int] | None:
         if not self.metrics_address:
             return None
-        host, _, port = self.metrics_address.rpartition(":")
-        return (host.strip("[]") or "127.0.0.1", int(port))
+        address, _, port = self.metrics_address.rpartition(":")
+        return (address.strip("[]") or "127.0.0.1", int(port))
 
     @field_validator("metrics_address")
     @classmethod
     def _address(cls, value: str) -> str:
         if value:
-            host, sep, port = value.rpartition(":")
+            _, sep, port = value.rpartition(":")
             if not sep or not port.isdigit() or int(port) > 65535:
                 raise ValueError(f"{value!r} must be host:port, e.g. 127.0.0.1:9586")
         return value

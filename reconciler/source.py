@@ -74,7 +74,8 @@ class GitSource:
         self.fetch_timeout = fetch_timeout
         self.env = {**GIT_ENV, **({"GIT_SSH_COMMAND": ssh_command} if ssh_command else {})}
         self._repo: git.Repo | None = None
-        self._blobs: dict[str, bytes] = {}  # blob id -> content, for the last tree read
+        self._blobs: dict[str, bytes] = {}  # blob id -> content of recently read trees
+        self._touched: set[str] = set()  # blob ids read since the last prune_blobs()
 
     # -- repository ------------------------------------------------------------------------
 
@@ -234,21 +235,26 @@ class GitSource:
             if orgs is not None and org_of(str(rel)) not in orgs:
                 continue
             result.append(SourceFile(str(rel), self._blob(blob_id), blob_id))
+            self._touched.add(blob_id)
         return result
 
     def _blob(self, blob_id: str) -> bytes:
         data = self._blobs.get(blob_id)
         if data is None:
-            data = self.repo.odb.stream(bytes.fromhex(blob_id)).read()
+            data = bytes(self.repo.odb.stream(bytes.fromhex(blob_id)).read())
             self._blobs[blob_id] = data
         return data
 
-    def forget_blobs_except(self, keep: set[str]) -> None:
-        """Drop cached contents no longer referenced (bounds memory to the live trees)."""
-        self._blobs = {k: v for k, v in self._blobs.items() if k in keep}
+    def prune_blobs(self) -> None:
+        """Forget contents not read since the last prune (bounds memory to the recent trees);
+        a cycle that read no tree keeps everything."""
+        if self._touched:
+            self._blobs = {k: v for k, v in self._blobs.items() if k in self._touched}
+            self._touched = set()
 
     def store_blob(self, data: bytes) -> str:
-        return self.repo.odb.store(IStream("blob", len(data), BytesIO(data))).hexsha.decode()
+        stored = self.repo.odb.store(IStream("blob", len(data), BytesIO(data)))
+        return str(stored.hexsha.decode())
 
 
 # Folders at the config root that are not orgs.

@@ -203,5 +203,5 @@ def render_status(report: StatusReport, console: Console) -> None:
                       _age(r.handshake_age), _bytes(r.rx_bytes), _bytes(r.tx_bytes), online,
                       status)
     console.print(table)
-    online = sum(1 for r in report.tunnels if r.online)
-    console.print(f"{len(report.tunnels)} tunnels, {online} online")
+    count = sum(1 for r in report.tunnels if r.online)
+    console.print(f"{len(report.tunnels)} tunnels, {count} online")

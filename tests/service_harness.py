@@ -99,7 +99,7 @@ class ServiceHarness:
             env["NOTIFY_SOCKET"] = str(self.notify.path)
             if watchdog_usec:
                 env["WATCHDOG_USEC"] = str(watchdog_usec)
-        self._log_fh = open(self.log, "ab")
+        self._log_fh = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen([TUNNELCTL, "run", "--config", str(self.config)],
                                      stdout=self._log_fh, stderr=self._log_fh, env=env,
                                      start_new_session=True)

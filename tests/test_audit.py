@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from git_remote import ConfigRemote, git
+
 from reconciler.audit import AuditEntry, AuditLog
 from reconciler.source import GitSource
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from git_remote import ConfigRemote
+from service_harness import ServiceHarness
+
 from reconciler.engine import reconcile
 from reconciler.lab import add_generated_tunnels, generate_repo
-from reconciler.repo import load_repo
 from reconciler.render import active_tunnels, render_routes, tunnel_allowed_ips
-from service_harness import ServiceHarness
+from reconciler.repo import load_repo
 
 GATEWAY = "lab-1"
 TENANTS = 300

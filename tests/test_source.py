@@ -6,8 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from git_remote import ConfigRemote, git
+
 from reconciler.source import Ancestry, GitSource, SourceError, classify, org_of
 
 
