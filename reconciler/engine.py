@@ -245,8 +245,10 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
         return result(changes, error=f"cannot snapshot the host before apply: {exc}",
                       step="snapshot", observed=observed)
     clock.lap("snapshot")
-    config_text = (render_config(desired.interface, desired.peers, secrets)
-                   if changes.of(WriteConfig) and desired.interface else None)
+    config_text = None
+    if changes.of(WriteConfig) and desired.interface is not None:
+        config_text = secrets.config_text or render_config(desired.interface, desired.peers,
+                                                           secrets)
     failed_step, error = None, None
     after: ObservedState | None = None
     try:

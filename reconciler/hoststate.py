@@ -191,11 +191,17 @@ class ObservedState(HostState):
 class Secrets:
     """The gateway private key and each peer's PSK. Never printed: repr/str hide the values."""
 
-    __slots__ = ("_private_key", "_psks")
+    __slots__ = ("_config_text", "_private_key", "_psks")
 
-    def __init__(self, private_key: str | None, psks: Mapping[str, str]) -> None:
+    def __init__(self, private_key: str | None, psks: Mapping[str, str],
+                 config_text: str | None = None) -> None:
         self._private_key = private_key
         self._psks = dict(psks)
+        self._config_text = config_text  # the rendered config file: it holds the keys too
+
+    @property
+    def config_text(self) -> str | None:
+        return self._config_text
 
     @property
     def private_key(self) -> str | None:

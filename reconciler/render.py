@@ -200,8 +200,9 @@ def render_host(gateway: Gateway, tunnels: Iterable[Tunnel], *, interface: str |
                             str(gateway.address), gateway.mtu, True)
     config = None
     if config_path is not None:
-        content = render_config(iface, peers, secrets).encode()
-        config = ConfigFile(str(config_path), ConfigFile.digest_of(content))
+        text = render_config(iface, peers, secrets)
+        secrets = Secrets(private_key, psks, text)  # kept for apply: rendered once per cycle
+        config = ConfigFile(str(config_path), ConfigFile.digest_of(text.encode()))
     state = HostState(iface, peers, render_routes(gateway, active, ifname),
                       render_firewall(gateway, active, ifname), config)
     return state, secrets

@@ -156,6 +156,8 @@ def test_config_file_has_keys_and_no_saveconfig(tmp_path: Path) -> None:
         assert f"PresharedKey = {secrets.psk(key)}" in text
         assert f"AllowedIPs = {', '.join(peer.allowed_ips)}" in text
     assert "SaveConfig" not in text and "Table" not in text
+    # Rendered once for the digest and kept, hidden, for the apply step.
+    assert secrets.config_text == text and GW_PRIV not in repr(secrets)
     assert state.config is not None and state.config.path == str(tmp_path / "wgx.conf")
 
 
