@@ -177,7 +177,7 @@ def _capped(issues: list[Issue]) -> tuple[Issue, ...]:
     return tuple(issues)
 
 
-def check_document(data: bytes, kind: type[Tunnel] | type[Gateway],
+def check_document(data: bytes, kind: type[Tunnel | Gateway],
                    parsed: ParsedYaml | YamlProblem | None = None) -> FileCheck:
     """Parse and validate one file as `kind`. Never raises.
 

@@ -12,12 +12,10 @@ import base64
 import binascii
 import ipaddress
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Any, Literal
-
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from pydantic import (
     AfterValidator,
@@ -32,12 +30,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 KEY_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
-_CONTROL_RE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f]")
+_CONTROL_RE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]")
 
 # Private IPv4 space a customer LAN may use (RFC 1918 and RFC 6598 shared CGNAT space).
 PRIVATE_LAN_RANGES: tuple[IPv4Network, ...] = tuple(
@@ -64,7 +63,9 @@ def _check_name(value: str) -> str:
 
 def _check_wg_key(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError("a WireGuard key must be a base64 string such as the output of 'wg pubkey'")
+        # pydantic turns ValueError (not TypeError) into a validation error with a location
+        raise ValueError(  # noqa: TRY004
+            "a WireGuard key must be a base64 string such as the output of 'wg pubkey'")
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -89,7 +90,8 @@ def _parse_cidr(value: Any) -> IPv4Network:
     if isinstance(value, IPv4Network):
         return value
     if not isinstance(value, str):
-        raise ValueError(f"expected an IPv4 CIDR string such as '192.168.1.0/24', got {value!r}")
+        raise ValueError(  # noqa: TRY004
+            f"expected an IPv4 CIDR string such as '192.168.1.0/24', got {value!r}")
     text = value.strip()
     if "/" not in text:
         raise ValueError(f"{value!r} has no prefix length; write it as a CIDR, e.g. '{text}/32'")
@@ -101,7 +103,8 @@ def _parse_cidr(value: Any) -> IPv4Network:
         raise ValueError(f"{value!r} covers every address and would capture all traffic; "
                          "name the specific network instead")
     if not isinstance(net, IPv4Network):
-        raise ValueError(f"{value!r} is IPv6; only IPv4 networks are supported for now")
+        raise ValueError(  # noqa: TRY004
+            f"{value!r} is IPv6; only IPv4 networks are supported for now")
     if str(net) != text:
         raise ValueError(
             f"{value!r} is not canonical; write it as '{net}' (network address, host bits zero)"
@@ -156,7 +159,7 @@ def _to_date(value: Any) -> Any:
     timestamp, so both are reduced to the same `date` (UTC day) here."""
     if isinstance(value, datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
         return date(value.year, value.month, value.day)
     return value
 

@@ -129,9 +129,9 @@ def create_tunnel(root: Path, org: str, name: str, public_key: str, *,
         write_atomic(target, text)
     warnings: tuple[str, ...] = ()
     if state.problems:
-        warnings = (f"the repo has {len(state.problems)} other problem(s); files that do not "
-                    "load may hold addresses this allocation could not see; run "
-                    "'tunnelctl validate'",)
+        warnings = ((f"the repo has {len(state.problems)} other problem(s); files that do not "
+                     "load may hold addresses this allocation could not see; run "
+                     "'tunnelctl validate'"),)
     customer = subnet.network_address + 2
     return NewTunnel(target, subnet, f"{customer}/{subnet.prefixlen}", str(gw.address.ip),
                      warnings)

@@ -28,11 +28,10 @@ from yaml.nodes import Node
 
 from . import yamlio
 from .fileload import MAX_ISSUES_PER_FILE, FileCheck, Issue, check_document
+from .model import Gateway, Tunnel
 from .parallel_check import MIN_FILES as MIN_PARALLEL_FILES
 from .parallel_check import check_all
-from .model import Gateway, Tunnel
-from .validate import (Finding, GatewayFile, RuleMemo, TunnelFile, check_gateways,
-                       check_tunnels)
+from .validate import Finding, GatewayFile, RuleMemo, TunnelFile, check_gateways, check_tunnels
 from .yamlio import Loc
 
 
@@ -91,7 +90,7 @@ class ParseCache:
     def __len__(self) -> int:
         return len(self._checks)
 
-    def check(self, content_key: str, kind: type[Tunnel] | type[Gateway], data: bytes) -> FileCheck:
+    def check(self, content_key: str, kind: type[Tunnel | Gateway], data: bytes) -> FileCheck:
         key = (content_key, kind.__name__)
         found = self._checks.get(key)
         if found is None:
@@ -101,7 +100,7 @@ class ParseCache:
             self.hits += 1
         return found
 
-    def prefill(self, items: list[tuple[str, type[Tunnel] | type[Gateway], bytes]],
+    def prefill(self, items: list[tuple[str, type[Tunnel | Gateway], bytes]],
                 jobs: int) -> None:
         """Check every uncached file at once, on `jobs` processes when it pays off."""
         todo = {(key, kind.__name__): (data, kind) for key, kind, data in items
@@ -110,7 +109,7 @@ class ParseCache:
             return  # `check` does them one by one
         try:
             results = check_all(list(todo.values()), jobs)
-        except Exception:
+        except Exception:  # noqa: BLE001  (`check` does them one by one instead)
             return
         self._checks.update(zip(todo, results))
         self.misses += len(todo)
@@ -132,10 +131,10 @@ class ParseCache:
                           if k[0] in content_keys and k[1] in content_keys}
 
 
-def _safe_check(data: bytes, kind: type[Tunnel] | type[Gateway]) -> FileCheck:
+def _safe_check(data: bytes, kind: type[Tunnel | Gateway]) -> FileCheck:
     try:
         return check_document(data, kind)
-    except Exception as exc:  # last line of defence: one odd file must not stop the load
+    except Exception as exc:  # noqa: BLE001  (one odd file must not stop the load)
         return FileCheck(None, (Issue(1, 1, f"internal error while checking this file "
                                       f"({type(exc).__name__}: {exc}); please report it"),))
 
@@ -212,7 +211,7 @@ def _load(files: Iterable[SourceFile], cache: ParseCache | None, today: date | N
             gc.enable()
 
 
-_Entry = tuple[SourceFile, _Placed, str, "type[Tunnel] | type[Gateway]"]
+_Entry = tuple[SourceFile, _Placed, str, "type[Tunnel | Gateway]"]
 
 
 def _load_placed(sources: list[SourceFile], tenants_dir: bool, cache: ParseCache, today: date,

@@ -5,7 +5,7 @@ them (GitHub needs paths relative to the repository root)."""
 from __future__ import annotations
 
 import json
-import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,11 +37,21 @@ def git_toplevel(start: Path) -> Path | None:
 
 
 def display_path(root: Path, rel: str, base: Path) -> str:
-    full = root / rel
+    """`rel` (repo-relative) as seen from `base`, or absolute when it is not under `base`."""
+    full = (root / rel).absolute()
     try:
-        return full.relative_to(base).as_posix()
+        return full.relative_to(base.absolute()).as_posix()
     except ValueError:
-        return os.path.relpath(full, base) if full.is_absolute() else full.as_posix()
+        return full.as_posix()
+
+
+# A repo path followed by ":line" inside a message (how one file's problem names another).
+_MENTIONED_PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.ya?ml)(?=:\d)")
+
+
+def rebase_message(message: str, root: Path, base: Path) -> str:
+    """Show paths mentioned in a message the way the problem's own path is shown."""
+    return _MENTIONED_PATH.sub(lambda m: display_path(root, m.group(1), base), message)
 
 
 def in_scope(problem: Problem, scope: str) -> bool:

@@ -237,10 +237,11 @@ def _overlap_rules(tunnels: Sequence[TunnelFile], locate: Locate, today: date) -
 
 def _uniqueness_rules(tunnels: Sequence[TunnelFile], locate: Locate) -> list[Finding]:
     out: list[Finding] = []
-    for field, keyof, what in (
+    checks: tuple[tuple[str, Callable[[Tunnel], str], str], ...] = (
         ("public_key", lambda t: t.public_key, "public key"),
         ("name", lambda t: t.ident, "org/name"),
-    ):
+    )
+    for field, keyof, what in checks:
         first: dict[str, TunnelFile] = {}
         for tf in tunnels:
             key = keyof(tf.tunnel)

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.cyaml import CParser
 from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.cyaml import CParser
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import BaseResolver
 
@@ -56,7 +56,7 @@ class ParsedYaml:
     node: Node | None
 
 
-class _Resolver12(BaseResolver):
+class _Resolver12(BaseResolver):  # type: ignore[misc]
     """YAML 1.2 core-schema implicit types (the same regexes ruamel uses for 1.2)."""
 
 
@@ -78,11 +78,11 @@ for _tag, _regexp, _first in (
         :[0-9][0-9] :[0-9][0-9] (?:\.[0-9]*)?
         (?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$""", "0123456789"),
 ):
-    _Resolver12.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regexp, re.X),
+    _Resolver12.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regexp, re.VERBOSE),
                                       list(_first))
 
 
-class _Constructor12(SafeConstructor):
+class _Constructor12(SafeConstructor):  # type: ignore[misc]
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         if node in self.constructed_objects:
             # Only an alias reaches an already-built node (PyYAML shares the node).
@@ -96,7 +96,7 @@ class _Constructor12(SafeConstructor):
                                    node.start_mark) from None
 
     def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
-        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         if len(mapping) != len(node.value):
             seen: set[Any] = set()
             for key_node, _ in node.value:
@@ -198,7 +198,7 @@ def parse(data: bytes) -> ParsedYaml | YamlProblem:
 def compose(data: bytes) -> Node | None:
     """Node tree of a file that `parse` accepted earlier (for positions only)."""
     try:
-        return yaml.compose(data, Loader=_FastLoader)  # type: ignore[no-any-return]
+        return yaml.compose(data, Loader=_FastLoader)
     except yaml.YAMLError:
         return None
 
@@ -292,33 +292,62 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _drop_key(doc: Any, key: str) -> None:
+    """Remove a key; a comment hanging after its value moves to the key before it."""
+    keys = list(doc)
+    position_ = keys.index(key)
+    hanging = doc.ca.items.pop(key, None)
+    del doc[key]
+    if hanging is not None and position_ > 0:
+        previous = keys[position_ - 1]
+        if previous not in doc.ca.items and isinstance(doc[previous], (str, int, float)):
+            doc.ca.items[previous] = hanging
+
+
+def _set_list(current: Any, new: list[Any]) -> None:
+    """Update a list in place: unchanged leading items keep their comments."""
+    keep = 0
+    while keep < min(len(current), len(new)) and current[keep] == new[keep]:
+        keep += 1
+    del current[keep:]
+    current.extend(new[keep:])
+
+
 def update_tunnel_file(path: Path | str, **changes: Any) -> None:
     """Set keys of an existing repo file in place, keeping comments, order and quoting.
 
-    A new key is appended; a value of None removes the key (absent and null mean the same).
-    Lists are updated in place so their flow/block style and item comments survive.
+    A new key goes after the keys that precede it in the model's field order; a value of None
+    removes the key (absent and null mean the same). Lists are updated in place so their
+    style and the comments of unchanged items survive.
     """
     import io
 
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+    from .model import Tunnel
+
+    order = list(Tunnel.model_fields)
     target = Path(path)
     rt = _ruamel()
     doc = rt.load(target.read_text(encoding="utf-8"))
     if not isinstance(doc, CommentedMap):
-        raise ValueError(f"{target}: top level is not a mapping; fix the file first")
+        raise ValueError(  # noqa: TRY004
+            f"{target}: top level is not a mapping; fix the file first")
     for key, value in changes.items():
         if value is None:
-            doc.pop(key, None)
+            if key in doc:
+                _drop_key(doc, key)
             continue
         plain = to_plain(value)
         current = doc.get(key)
         if isinstance(plain, list) and isinstance(current, CommentedSeq):
-            current[:] = plain
-        elif isinstance(plain, list):
-            doc[key] = CommentedSeq(plain)
+            _set_list(current, plain)
+        elif key in doc:
+            doc[key] = CommentedSeq(plain) if isinstance(plain, list) else plain
         else:
-            doc[key] = plain
+            before = set(order[: order.index(key)]) if key in order else set(doc)
+            at = max((i + 1 for i, k in enumerate(doc) if k in before), default=len(doc))
+            doc.insert(at, key, CommentedSeq(plain) if isinstance(plain, list) else plain)
     out = io.StringIO()
     rt.dump(doc, out)
     write_atomic(target, out.getvalue())

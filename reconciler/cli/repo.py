@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from ..provision import ProvisionError, create_tunnel
 from ..repo import load_repo
-from ..report import (display_path, find_root, format_github, format_json, format_text,
-                      git_toplevel, in_scope, summary)
+from ..report import (
+    display_path,
+    find_root,
+    format_github,
+    format_json,
+    format_text,
+    git_toplevel,
+    in_scope,
+    rebase_message,
+    summary,
+)
 from ..schema import outdated_schemas, write_schemas
 
 
@@ -40,8 +50,9 @@ def validate(path: Path, fmt: str) -> None:
     resolved = path.resolve()
     scope = "" if resolved == root else resolved.relative_to(root).as_posix() \
         if resolved.is_relative_to(root) else ""
-    shown = [p for p in state.problems if in_scope(p, scope)]
     base = (git_toplevel(root) or Path.cwd()) if fmt == "github" else Path.cwd()
+    shown = [replace(p, message=rebase_message(p.message, root, base))
+             for p in state.problems if in_scope(p, scope)]
     paths = [display_path(root, p.file, base) for p in shown]
     if fmt == "json":
         click.echo(format_json(shown, paths))
@@ -77,8 +88,8 @@ def new(org: str, name: str, pubkey: str, lans: tuple[str, ...], services: str |
                              gateway=gateway, keepalive=keepalive, notes=notes)
     except ProvisionError as exc:
         for p in exc.problems:
-            click.echo(f"{display_path(root, p.file, Path.cwd())}:{p.line}:{p.col}: {p.message}",
-                       err=True)
+            click.echo(f"{display_path(root, p.file, Path.cwd())}:{p.line}:{p.col}: "
+                       f"{rebase_message(p.message, root, Path.cwd())}", err=True)
         raise click.ClickException(str(exc)) from None
     shown = display_path(root, made.path.relative_to(root).as_posix(), Path.cwd())
     click.echo(f"created {shown}")
