@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -152,9 +153,21 @@ def test_ssh_signature_verification(remote: ConfigRemote, tmp_path: Path) -> Non
     assert make_source(remote, tmp_path, allowed_signers=empty).verify(signed) is not None
 
 
-def test_openpgp_signature_verification(remote: ConfigRemote, tmp_path: Path) -> None:
+@pytest.fixture()
+def gnupg_home(tmp_path: Path) -> Iterator[Path]:
+    """A throw-away keyring; the gpg-agent gpg starts for it is stopped afterwards."""
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
+    try:
+        yield home
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False,
+                       capture_output=True)
+
+
+def test_openpgp_signature_verification(remote: ConfigRemote, tmp_path: Path,
+                                        gnupg_home: Path) -> None:
+    home = gnupg_home
     env = {"GNUPGHOME": str(home)}
     subprocess.run(["gpg", "--batch", "--quiet", "--passphrase", "", "--quick-gen-key",
                     "Ops <ops@example.net>", "ed25519", "sign", "never"],
