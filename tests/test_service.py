@@ -151,6 +151,64 @@ def test_status_rows_online_rule() -> None:
     assert not missing.present
 
 
+def _subnet_of(text: str) -> str:
+    return next(line.split(":", 1)[1].strip() for line in text.splitlines()
+                if line.startswith("subnet:"))
+
+
+def test_candidate_holds_broken_orgs_and_resolves_conflicts(tmp_path: Path) -> None:
+    """Real git, real loader, no host: which files a cycle may enforce."""
+    from reconciler.desired import Candidate, Refusal, candidate_for
+    from reconciler.repo import ParseCache, load_files
+    from reconciler.source import GitSource
+
+    gen = generate_repo(tmp_path / "gen", 2, gateway=GATEWAY)  # org gen00000: site0, site1
+    remote = ConfigRemote(tmp_path / "remote")
+    c1 = remote.replace_tree(gen.root, "two tunnels")
+    src = GitSource(str(remote.bare), remote.branch, tmp_path / "mirror.git")
+    cache = ParseCache()
+    src.fetch()
+    first = candidate_for(src, c1, load_files(src.files(c1), cache), None, {}, cache)
+    assert isinstance(first, Candidate) and not first.held and len(first.state.tunnels) == 2
+
+    # Only the changed blob is parsed again when the next commit arrives.
+    site1 = remote.work / "gen00000" / "site1.yaml"
+    good = site1.read_text()
+    misses = cache.misses
+    c2 = remote.commit({"gen00000/site1.yaml": good.replace("keepalive: 25", "keepalive: 20")})
+    src.fetch()
+    load_files(src.files(c2), cache)
+    assert cache.misses == misses + 1
+
+    # gen00000 broken; a new org takes the subnet gen00000/site1 had: the broken org is held at
+    # c2 (its last good files), and the newcomer, which now conflicts with it, is held too
+    # (left out: it was never good) instead of applying two tunnels with one subnet.
+    taken = _subnet_of(good)
+    newcomer = good.replace("gen00000", "zed").replace(
+        next(ln for ln in good.splitlines() if ln.startswith("public_key:")),
+        "public_key: " + "A" * 42 + "E=")
+    c3 = remote.commit({"gen00000/site1.yaml": good.replace("subnet:", "subnett:"),
+                        "zed/site1.yaml": newcomer})
+    src.fetch()
+    loaded = load_files(src.files(c3), cache)
+    assert loaded.broken_orgs == {"gen00000"}
+    result = candidate_for(src, c3, loaded, c2, {}, cache)
+    assert isinstance(result, Candidate), result
+    assert result.held == {"gen00000": c2, "zed": c2}
+    tunnels = {t.ident: str(t.subnet) for t in result.state.tunnels}
+    assert tunnels == {"gen00000/site0": _subnet_of((remote.work / "gen00000/site0.yaml")
+                                                    .read_text()), "gen00000/site1": taken}
+    assert "subnett" in result.held_text()
+
+    # A broken gateway file blocks every org: refused outright.
+    gw = (remote.work / "gateway.yaml").read_text()
+    c4 = remote.commit({"gateway.yaml": gw.replace("mtu:", "mtuu:")})
+    src.fetch()
+    refused = candidate_for(src, c4, load_files(src.files(c4), cache), c2, {}, cache)
+    assert isinstance(refused, Refusal) and "gateway.yaml" in refused.reason
+    src.close()
+
+
 # ------------------------------------------------------------------------ lab (real host)
 
 
