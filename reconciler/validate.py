@@ -152,9 +152,6 @@ def _gateway_rules(tf: TunnelFile, facts: _GatewayFacts) -> list[Finding]:
             if svc not in gw.services:
                 out.append(Finding(path, ("services", i), f"service {svc!r} is not in the "
                                    f"catalog of gateway {gw.name} ({', '.join(sorted(gw.services))})"))
-    if gw.public_key is not None and t.public_key == gw.public_key:
-        out.append(Finding(path, ("public_key",), "public_key is the gateway's own key; use the "
-                           "customer router's public key"))
     return out
 
 
@@ -294,4 +291,11 @@ def check_tunnels(tunnels: Sequence[TunnelFile], gateways: Mapping[str, GatewayF
     for members in by_gateway.values():
         out.extend(_overlap_rules(members, locate, today))
     out.extend(_uniqueness_rules(tunnels, locate))
+    gateway_keys = {gf.gateway.public_key: gf.path for gf in gateways.values()
+                    if gf.gateway.public_key is not None}
+    for tf in tunnels:
+        if tf.tunnel.public_key in gateway_keys:
+            out.append(Finding(tf.path, ("public_key",), f"public_key is the key of the gateway "
+                               f"in {gateway_keys[tf.tunnel.public_key]}; use the customer "
+                               "router's public key"))
     return out

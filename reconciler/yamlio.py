@@ -200,8 +200,8 @@ def _check_depth(data: bytes) -> YamlProblem | None:
 def parse(data: bytes) -> ParsedYaml | YamlProblem:
     """Parse one repo file. Never raises: any failure is a located YamlProblem."""
     if len(data) > MAX_FILE_BYTES:
-        return YamlProblem(1, 1, f"file is {len(data)} bytes; repo files are small, the limit "
-                           f"is {MAX_FILE_BYTES} bytes")
+        return YamlProblem(1, 1, f"file is larger than the limit of {MAX_FILE_BYTES} bytes; "
+                           "repo files are a few hundred bytes, is this the right file?")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -54,7 +54,7 @@ ADVERSARIAL = [
     ("lans:\n  - 192.168.1.0/24\n  - 192.168.1.128/25", 8, 5, "overlaps LAN 192.168.1.0/24"),
     ("lans: [192.168.1.0/24, 5]", 6, 24, "expected an IPv4 CIDR"),
     ("lans: 192.168.1.0/24", 6, 7, "expected a list"),
-    (f"public_key: {GATEWAY_KEY}", 4, 13, "gateway's own key"),
+    (f"public_key: {GATEWAY_KEY}", 4, 13, "key of the gateway in gateway.yaml"),
     ("gateway: cloud-9", 3, 10, "does not exist"),
     ("org: other", 1, 6, "must equal the folder name"),
     ("name: other", 2, 7, "must equal the file name"),
@@ -136,7 +136,7 @@ def test_bad_values_are_reported_at_the_value(extra: str, line: int, col: int, w
     (b"org: acme\n\x00\x01\x02", 2, 1, "not allowed in YAML"),
     (b"org: [acme\n", 2, 1, "invalid YAML"),
     (b"[" * 100_000, 1, 65, "nested deeper"),
-    (b"a: b\n" * 300_000, 1, 1, "the limit is 1048576 bytes"),
+    (b"a: b\n" * 300_000, 1, 1, "larger than the limit of 1048576 bytes"),
 ])
 def test_unreadable_files_get_a_located_problem(data: bytes, line: int, col: int,
                                                 words: str) -> None:
