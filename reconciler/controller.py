@@ -327,8 +327,14 @@ class Controller:
     def _push_audit(self) -> None:
         audit = self.audit_log()
         try:
-            if audit.pending() == 0:
+            pending = audit.pending()
+            if pending == 0:
                 self.state.audit_pending, self.state.audit_error = 0, None
+                return
+            if self.state.fetch_error:
+                # The remote just failed a fetch: do not spend another timeout on a push.
+                self.state.audit_pending = pending
+                self.state.audit_error = "push deferred: remote unreachable"
                 return
             res = audit.push()
         except SourceError as exc:
