@@ -164,3 +164,12 @@ def test_many_problems_in_one_file_are_capped() -> None:
 
 def test_key_helper_makes_the_lengths_the_adversarial_cases_claim() -> None:
     assert len(base64.b64decode(key(1, 31))) == 31 and len(base64.b64decode(key(1, 33))) == 33
+
+
+def test_a_file_of_thirty_thousand_unknown_keys_is_summarised() -> None:
+    # Locating every error would walk the mapping once per key (quadratic); only the first
+    # few are located and the rest counted.
+    text = hq(extra="".join(f"k{i}: 1\n" for i in range(30_000)))
+    problems = at(load({HQ: text}), HQ)
+    assert len(problems) == 20 and "and 29981 more problems" in problems[-1].message
+    assert problems[0].message.startswith("unknown key 'k0'")
