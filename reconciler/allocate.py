@@ -55,7 +55,7 @@ def allocate(gateway: Gateway, used: Iterable[IPv4Network],
         if index not in blocked:
             return IPv4Network((base + index * size, gateway.allocation_prefix))
     raise PoolExhausted(
-        f"pool {pool} exhausted ({allocated} tunnels allocated); the other "
-        f"{len(blocked) - allocated} blocks are the gateway's own or reserved. Revoked subnets "
-        "free up 30 days after revoked_at; otherwise add a gateway with another pool"
+        f"pool {pool} exhausted ({allocated} tunnels allocated); {len(blocked) - allocated} "
+        "more block(s) belong to the gateway or reserved ranges. Revoked subnets free up 30 "
+        "days after revoked_at; otherwise add a gateway with another pool"
     )
