@@ -1,0 +1,1 @@
+"""tunnelctl's scale benchmark (issue 6): `.venv/bin/python -m bench` (see bench/run.py)."""

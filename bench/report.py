@@ -1,0 +1,146 @@
+"""Turn measured samples into the results table (terminal and bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .measure import SizeResult
+
+TARGET_N = 16383
+
+
+def median(result: SizeResult, key: str) -> float | None:
+    values = result.samples.get(key)
+    return statistics.median(values) if values else None
+
+
+def secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1024:.0f} MiB"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _with_n(result: SizeResult, key: str, text: str) -> str:
+    n = len(result.samples.get(key, []))
+    return f"{text} (n={n})" if n and n != 3 and text != "-" else text
+
+
+Row = tuple[str, Callable[[SizeResult], str]]
+
+
+def _seconds_row(label: str, key: str) -> Row:
+    return label, lambda r: _with_n(r, key, secs(median(r, key)))
+
+
+def rows() -> list[Row]:
+    stage_keys = ("render", "observe", "plan", "snapshot", "apply", "verify")
+
+    def stages(r: SizeResult) -> str:
+        parts = [f"{k} {secs(median(r, 'cold_' + k))}" for k in stage_keys
+                 if median(r, "cold_" + k) is not None]
+        return ", ".join(parts) or "-"
+
+    def cold_vs_floor(r: SizeResult) -> str:
+        x = ratio(median(r, "cold"), median(r, "floor"))
+        return "-" if x is None else f"{x:.2f}x"
+
+    def naive_vs_cold(r: SizeResult) -> str:
+        x = ratio(median(r, "naive"), median(r, "cold"))
+        return "-" if x is None else f"{x:.1f}x faster"
+
+    def noop_writes(r: SizeResult) -> str:
+        w = r.samples.get("noop_writes")
+        return "-" if not w else str(int(max(w)))
+
+    def loss(r: SizeResult) -> str:
+        pl = r.facts.get("packet_loss")
+        if not pl:
+            return "-"
+        return f"{pl['lost']} of {pl['sent']}"
+
+    return [
+        _seconds_row("cold converge: load+validate+render+apply+verify", "cold"),
+        _seconds_row("  of which load+validate", "cold_load"),
+        ("  engine stages", stages),
+        _seconds_row("  as a process, incl. Python start-up", "cold_process"),
+        _seconds_row("floor: setconf + ip -batch + nft -f + C-loader parse", "floor"),
+        _seconds_row("  wg setconf (one file)", "floor_wg_setconf"),
+        _seconds_row("  ip -batch (all routes)", "floor_ip_batch"),
+        _seconds_row("  nft -f (the engine's table)", "floor_nft_f"),
+        _seconds_row("  read + yaml.CSafeLoader, all files", "floor_yaml_c_parse"),
+        ("cold converge / floor", cold_vs_floor),
+        _seconds_row("naive: wg set/peer + ip route add/route + ruamel rt", "naive"),
+        _seconds_row("  wg set, one process per peer", "naive_wg_set_per_peer"),
+        _seconds_row("  ip route add, one process per route", "naive_ip_route_per_route"),
+        _seconds_row("  ruamel.yaml round-trip parse", "naive_yaml_ruamel_rt"),
+        ("naive / cold converge", naive_vs_cold),
+        _seconds_row("one-tenant change: commit -> verified (service)", "change"),
+        _seconds_row("  engine part (render..verify)", "change_engine"),
+        _seconds_row("  whole cycle incl. audit commit + push", "change_cycle"),
+        _seconds_row("no-op cycle (service: fetch + full observe + plan)", "noop"),
+        ("  host writes in no-op cycles", noop_writes),
+        _seconds_row("validate whole tree (`tunnelctl validate`)", "validate"),
+        _seconds_row("cold converge through the service (first cycle)", "service_cold"),
+        ("peak RSS reconciler: CLI converge", lambda r: mib(median(r, "rss_cli_kb"))),
+        ("peak RSS reconciler: service", lambda r: mib(median(r, "rss_service_kb"))),
+        ("peak RSS wireguard-go (after cold / service)",
+         lambda r: f"{mib(median(r, 'rss_wg_cold_kb'))} / {mib(median(r, 'rss_wg_service_kb'))}"),
+        ("ping loss, untouched tunnel, 1,000-tenant apply+remove", loss),
+    ]
+
+
+def table(results: Sequence[SizeResult]) -> str:
+    head = "| metric | " + " | ".join(f"N = {r.n:,}" for r in results) + " |"
+    sep = "|---|" + "---:|" * len(results)
+    lines = [head, sep]
+    for label, fn in rows():
+        lines.append(f"| {label} | " + " | ".join(fn(r) for r in results) + " |")
+    return "\n".join(lines)
+
+
+def targets(result: SizeResult) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) at the target size."""
+    cold, fl, naive = median(result, "cold"), median(result, "floor"), median(result, "naive")
+    change, noop = median(result, "change"), median(result, "noop")
+    validate = median(result, "validate")
+    writes = max(result.samples.get("noop_writes", [0]))
+    pl: dict[str, Any] | None = result.facts.get("packet_loss")
+
+    def check(ok: bool | None) -> bool | None:
+        return ok
+
+    x = ratio(cold, fl)
+    y = ratio(naive, cold)
+    return [
+        ("cold converge <= 1.4x floor", "-" if x is None else f"{x:.2f}x ({secs(cold)} vs "
+         f"{secs(fl)})", check(None if x is None else x <= 1.4)),
+        (">= 10x faster than naive", "-" if y is None else f"{y:.1f}x ({secs(naive)})",
+         check(None if y is None else y >= 10)),
+        ("one-tenant change commit -> verified <= 300 ms", secs(change),
+         check(None if change is None else change <= 0.3)),
+        ("no-op cycle <= 0.5 s, zero writes", f"{secs(noop)}, {int(writes)} writes",
+         check(None if noop is None else noop <= 0.5 and writes == 0)),
+        ("validate whole tree <= 4 s", secs(validate),
+         check(None if validate is None else validate <= 4)),
+        ("zero packets lost on untouched tunnels",
+         "-" if pl is None else f"{pl['lost']} lost of {pl['sent']}",
+         check(None if pl is None else pl["lost"] == 0)),
+    ]
+
+
+def targets_table(result: SizeResult) -> str:
+    lines = [f"| target (N = {result.n:,}) | measured | met |", "|---|---|---|"]
+    for name, measured, ok in targets(result):
+        mark = "n/a" if ok is None else ("yes" if ok else "**no**")
+        lines.append(f"| {name} | {measured} | {mark} |")
+    return "\n".join(lines)

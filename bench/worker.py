@@ -1,0 +1,121 @@
+"""Child processes of the benchmark, so each one's peak memory (ru_maxrss) is the reconciler's own.
+
+    python -m bench.worker converge < args.json   load + validate + reconcile a repo folder once
+    python -m bench.worker service < args.json    the service's cycle: cold, no-op and one-change
+
+Arguments come as one JSON object on stdin; each prints one JSON object on stdout. Timings start after imports (the floor's tools are
+compiled programs that pay no interpreter start); the process wall time is measured by the
+parent and reported next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler import controller as controller_module
+from reconciler.engine import HostTarget, ReconcileResult, reconcile
+from reconciler.repo import load_repo
+
+
+def maxrss_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def _target(args: dict[str, Any]) -> HostTarget:
+    return HostTarget(netns=args["netns"], interface=args["interface"],
+                      secret_dir=Path(args["secret_dir"]), config_dir=Path(args["config_dir"]))
+
+
+def _result(res: ReconcileResult) -> dict[str, Any]:
+    return {"ok": res.ok, "verified": res.verified, "applied": res.applied, "error": res.error,
+            "failed_step": res.failed_step, "writes": res.writes, "changes": len(res.plan),
+            "summary": res.plan.summary_line(),
+            "timings": {k: round(v, 6) for k, v in res.timings.items()}}
+
+
+def converge(args: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    repo = load_repo(args["repo"])
+    t_load = time.perf_counter() - t0
+    res = reconcile(repo, _target(args), gateway=args["gateway"])
+    total = time.perf_counter() - t0
+    out = _result(res)
+    out.update(load=round(t_load, 6), total=round(total, 6), problems=len(repo.problems),
+               tunnels=len(repo.tunnels), maxrss_kb=maxrss_kb())
+    return out
+
+
+class _Recorder:
+    """Wraps the engine's reconcile as the controller calls it: when each call returned."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, ReconcileResult]] = []
+
+    def __call__(self, *a: Any, **kw: Any) -> ReconcileResult:
+        res = reconcile(*a, **kw)
+        self.calls.append((time.perf_counter(), res))
+        return res
+
+
+def service(args: dict[str, Any]) -> dict[str, Any]:
+    from bench.configrepo import BenchRepo
+    from reconciler.controller import Controller
+    from reconciler.settings import Settings
+
+    recorder = _Recorder()
+    controller_module.reconcile = recorder  # type: ignore[attr-defined]  # measuring only
+    settings = Settings(
+        repo_url=args["bare"], branch="main", gateway=args["gateway"], interval=30.0,
+        state_dir=Path(args["state_dir"]), runtime_dir=Path(args["state_dir"]) / "run",
+        secret_dir=Path(args["secret_dir"]), config_dir=Path(args["config_dir"]),
+        netns=args["netns"], interface=args["interface"], metrics_address="", watch=False,
+        host="bench", max_removal_share=1.0)
+    repo = BenchRepo(0, 0, Path(args["repo_root"]), {}, ())  # only its clone is used: commits
+    ctl = Controller(settings)
+    ctl.start()
+
+    def cycle(label: str) -> dict[str, Any]:
+        recorder.calls.clear()
+        t0 = time.perf_counter()
+        reports = ctl.cycle()
+        total = time.perf_counter() - t0
+        changed = [(t, r) for t, r in recorder.calls if r.changed]
+        t_end, res = changed[0] if changed else (recorder.calls[-1] if recorder.calls
+                                                 else (time.perf_counter(), None))
+        return {"label": label, "cycle": round(total, 6),
+                "to_verified": round(t_end - t0, 6),
+                "results": [r.result for r in reports],
+                "reasons": [r.reason for r in reports if r.reason][:3],
+                "engine": _result(res) if res is not None else None,
+                "engine_calls": len(recorder.calls),
+                "writes": sum(r.writes for _, r in recorder.calls)}
+
+    out: dict[str, Any] = {"cold": cycle("cold"), "noop": [], "change": []}
+    for i in range(args["runs"]):
+        out["noop"].append(cycle(f"noop {i + 1}"))
+    rel = args["change_file"]
+    for i in range(args["runs"]):
+        action, sha = repo.toggle_lan(rel, args["change_lan"])
+        item = cycle(f"change {i + 1}: {action} LAN on {rel}")
+        item["commit"] = sha
+        item["applied_commit"] = ctl.applied_commit
+        out["change"].append(item)
+    out["noop_after"] = cycle("noop after changes")
+    out["maxrss_kb"] = maxrss_kb()
+    return out
+
+
+def main() -> None:
+    command = sys.argv[1]
+    args = json.loads(sys.stdin.read())
+    result = {"converge": converge, "service": service}[command](args)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
