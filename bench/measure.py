@@ -169,6 +169,7 @@ def measure_service(repo: BenchRepo, result: SizeResult, runs: int) -> None:
         result.add("change_cycle", item["cycle"])
         result.add("change_engine", eng["timings"].get("total", 0.0))
         result.facts.setdefault("change_plans", []).append(eng["summary"])
+        result.facts.setdefault("change_sizes", []).append(eng["changes"])
     result.add("rss_service_kb", out["maxrss_kb"])
 
 

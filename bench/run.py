@@ -36,12 +36,13 @@ NAIVE_FULL_UP_TO = 4096  # above this the naive baseline (~1 min) runs once, not
 
 
 def run_bench(sizes: Sequence[int], *, runs: int = 3, naive_runs: int | None = None,
-              loss_n: int | None = 1000, keepalive: int = 0,
+              loss_n: int | None = 1000, keepalive: int = 0, out: Path = OUT,
               log: Callable[[str], None] = print) -> list[SizeResult]:
+    """Measure every size (raises BenchFailure when a run does not converge and verify)."""
     results = []
     for n in sizes:
         t0 = time.perf_counter()
-        repo = bench_repo(n, keepalive=keepalive)
+        repo = bench_repo(n, keepalive=keepalive, out=out)
         log(f"[{n}] repo ready in {time.perf_counter() - t0:.1f} s: {repo.root}")
         naive = naive_runs if naive_runs is not None else (runs if n <= NAIVE_FULL_UP_TO else 1)
         result = measure_size(repo, runs=runs, naive_runs=naive, log=log)
@@ -52,7 +53,7 @@ def run_bench(sizes: Sequence[int], *, runs: int = 3, naive_runs: int | None = N
     if loss_n is not None and loss_n not in sizes:
         log(f"[{loss_n}] ping flow through an untouched tunnel during an apply ...")
         extra = SizeResult(loss_n)
-        extra.facts["packet_loss"] = packet_loss(bench_repo(loss_n, keepalive=keepalive))
+        extra.facts["packet_loss"] = packet_loss(bench_repo(loss_n, keepalive=keepalive, out=out))
         results.insert(0, extra)
     return results
 
