@@ -9,12 +9,15 @@ host writes, and a ping flow through an untouched tunnel loses nothing during an
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench.report import table, targets
-from bench.run import run_bench
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
+
+from bench.report import table, targets  # noqa: E402
+from bench.run import run_bench  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
