@@ -16,8 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
 
-from bench.report import table, targets  # noqa: E402
-from bench.run import run_bench  # noqa: E402
+from bench.report import table, targets
+from bench.run import run_bench
 
 pytestmark = pytest.mark.lab
 
