@@ -35,8 +35,9 @@ def _target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--config-dir", type=click.Path(path_type=Path, file_okay=False),
                      default=HostTarget.config_dir, show_default=True,
                      help="where <interface>.conf is written"),
-        click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text",
-                     show_default=True),
+        click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "markdown"]),
+                     default="text", show_default=True,
+                     help="markdown only with --base/--head (the pull-request comment)"),
         click.option("--detailed-exitcode", is_flag=True,
                      help="exit 0 when nothing changes, 2 when there are changes, 1 on error"),
     ]
@@ -91,9 +92,24 @@ def _print_text(result: ReconcileResult, dry_run: bool) -> None:
 
 @click.command("plan")
 @_target_options
+@click.option("--base", metavar="REF", help="compare two commits instead of repo vs host")
+@click.option("--head", metavar="REF", help="the commit to compare with --base")
 def plan_cmd(path: Path, gateway: str | None, netns: str | None, interface: str | None,
-             secret_dir: Path, config_dir: Path, fmt: str, detailed_exitcode: bool) -> None:
-    """Show what apply would change on the host (reads only)."""
+             secret_dir: Path, config_dir: Path, fmt: str, detailed_exitcode: bool,
+             base: str | None, head: str | None) -> None:
+    """Show what apply would change on the host (reads only).
+
+    With --base/--head: what merging head into base changes in the desired state, per org,
+    read from git objects; needs neither root nor a host (pull-request plans). Exit 0 no
+    change, 2 changes, 1 invalid head."""
+    if base or head:
+        if not (base and head):
+            raise click.UsageError("--base and --head go together")
+        from ..prplan import run_commit_plan
+
+        sys.exit(run_commit_plan(path, base, head, fmt))
+    if fmt == "markdown":
+        raise click.UsageError("-o markdown needs --base and --head")
     _run(path, gateway, netns, interface, secret_dir, config_dir, fmt, detailed_exitcode, True)
 
 
@@ -106,6 +122,8 @@ def apply_cmd(path: Path, gateway: str | None, netns: str | None, interface: str
     """Converge the host to the repo: firewall, interface, peers, routes, config file.
 
     Verifies by observing again and rolls back to the previous state on any failure."""
+    if fmt == "markdown":
+        raise click.UsageError("-o markdown is only for `tunnelctl plan --base/--head`")
     _run(path, gateway, netns, interface, secret_dir, config_dir, fmt, detailed_exitcode, dry_run)
 
 
