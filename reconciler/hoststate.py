@@ -9,6 +9,7 @@ This module imports nothing from the package, so every stage can depend on it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
@@ -48,6 +49,12 @@ def _v4_text(value: int, length: int) -> str:
     return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}"
 
 
+# The same few thousand prefixes are canonicalised on every cycle (render and observe both),
+# so the pure converters below remember their answers; sized for a full /16 pool with LANs.
+CANONICAL_CACHE = 1 << 16
+
+
+@functools.lru_cache(maxsize=CANONICAL_CACHE)
 def canonical_cidr(text: str) -> str:
     """'10.20.0.6' -> '10.20.0.6/32'; host bits cleared; IPv6 compressed."""
     text = text.strip()
@@ -68,6 +75,11 @@ def cidr_sort_key(text: str) -> tuple[int, int, int]:
 
 def canonical_ips(items: Iterable[str]) -> tuple[str, ...]:
     """Normalised, de-duplicated and sorted by address: the one form both sides compare in."""
+    return _canonical_ips(tuple(items))
+
+
+@functools.lru_cache(maxsize=CANONICAL_CACHE)
+def _canonical_ips(items: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted({canonical_cidr(i) for i in items if i.strip()}, key=cidr_sort_key))
 
 

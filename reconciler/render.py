@@ -30,7 +30,6 @@ from .hoststate import (
     Route,
     Secrets,
     canonical_cidr,
-    canonical_ips,
     cidr_sort_key,
 )
 from .model import Gateway, PortRange, Tunnel, TunnelStatus
@@ -64,9 +63,20 @@ def _env() -> jinja2.Environment:
 # ------------------------------------------------------------------------------- peers
 
 
+def _v4_cidr(value: int, length: int) -> str:
+    # str() of an ipaddress object re-formats it on every call; this is the same text, cheaper.
+    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}"
+
+
 def tunnel_allowed_ips(tunnel: Tunnel) -> tuple[str, ...]:
-    """The customer's /32 plus its LANs: what cryptokey routing accepts from this peer."""
-    return canonical_ips([f"{tunnel.customer_address}/32", *(str(n) for n in tunnel.lans)])
+    """The customer's /32 plus its LANs: what cryptokey routing accepts from this peer.
+
+    The canonical_ips form (deduplicated, sorted by address then prefix length), built from
+    the model's IPv4 objects, which are already normalised, instead of from text.
+    """
+    nets = {(int(tunnel.customer_address), 32)}
+    nets.update((int(n.network_address), n.prefixlen) for n in tunnel.lans)
+    return tuple(_v4_cidr(v, n) for v, n in sorted(nets))
 
 
 def active_tunnels(gateway: Gateway, tunnels: Iterable[Tunnel]) -> list[Tunnel]:
@@ -76,16 +86,31 @@ def active_tunnels(gateway: Gateway, tunnels: Iterable[Tunnel]) -> list[Tunnel]:
 
 def render_peers(tunnels: Sequence[Tunnel], host_secret: bytes) -> tuple[dict[str, Peer],
                                                                           dict[str, str]]:
+    global _peer_memo
+    memo, used = _peer_memo, {}
     peers: dict[str, Peer] = {}
     psks: dict[str, str] = {}
     for t in tunnels:
-        psk = derive_psk(host_secret, t.org, t.name, t.psk_rotation)
         if t.public_key in peers:
             raise RenderError(f"{t.ident}: public key already used by {peers[t.public_key].owner}")
-        peers[t.public_key] = Peer(t.public_key, tunnel_allowed_ips(t), psk_digest(psk),
-                                   t.persistent_keepalive, owner=t.ident)
-        psks[t.public_key] = psk
+        entry = memo.get(id(t))
+        if entry is None or entry[0] is not t or entry[1] != host_secret:
+            psk = derive_psk(host_secret, t.org, t.name, t.psk_rotation)
+            entry = (t, host_secret, Peer(t.public_key, tunnel_allowed_ips(t), psk_digest(psk),
+                                          t.persistent_keepalive, owner=t.ident), psk)
+        used[id(t)] = entry
+        peers[t.public_key] = entry[2]
+        psks[t.public_key] = entry[3]
+    _peer_memo = used  # forget tunnels no longer rendered
     return peers, psks
+
+
+# Peers rendered last time, by the identity of their tunnel model. Loading keeps the model
+# object of an unchanged file (its parse is cached by blob id) and models are frozen, so the
+# very same object renders to the same peer: a cycle after a one-file commit derives one PSK,
+# not 16k. Entries hold their model, so an id cannot be reused while it is a key here; the
+# PSKs are those the cycle holds in Secrets anyway.
+_peer_memo: dict[int, tuple[Tunnel, bytes, Peer, str]] = {}
 
 
 # ------------------------------------------------------------------------------ routes
