@@ -30,7 +30,6 @@ from .hoststate import (
     Route,
     Secrets,
     canonical_cidr,
-    cidr_sort_key,
 )
 from .model import Gateway, PortRange, Tunnel, TunnelStatus
 from .parsers import firewall_from_elements, rendered_structure, rule_tag
@@ -176,31 +175,54 @@ def _profile(gateway: Gateway, services: tuple[str, ...]) -> ServiceProfile:
 
 def render_firewall(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str) -> Firewall:
     profiles: dict[tuple[str, ...], ServiceProfile] = {}
-    elements: list[tuple[str, str]] = []
+    keyed: list[tuple[int, int, str]] = []  # (network as int, prefix length, chain)
     for t in tunnels:
         services = tunnel_services(gateway, t)
         if not services:
             continue  # no map entry: only ping reaches the cloud, everything else drops
-        prof = profiles.setdefault(services, _profile(gateway, services))
-        host = f"{t.customer_address}/32"
+        prof = profiles.get(services)
+        if prof is None:
+            prof = profiles[services] = _profile(gateway, services)
+        host = int(t.customer_address)
         if not t.lans:
-            elements.append((host, prof.chain))
+            keyed.append((host, 32, prof.chain))
             continue
-        sources = [ipaddress.IPv4Network(host), *t.lans]
+        sources = [ipaddress.IPv4Network((host, 32)), *t.lans]
         for net in ipaddress.collapse_addresses(sources):  # nft refuses overlapping intervals
-            elements.append((str(net), prof.chain))
-    elements.sort(key=lambda e: cidr_sort_key(e[0]))
-    routed = [str(n) for n in ipaddress.collapse_addresses(gateway.routed_ranges)]
-    text = _env().get_template(NFT_TEMPLATE).render(
-        interface=interface, address=str(gateway.address.ip), fingerprint=FP_PLACEHOLDER,
-        tenant_elements=elements, profiles=sorted(profiles.values(), key=lambda p: p.chain),
-        routed_ranges=routed, infra_interfaces=gateway.infra_interfaces)
-    structure = rendered_structure(text)
+            keyed.append((int(net.network_address), net.prefixlen, prof.chain))
+    keyed.sort(key=lambda e: (e[0], e[1]))  # cidr_sort_key order of the prefixes
+    elements = [(_v4_cidr(v, n), chain) for v, n, chain in keyed]
+    routed = tuple(str(n) for n in ipaddress.collapse_addresses(gateway.routed_ranges))
+    ordered = tuple(sorted(profiles.values(), key=lambda p: p.chain))
+    address = str(gateway.address.ip)
+    infra = tuple(gateway.infra_interfaces)
+    text = _nft_text(interface, address, elements, ordered, routed, infra)
+    structure = set(_nft_structure(interface, address, ordered, routed, infra))
     structure.update(("elem", TENANT_MAP, key, f"jump {chain}") for key, chain in elements)
     structure.update(("elem", "routed_ranges", net, "") for net in routed)
     fw = firewall_from_elements(structure, family=FIREWALL_FAMILY, table=FIREWALL_TABLE)
     return Firewall(fw.family, fw.table, fw.fingerprint, fw.elements,
                     text.replace(FP_PLACEHOLDER, fw.fingerprint))
+
+
+def _nft_text(interface: str, address: str, elements: Sequence[tuple[str, str]],
+              profiles: Sequence[ServiceProfile], routed: Sequence[str],
+              infra: Sequence[str]) -> str:
+    return _env().get_template(NFT_TEMPLATE).render(
+        interface=interface, address=address, fingerprint=FP_PLACEHOLDER,
+        tenant_elements=elements, profiles=profiles, routed_ranges=list(routed),
+        infra_interfaces=list(infra))
+
+
+@lru_cache(maxsize=8)
+def _nft_structure(interface: str, address: str, profiles: tuple[ServiceProfile, ...],
+                   routed: tuple[str, ...], infra: tuple[str, ...]) -> frozenset[
+                       tuple[str | int, ...]]:
+    """Chains, rules and map declarations of the table: those of the same template rendered
+    without tenant elements, which only ever add `elements = {...}` lines (never a chain, rule
+    or declaration), so 16k tenants are not re-scanned line by line on every render."""
+    return frozenset(rendered_structure(_nft_text(interface, address, (), profiles, routed,
+                                                  infra)))
 
 
 # ----------------------------------------------------------------- interface and config
@@ -216,7 +238,34 @@ def render_config(interface: InterfaceConfig, peers: Mapping[str, Peer], secrets
 def render_host(gateway: Gateway, tunnels: Iterable[Tunnel], *, interface: str | None,
                 private_key: str, host_secret: bytes,
                 config_path: Path | None) -> tuple[HostState, Secrets]:
-    """Everything the host should look like for `gateway`, plus the secrets to get there."""
+    """Everything the host should look like for `gateway`, plus the secrets to get there.
+
+    A call with the same inputs as the previous one (the same tunnel model objects, as in a
+    service cycle that enforces the state it applied) returns the previous result: the values
+    are immutable, and a no-op cycle then costs no rendering at all.
+    """
+    global _last_host
+    seq = tuple(tunnels)  # a copy: a list the caller mutates later must not look the same
+    key = (gateway, interface, private_key, host_secret, config_path)
+    last = _last_host
+    if last is not None and _same_objects(last[1], seq) and last[0] == key:
+        return last[2]
+    result = _render_host(gateway, seq, interface=interface, private_key=private_key,
+                          host_secret=host_secret, config_path=config_path)
+    _last_host = (key, seq, result)
+    return result
+
+
+def _same_objects(a: tuple[Tunnel, ...], b: tuple[Tunnel, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+_last_host: tuple[tuple[object, ...], tuple[Tunnel, ...], tuple[HostState, Secrets]] | None = None
+
+
+def _render_host(gateway: Gateway, tunnels: Sequence[Tunnel], *, interface: str | None,
+                 private_key: str, host_secret: bytes,
+                 config_path: Path | None) -> tuple[HostState, Secrets]:
     ifname = interface or gateway.interface
     active = active_tunnels(gateway, tunnels)
     peers, psks = render_peers(active, host_secret)
