@@ -110,12 +110,16 @@ def measure_cold(repo: BenchRepo, result: SizeResult, runs: int) -> None:
 def measure_floor(repo: BenchRepo, result: SizeResult, runs: int, naive_runs: int) -> None:
     files = floor.yaml_files(repo.work)
     result.facts["yaml_files"] = len(files)
-    inputs = None
+    state = load_repo(repo.work)
+
+    def inputs_for(lab: Lab) -> floor.HostInputs:
+        # The engine's own render for this lab's interface: same peers, routes and table.
+        desired, secrets = desired_state(state, GATEWAY, lab.target())
+        return floor.host_inputs(desired, secrets)
+
     for i in range(max(runs, naive_runs)):
         with gateway_lab(repo) as lab:
-            if inputs is None:  # the engine's own render of this repo: same peers, routes, table
-                desired, secrets = desired_state(load_repo(repo.work), GATEWAY, lab.target())
-                inputs = floor.host_inputs(desired, secrets)
+            inputs = inputs_for(lab)
             if i < runs:
                 parts = floor.floor_host(lab.netns, lab.interface, inputs, lab.run_dir)
                 _check_host(lab, repo, inputs, "floor")
@@ -125,6 +129,7 @@ def measure_floor(repo: BenchRepo, result: SizeResult, runs: int, naive_runs: in
                 result.add("floor", sum(parts.values()))
         if i < naive_runs:
             with gateway_lab(repo) as lab:
+                inputs = inputs_for(lab)
                 parts = floor.naive_host(lab.netns, lab.interface, inputs,
                                          lab.run_dir / "naive-table.nft")
                 _check_host(lab, repo, inputs, "naive")
