@@ -288,7 +288,18 @@ def nft_table_absent(stderr: str) -> bool:
 def firewall_from_elements(elements: Iterable[tuple[str | int, ...]], text: str = "",
                            family: str = FIREWALL_FAMILY, table: str = FIREWALL_TABLE) -> Firewall:
     frozen = frozenset(elements)
-    return Firewall(family, table, Firewall.digest(frozen), frozen, text)
+    digest = _digests.get(frozen)
+    if digest is None:
+        digest = Firewall.digest(frozen)
+        if len(_digests) >= 4:
+            _digests.pop(next(iter(_digests)))
+        _digests[frozen] = digest
+    return Firewall(family, table, digest, frozen, text)
+
+
+# The last few tables' fingerprints: an unchanged table (every no-op cycle) is not sorted and
+# hashed again. A frozenset caches its own hash, so a hit costs one set comparison.
+_digests: dict[frozenset[tuple[str | int, ...]], str] = {}
 
 
 def parse_nft_table(text: str, family: str = FIREWALL_FAMILY,
@@ -321,12 +332,20 @@ def parse_nft_table(text: str, family: str = FIREWALL_FAMILY,
         elif kind in ("map", "set"):
             flags = ",".join(sorted(body.get("flags", [])))
             key_type = body["type"] if isinstance(body["type"], str) else ".".join(body["type"])
-            elements.add((kind, body["name"], key_type, str(body.get("map", "")), flags))
+            name = body["name"]
+            elements.add((kind, name, key_type, str(body.get("map", "")), flags))
             for elem in body.get("elem", []):
                 if isinstance(elem, list):
-                    elements.add(("elem", body["name"], _nft_value(elem[0]), _nft_value(elem[1])))
+                    key, value = elem[0], elem[1]
+                    # The tenant map's 16k entries: a plain address key, a jump verdict.
+                    if isinstance(key, str) and isinstance(value, dict) and len(value) == 1 \
+                            and "jump" in value and key[:1].isdigit():
+                        elements.add(("elem", name, _nft_value(key),
+                                      "jump " + value["jump"]["target"]))
+                    else:
+                        elements.add(("elem", name, _nft_value(key), _nft_value(value)))
                 else:
-                    elements.add(("elem", body["name"], _nft_value(elem), ""))
+                    elements.add(("elem", name, _nft_value(elem), ""))
         elif kind == "rule":
             chain = body["chain"]
             idx = rule_index.get(chain, 0)

@@ -186,24 +186,28 @@ def plan(desired: HostState, observed: HostState) -> Plan:
 
 
 def plan_peers(desired: HostState, observed: HostState) -> list[Change]:
+    # Only the differing peers are sorted (display order: owner, key), not all 16k.
+    have_peers, want_peers = observed.peers, desired.peers
+    differ = [k for k, want in want_peers.items() if have_peers.get(k) != want]
     out: list[Change] = []
-    for key in sorted(desired.peers, key=lambda k: (desired.peers[k].owner or "", k)):
-        want = desired.peers[key]
-        have = observed.peers.get(key)
-        if have is None:
-            out.append(AddPeer(want, want.owner))
-        elif have != want:
-            out.append(UpdatePeer(have, want))
-    out.extend(RemovePeer(observed.peers[k]) for k in sorted(observed.peers)
-               if k not in desired.peers)
+    for key in sorted(differ, key=lambda k: (want_peers[k].owner or "", k)):
+        want = want_peers[key]
+        have = have_peers.get(key)
+        out.append(AddPeer(want, want.owner) if have is None else UpdatePeer(have, want))
+    out.extend(RemovePeer(have_peers[k]) for k in sorted(k for k in have_peers
+                                                         if k not in want_peers))
     return out
 
 
 def plan_routes(desired: frozenset[Route], observed: frozenset[Route]) -> list[Change]:
+    if desired == observed:  # the common case, one set comparison
+        return []
     ours = {r.key: r for r in observed if r.proto == ROUTE_PROTO}
     want = {r.key: r for r in desired}
-    out: list[Change] = [AddRoute(r) for k, r in sorted(want.items()) if k not in ours]
-    out.extend(DeleteRoute(r) for k, r in sorted(ours.items()) if k not in want)
+    out: list[Change] = [AddRoute(r) for k, r in sorted((k, r) for k, r in want.items()
+                                                        if k not in ours)]
+    out.extend(DeleteRoute(r) for k, r in sorted((k, r) for k, r in ours.items()
+                                                 if k not in want))
     return out
 
 
