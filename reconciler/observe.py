@@ -157,15 +157,17 @@ def read_snapshot(runner: Runner, interface: str, state: ObservedState,
     With the plan about to be applied, only what undoing that plan needs is read: keys only
     when a peer is removed, a peer's PSK or the interface key changes (other updates are
     undone field by field and never resend a key), and the table's text only when the plan
-    replaces the table. On 16k tenants each full read costs ~0.1-0.3 s, so a one-peer change
-    reads neither.
+    loads the table whole. On 16k tenants each full read costs ~0.1-0.3 s, so a one-tenant
+    change reads neither.
     """
     priv: str | None = None
     psks: dict[str, str] = {}
     if plan is None or _undo_needs_keys(plan):
         priv, psks = parse_wg_dump_secrets(runner.run(["wg", "show", interface, "dump"]).stdout)
     fw_text = None
-    if state.firewall is not None and (plan is None or plan.of(ReplaceFirewall)):
+    # Undoing an element-only change needs no text: it is the inverse element transaction.
+    if state.firewall is not None and (plan is None or any(
+            c.element_delta() is None for c in plan.of(ReplaceFirewall))):
         fw_text = runner.run(["nft", "list", "table", FIREWALL_FAMILY, FIREWALL_TABLE]).stdout
     content = None
     if config_path is not None:

@@ -25,6 +25,7 @@ from .hoststate import (
 )
 
 FieldChange = tuple[str, Any, Any]  # (field, old, new)
+Element = tuple[str | int, ...]  # one item of Firewall.elements
 
 
 def _field_changes(old: Any, new: Any, names: tuple[str, ...]) -> tuple[FieldChange, ...]:
@@ -87,6 +88,18 @@ class ReplaceFirewall:
     @property
     def new_fingerprint(self) -> str | None:
         return self.new.fingerprint if self.new else None
+
+    def element_delta(self) -> tuple[frozenset[Element], frozenset[Element]] | None:
+        """(elements to delete, elements to add) when the two tables differ in map or set
+        elements only (same chains, rules and declarations); None when they differ in more,
+        or one side is absent, and the table must be loaded whole."""
+        old, new = self.old, self.new
+        if old is None or new is None or (old.family, old.table) != (new.family, new.table):
+            return None
+        removed, added = old.elements - new.elements, new.elements - old.elements
+        if any(e[0] != "elem" for e in removed) or any(e[0] != "elem" for e in added):
+            return None
+        return frozenset(removed), frozenset(added)
 
 
 @dataclass(frozen=True)
