@@ -22,6 +22,7 @@ ROUTE_PROTO_NAME = "tunnelctl"
 
 FIREWALL_FAMILY = "inet"
 FIREWALL_TABLE = "tunnelctl"
+TENANT_MAP = "tenant_profiles"  # our table's map from tenant source prefix to service chain
 
 
 def _v4(text: str) -> tuple[int, int] | None:

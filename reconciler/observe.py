@@ -9,6 +9,7 @@ by `read_snapshot`, into memory only.
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from .hoststate import (
     FIREWALL_FAMILY,
     FIREWALL_TABLE,
     ROUTE_PROTO,
+    TENANT_MAP,
     ConfigFile,
     Firewall,
     InterfaceConfig,
@@ -27,6 +29,7 @@ from .hoststate import (
 from .parsers import (
     LinkInfo,
     WgDump,
+    firewall_from_elements,
     nft_table_absent,
     parse_ip_addr,
     parse_nft_table,
@@ -34,7 +37,16 @@ from .parsers import (
     parse_wg_dump,
     parse_wg_dump_secrets,
 )
-from .plan import Plan, RemovePeer, ReplaceFirewall, SetInterface, UpdatePeer
+from .plan import (
+    AddPeer,
+    AddRoute,
+    DeleteRoute,
+    Plan,
+    RemovePeer,
+    ReplaceFirewall,
+    SetInterface,
+    UpdatePeer,
+)
 from .psk import psk_digest
 from .runner import CommandError, Result, Runner
 
@@ -187,3 +199,108 @@ def _undo_needs_keys(plan: Plan) -> bool:
         if isinstance(c, SetInterface) and (c.old is None or c.old.public_key != c.new.public_key):
             return True
     return False
+
+
+# ------------------------------------------------------------------- verify one change
+
+
+def observe_changes(runner: Runner, interface: str, plan: Plan, before: ObservedState,
+                    config_path: Path | None) -> ObservedState:
+    """`before` with everything `plan` touched read back from the host: the changed peers
+    (from one dump, only their lines parsed), all our routes when a route changed, each
+    changed element of the tenant map (`nft get element`, one small read per key instead of
+    listing 16k elements), and the config file's digest. What the plan did not touch is
+    taken from `before`; the engine uses this only right after a full observe verified it.
+
+    nft 1.0.6 reports an interval element by its start address: a LAN's prefix length is
+    not read back here (the next full cycle lists the whole table).
+    """
+    keys = {c.peer.public_key if isinstance(c, (AddPeer, RemovePeer)) else c.new.public_key
+            for c in plan.changes if isinstance(c, (AddPeer, RemovePeer, UpdatePeer))}
+    fw_change = plan.of(ReplaceFirewall)[-1] if plan.of(ReplaceFirewall) else None
+    map_keys = _changed_map_keys(fw_change) if fw_change is not None else set()
+
+    def read_peers() -> WgDump:
+        text = runner.run(["wg", "show", interface, "dump"]).stdout
+        lines = text.split("\n")
+        wanted = [ln for ln in lines[1:] if ln.split("\t", 1)[0] in keys]
+        return parse_wg_dump("\n".join([lines[0], *wanted]), psk_digest)
+
+    def read_routes() -> frozenset[Route]:
+        argv = ["ip", "-json", "route", "show", "table", "all", "dev", interface,
+                "proto", str(ROUTE_PROTO)]
+        return parse_routes(runner.run(argv).stdout, dev=interface, proto=ROUTE_PROTO)
+
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as pool:
+        peers_f = pool.submit(read_peers) if keys else None
+        route_change = any(isinstance(c, (AddRoute, DeleteRoute)) for c in plan.changes)
+        routes_f = pool.submit(read_routes) if route_change else None
+        elem_f = {key: pool.submit(read_map_element, runner, key) for key in sorted(map_keys)}
+        peers = dict(before.peers)
+        status = dict(before.peer_status)
+        if peers_f is not None:
+            dump = peers_f.result()
+            for key in keys:
+                if key in dump.peers:
+                    peers[key], status[key] = dump.peers[key], dump.status[key]
+                else:
+                    peers.pop(key, None)
+                    status.pop(key, None)
+        routes = routes_f.result() if routes_f is not None else before.routes
+        found = {key: f.result() for key, f in elem_f.items()}
+    firewall = before.firewall
+    if fw_change is not None:
+        firewall = _patched_firewall(before.firewall, fw_change, found)
+    config = None
+    if config_path is not None:
+        config = ConfigFile(str(config_path), read_config_digest(config_path))
+    return ObservedState(before.interface, peers, routes, firewall, config, peer_status=status)
+
+
+_GET_ELEMENT_RE = re.compile(r"elements = \{ ([0-9.]+)(?:/\d+)? : (\S+ \S+) \}")
+
+
+def _changed_map_keys(change: ReplaceFirewall) -> set[str]:
+    delta = change.element_delta()
+    assert delta is not None
+    return {str(e[2]) for e in delta[0] | delta[1]}
+
+
+def fast_verifiable(change: ReplaceFirewall, limit: int = 16) -> bool:
+    """Whether observe_changes can read this firewall change back: tenant-map elements only,
+    at most `limit` keys (more are cheaper to read as one listing)."""
+    delta = change.element_delta()
+    if delta is None:
+        return False
+    items = delta[0] | delta[1]
+    return all(e[1] == TENANT_MAP for e in items) and len({e[2] for e in items}) <= limit
+
+
+def read_map_element(runner: Runner, key: str) -> str | None:
+    """The verdict the tenant map holds for the element starting at `key`'s address, or None
+    when there is none (`nft get element` of a single address)."""
+    addr = key.split("/", 1)[0]
+    res = runner.run(["nft", "get", "element", FIREWALL_FAMILY, FIREWALL_TABLE, TENANT_MAP,
+                      "{", addr, "}"], check=False)
+    if res.returncode != 0:
+        if "No such file or directory" in res.stderr:
+            return None
+        raise CommandError(res.argv, res.returncode, res.stderr)
+    m = _GET_ELEMENT_RE.search(res.stdout)
+    if m is None:
+        raise ValueError(f"nft get element {addr}: unexpected output {res.stdout[:200]!r}")
+    return m.group(2) if m.group(1) == addr else None
+
+
+def _patched_firewall(before: Firewall | None, change: ReplaceFirewall,
+                      found: dict[str, str | None]) -> Firewall | None:
+    assert before is not None and change.new is not None
+    keys = set(found)
+    kept = {e for e in before.elements
+            if not (e[0] == "elem" and e[1] == TENANT_MAP and e[2] in keys)}
+    kept.update(("elem", TENANT_MAP, key, verdict) for key, verdict in found.items()
+                if verdict is not None)
+    if kept == change.new.elements:  # read back as planned: same table, same fingerprint
+        return Firewall(change.new.family, change.new.table, change.new.fingerprint,
+                        change.new.elements)
+    return firewall_from_elements(kept, family=before.family, table=before.table)

@@ -22,6 +22,7 @@ import jinja2
 from .hoststate import (
     FIREWALL_FAMILY,
     FIREWALL_TABLE,
+    TENANT_MAP,
     ConfigFile,
     Firewall,
     HostState,
@@ -39,7 +40,6 @@ from .wgkeys import public_key
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 NFT_TEMPLATE = "nftables.nft.j2"
 CONFIG_TEMPLATE = "wg-interface.conf.j2"
-TENANT_MAP = "tenant_profiles"
 FP_PLACEHOLDER = "@@FINGERPRINT@@"
 
 
