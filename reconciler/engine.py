@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fcntl
 import gc
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .apply import ApplyTarget, StepFailed, apply_plan
+from .files import LockHeld, pid_lock
 from .hoststate import HostState, ObservedState, Secrets
 from .model import Gateway
 from .observe import InterfaceMissing, NotWireGuard, Snapshot, observe, read_snapshot
@@ -137,26 +136,13 @@ def desired_state(repo: RepoState, gateway: str | None,
 @contextmanager
 def host_lock(target: HostTarget, interface: str) -> Iterator[None]:
     """Exclusive flock on /run/tunnelctl/[<netns>.]<interface>.lock, waiting up to
-    lock_timeout. flock dies with its process, so a killed run never leaves a stale lock."""
-    target.lock_dir.mkdir(parents=True, exist_ok=True)
+    lock_timeout, so CLI applies and the service never run at once."""
     path = target.lock_path(interface)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + target.lock_timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                    raise LockBusy(f"another tunnelctl apply (pid {holder}) holds {path}") from None
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
+        with pid_lock(path, wait=target.lock_timeout, mode=0o644):
+            yield
+    except LockHeld as exc:
+        raise LockBusy(f"another tunnelctl apply (pid {exc.holder}) holds {path}") from None
 
 
 # ---------------------------------------------------------------------------- reconcile

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .files import atomic_write
 
 UAPI_DIR = Path("/var/run/wireguard")
 
@@ -107,18 +108,7 @@ class Runner:
         """Atomic write: temp file in the same directory, fsync, rename. Never half a file."""
         self.writes += 1
         self.log.append(("write", str(path)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(content)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, content, mode)
 
     def create_file(self, path: Path, content: str, mode: int = 0o600) -> bool:
         """Create `path` only if it does not exist (O_EXCL): keys and secrets are never

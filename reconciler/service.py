@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from .controller import Controller, CycleReport
+from .files import LockHeld, pid_lock
 from .metrics import ServiceMetrics
 from .sdnotify import Notifier
 from .servicelog import event
@@ -46,25 +47,12 @@ def lock_path(settings: Settings) -> Path:
 def service_lock(settings: Settings, *, wait: float = 0.0) -> Iterator[None]:
     """Hold the service lock (waiting up to `wait` s); the file records our pid."""
     path = lock_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                    raise AlreadyRunning(f"tunnelctl already runs for {settings.state_dir} "
-                                         f"(pid {holder}, lock {path})") from None
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+        with pid_lock(path, wait=wait, poll=0.1):
+            yield
+    except LockHeld as exc:
+        raise AlreadyRunning(f"tunnelctl already runs for {settings.state_dir} "
+                             f"(pid {exc.holder}, lock {path})") from None
 
 
 def running_pid(settings: Settings) -> int | None:

@@ -9,13 +9,13 @@ one, the last attempt, failures under back-off and a short history. It is replac
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
+
+from .files import atomic_write
 
 STATE_FILE = "state.json"
 SUSPEND_FILE = "suspended"
@@ -99,26 +99,6 @@ class ServiceState(BaseModel):
         return failure
 
 
-def write_json_atomic(path: Path, data: str, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class StateStore:
     """state.json plus the small flag files `suspend` and removal approvals use."""
 
@@ -139,7 +119,7 @@ class StateStore:
 
     def save(self, state: ServiceState) -> None:
         state.updated_at = time.time()
-        write_json_atomic(self.path, state.model_dump_json(indent=1))
+        atomic_write(self.path, state.model_dump_json(indent=1))
 
     # -- suspend / resume -----------------------------------------------------------------
 
@@ -157,7 +137,7 @@ class StateStore:
         return data if isinstance(data, dict) else {}
 
     def suspend(self, reason: str, by: str) -> None:
-        write_json_atomic(self.suspend_path, json.dumps(
+        atomic_write(self.suspend_path, json.dumps(
             {"reason": reason, "by": by, "since": time.time()}))
 
     def resume(self) -> bool:
@@ -174,7 +154,7 @@ class StateStore:
         return self.dir / APPROVAL_FILE
 
     def approve_removal(self, commit: str) -> None:
-        write_json_atomic(self.approval_path, json.dumps({"commit": commit, "at": time.time()}))
+        atomic_write(self.approval_path, json.dumps({"commit": commit, "at": time.time()}))
 
     def removal_approved(self, commit: str) -> bool:
         try:
