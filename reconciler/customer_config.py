@@ -28,6 +28,7 @@ import jinja2
 from . import psk, wgkeys
 from .model import Gateway, Tunnel, TunnelStatus
 from .repo import RepoState, load_repo
+from .templates_path import template_dir
 
 TEXT_FORMATS = ("wg-quick", "mikrotik", "gdms")
 FORMATS = (*TEXT_FORMATS, "qr")
@@ -207,16 +208,9 @@ def load(repo_path: Path, ident: str, *, gateway: str | None = None,
     return build(tunnel, gw, host_secret, cloud_public_key(gw, secret_dir))
 
 
-def templates_dir() -> Path:
-    """templates/customer of the project (next to the package in a checkout or editable install)."""
-    env = os.environ.get("TUNNELCTL_TEMPLATES")
-    base = Path(env) if env else Path(__file__).resolve().parent.parent / "templates"
-    return base / "customer"
-
-
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=jinja2.FileSystemLoader(str(template_dir() / "customer")),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -35,9 +35,9 @@ from .hoststate import (
 from .model import Gateway, PortRange, Tunnel, TunnelStatus
 from .parsers import firewall_from_elements, rendered_structure, rule_tag
 from .psk import derive_psk, psk_digest
+from .templates_path import template_dir
 from .wgkeys import public_key
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 NFT_TEMPLATE = "nftables.nft.j2"
 CONFIG_TEMPLATE = "wg-interface.conf.j2"
 FP_PLACEHOLDER = "@@FINGERPRINT@@"
@@ -50,7 +50,7 @@ class RenderError(ValueError):
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        loader=jinja2.FileSystemLoader(str(template_dir())),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # nft and wg-quick syntax, not HTML
         keep_trailing_newline=True,
@@ -115,17 +115,61 @@ _peer_memo: dict[int, tuple[Tunnel, bytes, Peer, str]] = {}
 # ------------------------------------------------------------------------------ routes
 
 
-def render_routes(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str) -> frozenset[Route]:
+def render_routes(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
+                  used: dict[int, _TenantParts] | None = None) -> frozenset[Route]:
     """LAN routes via the interface. A customer /32 is routed only when the interface's own
     prefix (the on-link route of e.g. 10.20.0.1/16) does not already cover it."""
-    on_link = gateway.address.network
     routes: set[Route] = set()
+    used = {} if used is None else used
     for t in tunnels:
-        for lan in t.lans:
-            routes.add(Route(canonical_cidr(str(lan)), interface))
-        if t.customer_address not in on_link:
-            routes.add(Route(f"{t.customer_address}/32", interface))
+        routes.update(_tenant(gateway, t, interface, used).routes)
     return frozenset(routes)
+
+
+def _tenant_routes(gateway: Gateway, t: Tunnel, interface: str) -> tuple[Route, ...]:
+    out = [Route(canonical_cidr(str(lan)), interface) for lan in t.lans]
+    if t.customer_address not in gateway.address.network:
+        out.append(Route(f"{t.customer_address}/32", interface))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class _TenantParts:
+    """What one tunnel contributes to routes and the firewall, for one gateway+interface."""
+
+    tunnel: Tunnel
+    gateway: Gateway
+    interface: str
+    routes: tuple[Route, ...]
+    services: tuple[str, ...]
+    sources: tuple[tuple[int, int], ...]  # tenant-map keys: (network as int, prefix length)
+
+
+def _tenant(gateway: Gateway, t: Tunnel, interface: str,
+            used: dict[int, _TenantParts]) -> _TenantParts:
+    """Memoised by the identity of the (frozen) tunnel model, like the peers: a cycle after a
+    one-file commit recomputes one tenant, not 16k (see _peer_memo). Entries a render used
+    are collected in `used`; render_host keeps those for the next render."""
+    entry = _tenant_memo.get(id(t))
+    if entry is not None and entry.tunnel is t and entry.gateway is gateway \
+            and entry.interface == interface:
+        used[id(t)] = entry
+        return entry
+    services = tunnel_services(gateway, t)
+    host = int(t.customer_address)
+    if not t.lans:
+        sources: tuple[tuple[int, int], ...] = ((host, 32),)
+    else:
+        nets = ipaddress.collapse_addresses([ipaddress.IPv4Network((host, 32)), *t.lans])
+        sources = tuple((int(n.network_address), n.prefixlen) for n in nets)  # nft refuses
+        # overlapping intervals, hence collapsed
+    entry = _TenantParts(t, gateway, interface, _tenant_routes(gateway, t, interface), services,
+                         sources)
+    used[id(t)] = entry
+    return entry
+
+
+_tenant_memo: dict[int, _TenantParts] = {}
 
 
 # ---------------------------------------------------------------------------- firewall
@@ -173,36 +217,69 @@ def _profile(gateway: Gateway, services: tuple[str, ...]) -> ServiceProfile:
     return ServiceProfile(profile_chain(services), services, ports)
 
 
-def render_firewall(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str) -> Firewall:
+def render_firewall(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
+                    used: dict[int, _TenantParts] | None = None) -> Firewall:
     profiles: dict[tuple[str, ...], ServiceProfile] = {}
     keyed: list[tuple[int, int, str]] = []  # (network as int, prefix length, chain)
+    used = {} if used is None else used
     for t in tunnels:
-        services = tunnel_services(gateway, t)
-        if not services:
+        part = _tenant(gateway, t, interface, used)
+        if not part.services:
             continue  # no map entry: only ping reaches the cloud, everything else drops
-        prof = profiles.get(services)
+        prof = profiles.get(part.services)
         if prof is None:
-            prof = profiles[services] = _profile(gateway, services)
-        host = int(t.customer_address)
-        if not t.lans:
-            keyed.append((host, 32, prof.chain))
-            continue
-        sources = [ipaddress.IPv4Network((host, 32)), *t.lans]
-        for net in ipaddress.collapse_addresses(sources):  # nft refuses overlapping intervals
-            keyed.append((int(net.network_address), net.prefixlen, prof.chain))
+            prof = profiles[part.services] = _profile(gateway, part.services)
+        keyed.extend((v, n, prof.chain) for v, n in part.sources)
     keyed.sort(key=lambda e: (e[0], e[1]))  # cidr_sort_key order of the prefixes
     elements = [(_v4_cidr(v, n), chain) for v, n, chain in keyed]
     routed = tuple(str(n) for n in ipaddress.collapse_addresses(gateway.routed_ranges))
     ordered = tuple(sorted(profiles.values(), key=lambda p: p.chain))
     address = str(gateway.address.ip)
     infra = tuple(gateway.infra_interfaces)
-    text = _nft_text(interface, address, elements, ordered, routed, infra)
+    text = _nft_text_fast(interface, address, elements, ordered, routed, infra)
     structure = set(_nft_structure(interface, address, ordered, routed, infra))
     structure.update(("elem", TENANT_MAP, key, f"jump {chain}") for key, chain in elements)
     structure.update(("elem", "routed_ranges", net, "") for net in routed)
     fw = firewall_from_elements(structure, family=FIREWALL_FAMILY, table=FIREWALL_TABLE)
     return Firewall(fw.family, fw.table, fw.fingerprint, fw.elements,
                     text.replace(FP_PLACEHOLDER, fw.fingerprint))
+
+
+_SENTINELS = (("@@KEY1@@", "@@CHAIN1@@"), ("@@KEY2@@", "@@CHAIN2@@"))
+
+
+def _nft_text_fast(interface: str, address: str, elements: Sequence[tuple[str, str]],
+                   profiles: tuple[ServiceProfile, ...], routed: tuple[str, ...],
+                   infra: tuple[str, ...]) -> str:
+    """The template's output, with the 16k tenant-map lines joined in Python: the template is
+    rendered (once per template inputs) around two sentinel elements, which shows how it
+    writes an element and what separates two; the real elements are spliced in between. The
+    same text as rendering them through the template (tested), ~10x faster."""
+    frame = _nft_frame(interface, address, profiles, routed, infra) if elements else None
+    if frame is None:
+        return _nft_text(interface, address, elements, profiles, routed, list(infra))
+    head, middle, sep, tail = frame
+    return head + sep.join(f"{k}{middle}{c}" for k, c in elements) + tail
+
+
+@lru_cache(maxsize=8)
+def _nft_frame(interface: str, address: str, profiles: tuple[ServiceProfile, ...],
+               routed: tuple[str, ...], infra: tuple[str, ...]) -> tuple[str, str, str, str] | None:
+    """(text before the first element, between a key and its chain, between two elements,
+    text after the last element), or None if the template does not write elements as
+    `<key><middle><chain>` in a row (then the template renders every element itself)."""
+    (k1, c1), (k2, c2) = _SENTINELS
+    text = _nft_text(interface, address, _SENTINELS, profiles, routed, list(infra))
+    if any(text.count(m) != 1 for m in (k1, c1, k2, c2)):
+        return None
+    a, b = text.index(k1), text.index(c1)
+    c, d = text.index(k2), text.index(c2)
+    if not a < b < c < d:
+        return None
+    middle, sep = text[a + len(k1):b], text[b + len(c1):c]
+    if text[c + len(k2):d] != middle:
+        return None
+    return text[:a], middle, sep, text[d + len(c2):]
 
 
 def _nft_text(interface: str, address: str, elements: Sequence[tuple[str, str]],
@@ -277,6 +354,9 @@ def _render_host(gateway: Gateway, tunnels: Sequence[Tunnel], *, interface: str 
         text = render_config(iface, peers, secrets)
         secrets = Secrets(private_key, psks, text)  # kept for apply: rendered once per cycle
         config = ConfigFile(str(config_path), ConfigFile.digest_of(text.encode()))
-    state = HostState(iface, peers, render_routes(gateway, active, ifname),
-                      render_firewall(gateway, active, ifname), config)
+    global _tenant_memo
+    used: dict[int, _TenantParts] = {}
+    state = HostState(iface, peers, render_routes(gateway, active, ifname, used),
+                      render_firewall(gateway, active, ifname, used), config)
+    _tenant_memo = used  # forget tunnels no longer rendered
     return state, secrets
