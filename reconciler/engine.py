@@ -19,11 +19,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from . import knownstate
 from .apply import ApplyTarget, StepFailed, apply_plan
 from .files import LockHeld, pid_lock
 from .hoststate import HostState, ObservedState, Secrets
 from .model import Gateway
-from .observe import InterfaceMissing, NotWireGuard, Snapshot, observe, read_snapshot
+from .observe import (
+    InterfaceMissing,
+    NotWireGuard,
+    Snapshot,
+    observe,
+    observe_changes,
+    read_snapshot,
+)
 from .plan import Plan, WriteConfig, plan
 from .psk import read_host_secret
 from .render import RenderError, render_config, render_host
@@ -236,14 +244,27 @@ class ResultFactory(Protocol):  # the shape of reconcile's local `result` helper
 def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
            config_path: Path, dry_run: bool, clock: _Clock, result: ResultFactory,
            guard: PlanGuard | None = None) -> ReconcileResult:
-    try:
-        observed = observe(runner, interface, config_path=config_path)
-    except (InterfaceMissing, NotWireGuard, CommandError, OSError, ValueError) as exc:
-        return result(Plan(), error=str(exc), step="observe")
-    clock.lap("observe")
-    changes = plan(desired, observed)
+    # A changed desired state is planned against the state the last cycle verified, when that
+    # is recent and the plan small (see knownstate); anything else observes the host in full.
+    key = (runner.netns, interface, str(config_path))
+    known = None if dry_run else knownstate.take(key)
+    remembered = knownstate.usable(known, desired, config_path)
+    quick = plan(desired, remembered) if remembered is not None else None
+    fast = remembered is not None and quick is not None and knownstate.small_change(quick)
+    if remembered is not None and quick is not None and fast:
+        observed, changes, full_at = remembered, quick, known.full_at if known else 0.0
+    else:
+        try:
+            observed = observe(runner, interface, config_path=config_path)
+        except (InterfaceMissing, NotWireGuard, CommandError, OSError, ValueError) as exc:
+            return result(Plan(), error=str(exc), step="observe")
+        full_at = time.monotonic()
+        clock.lap("observe")
+        changes = plan(desired, observed)
     clock.lap("plan")
     if dry_run or changes.empty:
+        if changes.empty and not dry_run:
+            knownstate.remember(key, desired, observed, full_at)
         return result(changes, verified=changes.empty, observed=observed)
     refusal = guard(changes, observed) if guard is not None else None
     if refusal is not None:
@@ -268,12 +289,15 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     clock.lap("apply")
     if failed_step is None:
         try:
-            after = observe(runner, interface, config_path=config_path)
+            after = (observe_changes(runner, interface, changes, observed, config_path) if fast
+                     else observe(runner, interface, config_path=config_path))
             residue = plan(desired, after)
         except (InterfaceMissing, NotWireGuard, CommandError, OSError, ValueError) as exc:
             residue, error = None, f"cannot observe the host after apply: {exc}"
         clock.lap("verify")
         if residue is not None and residue.empty:
+            assert after is not None
+            knownstate.remember(key, desired, after, full_at if fast else time.monotonic())
             return result(changes, applied=True, verified=True, observed=after)
         failed_step = "verify"
         if residue is not None:
