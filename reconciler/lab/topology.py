@@ -59,7 +59,10 @@ if TYPE_CHECKING:
     from ..engine import HostTarget
 
 # Without a memory limit wireguard-go was seen past 1 GB after repeated 16k-peer reconfiguration.
-WIREGUARD_ENV = {"GOMEMLIMIT": "256MiB", "WG_PROCESS_FOREGROUND": "1"}
+# The same limit as a bootstrapped host (bootstrap.WIREGUARD_GO_ENV): 16k peers keep ~200 MB
+# live, and under a 256 MiB limit the collector runs nonstop (a wg dump took 3x, a 16k-peer
+# set 2x as long; see bench/RESULTS.md).
+WIREGUARD_ENV = {"GOMEMLIMIT": "512MiB", "WG_PROCESS_FOREGROUND": "1"}
 OUTSIDE_PORT = 8000  # a port in no service catalog: must always be blocked
 SIP_PORT = 5060
 
