@@ -1,0 +1,190 @@
+"""The fast paths added for scale (issue 6) do the same thing as the slow ones they replace.
+
+Unit: element-only firewall deltas and their nft transaction; the template frame splice gives
+the template's own text; render reuses per-tunnel work only for the very same model objects.
+Lab (real wireguard-go, ip, nft): a changed desired state right after a verified cycle is
+planned against that cycle's state and read back piecewise, yet leaves the host exactly as a
+full cycle would; a write that silently did nothing is caught and rolled back; another
+writer's apply (a different config file) sends the next change through a full observe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import knownstate
+from reconciler import render as R
+from reconciler.apply import element_transaction
+from reconciler.engine import ReconcileResult, reconcile
+from reconciler.hoststate import Firewall
+from reconciler.lab import Lab, generate_repo
+from reconciler.plan import AddRoute, ReplaceFirewall, UpdatePeer, WriteConfig
+from reconciler.repo import ParseCache, RepoState, load_repo
+from reconciler.runner import Result, Runner
+from reconciler.wgkeys import generate_private_key
+
+TENANTS = Path(__file__).resolve().parent.parent / "tenants"
+
+
+def _fw(elements: set[tuple[str | int, ...]]) -> Firewall:
+    return Firewall("inet", "tunnelctl", "fp", frozenset(elements))
+
+
+def test_element_delta_only_for_element_changes() -> None:
+    chain = ("chain", "input", "filter", "input", -5, "accept")
+    a = ("elem", "tenant_profiles", "10.20.0.6/32", "jump svc_sip")
+    b = ("elem", "tenant_profiles", "10.20.0.10/32", "jump svc_rtp_sip")
+    b2 = ("elem", "tenant_profiles", "10.20.0.10/32", "jump svc_sip")
+    lan = ("elem", "tenant_profiles", "192.168.1.0/24", "jump svc_sip")
+    delta = ReplaceFirewall(_fw({chain, a, b}), _fw({chain, a, b2, lan})).element_delta()
+    assert delta == (frozenset({b}), frozenset({b2, lan}))
+    assert ReplaceFirewall(_fw({chain, a}), _fw({a})).element_delta() is None  # a chain went
+    assert ReplaceFirewall(None, _fw({a})).element_delta() is None
+    assert ReplaceFirewall(_fw({a}), None).element_delta() is None
+    text = element_transaction({b}, {b2, lan, ("elem", "routed_ranges", "10.0.0.0/8", "")})
+    assert text.splitlines() == [
+        "delete element inet tunnelctl tenant_profiles { 10.20.0.10/32 }",
+        "add element inet tunnelctl routed_ranges { 10.0.0.0/8 }",
+        ("add element inet tunnelctl tenant_profiles { 10.20.0.10/32 : jump svc_sip, "
+         "192.168.1.0/24 : jump svc_sip }"),
+    ]
+
+
+def test_spliced_table_text_is_the_templates_own() -> None:
+    gw = next(iter(load_repo(TENANTS).gateways.values()))
+    profiles = (R._profile(gw, ("rtp", "sip")), R._profile(gw, ("sip",)))
+    elements = [(f"10.20.{i >> 6}.{(i & 63) * 4 + 2}/32", profiles[i % 2].chain)
+                for i in range(300)] + [("192.168.7.0/24", profiles[0].chain)]
+    for els in (elements, elements[:1], []):
+        args = ("wg7", "10.20.0.1", els, profiles, ("172.31.0.0/16",), ("wg0",))
+        assert R._nft_text_fast(*args) == R._nft_text(*args)
+
+
+def _render(repo: RepoState, secret: bytes, key: str) -> Any:
+    gw = next(iter(repo.gateways.values()))
+    return R.render_host(gw, repo.tunnels, interface="wg7", private_key=key, host_secret=secret,
+                         config_path=Path("/nonexistent/wg7.conf"))
+
+
+def test_render_reuses_work_only_for_the_same_model_objects() -> None:
+    repo = load_repo(TENANTS)
+    secret, key = os.urandom(32), generate_private_key()
+    first = _render(repo, secret, key)
+    assert _render(repo, secret, key) is first  # same inputs: the previous result
+    fresh = load_repo(TENANTS)  # equal content, new objects: rendered again, same values
+    again = _render(fresh, secret, key)
+    assert again is not first and again[0] == first[0]
+    assert again[1].psks == first[1].psks
+    # One tunnel changed: only it renders differently; the others keep their peer objects.
+    tunnels = list(fresh.tunnels)
+    tunnels[0] = tunnels[0].model_copy(update={"psk_rotation": tunnels[0].psk_rotation + 1,
+                                               "lans": (ipaddress.IPv4Network("10.99.0.0/24"),)})
+    changed = _render(dataclasses.replace(fresh, tunnels=tuple(tunnels)), secret, key)
+    k0 = tunnels[0].public_key
+    assert changed[0].peers[k0] != again[0].peers[k0]
+    assert "10.99.0.0/24" in changed[0].peers[k0].allowed_ips
+    assert all(changed[0].peers[t.public_key] is again[0].peers[t.public_key]
+               for t in tunnels[1:] if t.public_key in again[0].peers)
+    assert any(e[0] == "elem" and e[2] == "10.99.0.0/24" for e in changed[0].firewall.elements)
+    assert changed[0].firewall.text.count("10.99.0.0/24") == 1
+
+
+# ------------------------------------------------------------------------------- lab
+
+
+class _Bed:
+    def __init__(self, root: Path) -> None:
+        self.gen = generate_repo(root / "repo", 12, gateway="gw-perf")
+        self.cache = ParseCache()  # as the service: unchanged files keep their model objects
+        self.lab = Lab(self.gen.root, routers=0, infra=False, services=False).up()
+        self.target = self.lab.target()
+
+    def state(self) -> RepoState:
+        repo = load_repo(self.gen.root, self.cache)
+        assert repo.ok, repo.problems
+        return repo
+
+    def apply(self, runner: Runner | None = None) -> ReconcileResult:
+        return reconcile(self.state(), self.target, runner=runner or Runner(self.lab.netns))
+
+    def set_lans(self, index: int, lans: str) -> None:
+        path = self.gen.tunnels[index].path
+        text = path.read_text()
+        start = text.index("lans: [")
+        end = text.index("]", start) + 1
+        path.write_text(text[:start] + f"lans: [{lans}]" + text[end:])
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[_Bed]:
+    b = _Bed(tmp_path)
+    try:
+        yield b
+    finally:
+        b.lab.down()
+
+
+def _converged(bed: _Bed) -> None:
+    first = bed.apply()
+    assert first.verified, first.error
+    again = bed.apply()
+    assert again.plan.empty and again.writes == 0 and "observe" in again.timings
+
+
+@pytest.mark.lab
+def test_a_change_is_read_back_piecewise_and_leaves_what_a_full_cycle_would(bed: _Bed) -> None:
+    _converged(bed)
+    bed.set_lans(0, "10.99.0.0/24")
+    runner = Runner(bed.lab.netns)
+    r = bed.apply(runner)
+    assert r.verified and r.error is None, r.error
+    assert "observe" not in r.timings  # planned against the verified state, not re-read
+    assert {type(c) for c in r.plan} == {UpdatePeer, AddRoute, ReplaceFirewall, WriteConfig}
+    reads = [" ".join(a[4:7]) for a in runner.log if a[:3] == ("ip", "netns", "exec")]
+    assert "nft get element" in reads
+    assert not any(x.startswith(("nft -j list", "nft list")) for x in reads), reads
+    # A full cycle of the same state finds nothing to do: the host is what it should be.
+    knownstate.take((bed.lab.netns, bed.lab.interface,
+                     str(bed.target.config_path(bed.lab.interface))))
+    full = bed.apply()
+    assert "observe" in full.timings and full.plan.empty and full.writes == 0
+
+
+class _DropsElementWrites(Runner):
+    """Claims success for nft element transactions without running them."""
+
+    def run(self, argv: Any, *, stdin: str | bytes | None = None, check: bool = True,
+            write: bool = False, timeout: float = 60.0) -> Result:
+        if write and isinstance(stdin, str) and stdin.startswith(("add element", "delete element")):
+            self.writes += 1
+            return Result(tuple(argv), 0, "", "")
+        return super().run(argv, stdin=stdin, check=check, write=write, timeout=timeout)
+
+
+@pytest.mark.lab
+def test_a_write_that_did_nothing_is_caught_and_rolled_back(bed: _Bed) -> None:
+    _converged(bed)
+    bed.set_lans(1, "10.99.1.0/24")
+    r = bed.apply(_DropsElementWrites(bed.lab.netns))
+    assert r.failed_step == "verify" and r.rolled_back, (r.failed_step, r.error)
+    fixed = bed.apply()  # the next cycle observes in full and converges
+    assert fixed.verified and "observe" in fixed.timings
+    assert bed.apply().plan.empty
+
+
+@pytest.mark.lab
+def test_another_writers_apply_sends_the_next_change_through_a_full_observe(bed: _Bed) -> None:
+    _converged(bed)
+    conf = bed.target.config_path(bed.lab.interface)
+    conf.write_text(conf.read_text() + "# touched by another tunnelctl\n")
+    bed.set_lans(2, "")
+    r = bed.apply()
+    assert r.verified and "observe" in r.timings
+    assert bed.apply().plan.empty
