@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from io import BytesIO
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import git
 from gitdb.base import IStream
@@ -220,7 +220,9 @@ class GitSource:
         if self.repo_path:
             args += ["--", self.repo_path]
         _, out, _ = self.git(args)
-        prefix = PurePosixPath(self.repo_path) if self.repo_path else None
+        # git prints normalised paths ("a/b.yaml", no "." or "//"), so string slicing gives
+        # what PurePosixPath.relative_to would, at a fraction of the cost on 16k files.
+        prefix = self.repo_path + "/" if self.repo_path else ""
         result: list[SourceFile] = []
         for entry in out.split("\0"):
             if not entry:
@@ -229,12 +231,13 @@ class GitSource:
             _mode, kind, blob_id = meta.split(" ")
             if kind != "blob" or not path.endswith(YAML_SUFFIXES):
                 continue
-            rel = PurePosixPath(path)
-            if prefix is not None:
-                rel = rel.relative_to(prefix)
-            if orgs is not None and org_of(str(rel)) not in orgs:
+            if prefix:
+                if not path.startswith(prefix):
+                    continue  # ls-tree was limited to repo_path: never the case
+                path = path[len(prefix):]
+            if orgs is not None and org_of(path) not in orgs:
                 continue
-            result.append(SourceFile(str(rel), self._blob(blob_id), blob_id))
+            result.append(SourceFile(path, self._blob(blob_id), blob_id))
             self._touched.add(blob_id)
         return result
 
@@ -263,7 +266,7 @@ NON_ORG_DIRS = frozenset({"gateways", "schemas", "templates", ".github"})
 
 def org_of(path: str) -> str | None:
     """The org a repo-relative file belongs to (tenants/<org>/<f> or <org>/<f>), else None."""
-    parts = PurePosixPath(path).parts
+    parts = [p for p in path.split("/") if p]  # what PurePosixPath(path).parts gives
     if len(parts) == 3 and parts[0] == "tenants":
         return parts[1]
     if len(parts) == 2 and parts[0] not in NON_ORG_DIRS and parts[0] != "tenants":
