@@ -188,7 +188,9 @@ class Controller:
         if isinstance(evaluation, Candidate):
             report = self._apply_candidate(evaluation, now)
             reports.append(report)
-            if report.result in ("applied", "noop", "busy"):
+            # An applied commit went the engine's quick way (only what changed was read back):
+            # the enforcement below then observes everything, so drift is repaired this cycle.
+            if report.result in ("noop", "busy"):
                 return reports
         elif isinstance(evaluation, Refusal):
             reports.append(self._refuse(evaluation, now))
@@ -224,7 +226,7 @@ class Controller:
         approved = self.store.removal_approved(cand.commit)
         guard = None if approved else removal_guard(self.settings.max_removal_share,
                                                     self.settings.allow_empty)
-        result = reconcile(cand.state, self.target, gateway=gateway, guard=guard)
+        result = reconcile(cand.state, self.target, gateway=gateway, guard=guard, quick=True)
         summary = flat_summary(result)
         if result.failed_step == "lock":
             self.state.last_error = result.error

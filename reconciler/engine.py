@@ -178,11 +178,17 @@ PlanGuard = Callable[[Plan, ObservedState], "str | None"]
 
 def reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None = None,
               dry_run: bool = False, runner: Runner | None = None,
-              guard: PlanGuard | None = None) -> ReconcileResult:
-    """One cycle. Never raises for host or repo problems: the result says what failed."""
+              guard: PlanGuard | None = None, quick: bool = False) -> ReconcileResult:
+    """One cycle. Never raises for host or repo problems: the result says what failed.
+
+    `quick=True` lets a changed desired state be planned against the state this process
+    verified last and read back piecewise (knownstate): the caller then owes the host a full
+    cycle soon (the service runs one right after), since drift made by hand meanwhile is
+    neither seen nor repaired by a quick cycle. Without it every cycle observes in full.
+    """
     with gc_paused():
         return _reconcile(repo, target, gateway=gateway, dry_run=dry_run, runner=runner,
-                          guard=guard)
+                          guard=guard, quick=quick)
 
 
 @contextmanager
@@ -202,7 +208,7 @@ def gc_paused() -> Iterator[None]:
 
 def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
                dry_run: bool, runner: Runner | None,
-               guard: PlanGuard | None) -> ReconcileResult:
+               guard: PlanGuard | None, quick: bool) -> ReconcileResult:
     runner = runner or Runner(netns=target.netns)
     writes0 = runner.writes
     clock = _Clock()
@@ -230,7 +236,7 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
         with lock:
             clock.lap("lock")
             return _cycle(desired, secrets, runner, interface, config_path, dry_run, clock, result,
-                          guard)
+                          guard, quick)
     except LockBusy as exc:
         return result(Plan(), error=str(exc), step="lock")
 
@@ -243,16 +249,17 @@ class ResultFactory(Protocol):  # the shape of reconcile's local `result` helper
 
 def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
            config_path: Path, dry_run: bool, clock: _Clock, result: ResultFactory,
-           guard: PlanGuard | None = None) -> ReconcileResult:
-    # A changed desired state is planned against the state the last cycle verified, when that
-    # is recent and the plan small (see knownstate); anything else observes the host in full.
+           guard: PlanGuard | None = None, quick: bool = False) -> ReconcileResult:
+    # Quick: a changed desired state is planned against the state the last cycle verified,
+    # when that is recent and the plan small (see knownstate); else the host is observed in
+    # full. Every verified cycle leaves what it verified for the next quick one.
     key = (runner.netns, interface, str(config_path))
     known = None if dry_run else knownstate.take(key)
-    remembered = knownstate.usable(known, desired, config_path)
-    quick = plan(desired, remembered) if remembered is not None else None
-    fast = remembered is not None and quick is not None and knownstate.small_change(quick)
-    if remembered is not None and quick is not None and fast:
-        observed, changes, full_at = remembered, quick, known.full_at if known else 0.0
+    remembered = knownstate.usable(known, desired, config_path) if quick else None
+    planned = plan(desired, remembered) if remembered is not None else None
+    fast = remembered is not None and planned is not None and knownstate.small_change(planned)
+    if remembered is not None and planned is not None and fast:
+        observed, changes, full_at = remembered, planned, known.full_at if known else 0.0
     else:
         try:
             observed = observe(runner, interface, config_path=config_path)

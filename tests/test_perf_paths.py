@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from reconciler import knownstate
 from reconciler import render as R
 from reconciler.apply import element_transaction
 from reconciler.engine import ReconcileResult, reconcile
@@ -111,8 +110,15 @@ class _Bed:
         assert repo.ok, repo.problems
         return repo
 
-    def apply(self, runner: Runner | None = None) -> ReconcileResult:
-        return reconcile(self.state(), self.target, runner=runner or Runner(self.lab.netns))
+    def apply(self, runner: Runner | None = None, *, quick: bool = True) -> ReconcileResult:
+        return reconcile(self.state(), self.target, runner=runner or Runner(self.lab.netns),
+                         quick=quick)
+
+    def lab_sh(self, *argv: str) -> str:
+        return Runner(self.lab.netns).run(list(argv)).stdout
+
+    def peers(self) -> set[str]:
+        return set(self.lab_sh("wg", "show", self.lab.interface, "peers").split())
 
     def set_lans(self, index: int, lans: str) -> None:
         path = self.gen.tunnels[index].path
@@ -151,10 +157,24 @@ def test_a_change_is_read_back_piecewise_and_leaves_what_a_full_cycle_would(bed:
     assert "nft get element" in reads
     assert not any(x.startswith(("nft -j list", "nft list")) for x in reads), reads
     # A full cycle of the same state finds nothing to do: the host is what it should be.
-    knownstate.take((bed.lab.netns, bed.lab.interface,
-                     str(bed.target.config_path(bed.lab.interface))))
-    full = bed.apply()
+    full = bed.apply(quick=False)
     assert "observe" in full.timings and full.plan.empty and full.writes == 0
+
+
+@pytest.mark.lab
+def test_without_quick_a_change_observes_in_full_and_repairs_drift(bed: _Bed) -> None:
+    _converged(bed)
+    victim = bed.gen.tunnels[4].public_key
+    bed.lab_sh("wg", "set", bed.lab.interface, "peer", victim, "remove")
+    bed.set_lans(3, "10.99.3.0/24")
+    quick = bed.apply()
+    assert quick.verified and "observe" not in quick.timings
+    assert victim not in bed.peers(), "a quick cycle neither sees nor repairs drift"
+    full = bed.apply(quick=False)  # what the service runs right after applying a commit
+    assert full.verified and "observe" in full.timings and victim in bed.peers()
+    bed.set_lans(3, "")
+    slow = bed.apply(quick=False)
+    assert slow.verified and "observe" in slow.timings
 
 
 class _DropsElementWrites(Runner):
