@@ -86,7 +86,7 @@ def rows() -> list[Row]:
         ("naive / cold converge", naive_vs_cold),
         _seconds_row("one-tenant change: commit -> verified (service)", "change"),
         _seconds_row("  engine part (render..verify)", "change_engine"),
-        _seconds_row("  whole cycle incl. audit commit + push", "change_cycle"),
+        _seconds_row("  whole cycle: + full enforce, audit commit + push", "change_cycle"),
         _seconds_row("no-op cycle (service: fetch + full observe + plan)", "noop"),
         ("  host writes in no-op cycles", noop_writes),
         _seconds_row("validate whole tree (`tunnelctl validate`)", "validate"),
