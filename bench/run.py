@@ -99,7 +99,9 @@ def markdown(results: Sequence[SizeResult], info: dict[str, str], args: argparse
         "counted by the Runner), and one-tenant changes (a LAN added to / removed from one "
         "tunnel: peer AllowedIPs, a route and firewall map elements). A change is committed and "
         "pushed first; the clock starts when the cycle starts (it fetches) and stops when the "
-        "engine returns verified; the whole cycle adds the audit commit and push."),
+        "engine returns verified (the service asks the engine for its quick change path); the "
+        "whole cycle adds the full enforcement that follows in the same cycle (drift repair), "
+        "the audit commit and its push."),
         "- Peak memory: ru_maxrss of the child processes; wireguard-go's VmHWM from /proc.",
         ("- Packet loss: a real lab router (handshake, PSK) pings the cloud tunnel address every "
         "10 ms while the engine adds every other tenant of the 1,000-tenant repo and removes "
