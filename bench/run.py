@@ -127,7 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help="write bench/RESULTS.md even for a "
                     "partial run (a run with the default sizes always writes it)")
     ap.add_argument("--no-write", action="store_true", help="never write bench/RESULTS.md")
+    ap.add_argument("--from-json", type=Path, metavar="FILE",
+                    help="no measuring: write bench/RESULTS.md again from a saved "
+                    "bench/out/results.json (e.g. after editing bench/analysis.md)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        return rewrite(args.from_json)
     if os.geteuid() != 0:
         print("the benchmark builds network namespaces: run it as root", file=sys.stderr)
         return 1
@@ -149,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(targets_table(next((r for r in measured if r.n == TARGET_N), measured[-1])))
     OUT.mkdir(parents=True, exist_ok=True)
     raw = OUT / "results.json"
-    raw.write_text(json.dumps({"machine": info, "args": vars(args),
+    raw.write_text(json.dumps({"machine": info, "args": {**vars(args), "from_json": None},
+                               "seconds": seconds,
                                "results": [dataclasses.asdict(r) for r in results]}, indent=1))
     print(f"\nraw samples: {raw}")
     if not args.no_write and (args.write or sizes == DEFAULT_SIZES):
@@ -158,6 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = [name for r in measured if r.n == TARGET_N for name, _, ok in targets(r) if ok is False]
     if missed:
         print("targets missed: " + "; ".join(missed))
+    return 0
+
+
+def rewrite(path: Path) -> int:
+    data = json.loads(path.read_text())
+    results = [SizeResult(r["n"], r["samples"], r["facts"], r["raw"]) for r in data["results"]]
+    args = argparse.Namespace(**data["args"])
+    RESULTS.write_text(markdown(results, data["machine"], args, data.get("seconds", 0.0)))
+    print(f"wrote {RESULTS} from {path}")
     return 0
 
 
