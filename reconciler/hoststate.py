@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -50,6 +51,10 @@ def _v4_text(value: int, length: int) -> str:
     return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}"
 
 
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_V4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/(3[0-2]|[12]?[0-9]))?",
+                           re.ASCII)
+
 # The same few thousand prefixes are canonicalised on every cycle (render and observe both),
 # so the pure converters below remember their answers; sized for a full /16 pool with LANs.
 CANONICAL_CACHE = 1 << 16
@@ -59,6 +64,17 @@ CANONICAL_CACHE = 1 << 16
 def canonical_cidr(text: str) -> str:
     """'10.20.0.6' -> '10.20.0.6/32'; host bits cleared; IPv6 compressed."""
     text = text.strip()
+    # Fast path for what `wg`, `ip` and `nft` print: a plain dotted quad without leading
+    # zeros and a plain prefix length; an already canonical one is returned as it is.
+    m = _CANONICAL_V4.fullmatch(text)
+    if m is not None:
+        a, b, c, d, plen = m.groups()
+        length = int(plen) if plen is not None else 32
+        value = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
+        net = value & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+        if net == value and plen is not None:
+            return text
+        return _v4_text(net, length)
     v4 = _v4(text)
     if v4 is not None:
         return _v4_text(*v4)

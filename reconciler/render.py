@@ -34,7 +34,7 @@ from .hoststate import (
 )
 from .model import Gateway, PortRange, Tunnel, TunnelStatus
 from .parsers import firewall_from_elements, rendered_structure, rule_tag
-from .psk import derive_psk, psk_digest
+from .psk import psk_deriver, psk_digest
 from .templates_path import template_dir
 from .wgkeys import public_key
 
@@ -89,12 +89,14 @@ def render_peers(tunnels: Sequence[Tunnel], host_secret: bytes) -> tuple[dict[st
     memo, used = _peer_memo, {}
     peers: dict[str, Peer] = {}
     psks: dict[str, str] = {}
+    derive = None
     for t in tunnels:
         if t.public_key in peers:
             raise RenderError(f"{t.ident}: public key already used by {peers[t.public_key].owner}")
         entry = memo.get(id(t))
         if entry is None or entry[0] is not t or entry[1] != host_secret:
-            psk = derive_psk(host_secret, t.org, t.name, t.psk_rotation)
+            derive = derive or psk_deriver(host_secret)
+            psk = derive(t.org, t.name, t.psk_rotation)
             entry = (t, host_secret, Peer(t.public_key, tunnel_allowed_ips(t), psk_digest(psk),
                                           t.persistent_keepalive, owner=t.ident), psk)
         used[id(t)] = entry

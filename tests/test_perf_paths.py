@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,44 @@ import pytest
 from reconciler import render as R
 from reconciler.apply import element_transaction
 from reconciler.engine import ReconcileResult, reconcile
-from reconciler.hoststate import Firewall
+from reconciler.hoststate import Firewall, canonical_cidr
 from reconciler.lab import Lab, generate_repo
 from reconciler.plan import AddRoute, ReplaceFirewall, UpdatePeer, WriteConfig
+from reconciler.psk import derive_psk, psk_deriver
 from reconciler.repo import ParseCache, RepoState, load_repo
 from reconciler.runner import Result, Runner
 from reconciler.wgkeys import generate_private_key
 
 TENANTS = Path(__file__).resolve().parent.parent / "tenants"
+
+
+def test_psk_deriver_gives_the_hkdf_keys() -> None:
+    secret = os.urandom(32)
+    derive = psk_deriver(secret)
+    for org, name, rotation in [("acme-voip", "hq", 0), ("acme-voip", "hq", 1), ("b", "x", 7)]:
+        assert derive(org, name, rotation) == derive_psk(secret, org, name, rotation)
+    assert psk_deriver(os.urandom(32))("b", "x", 7) != derive("b", "x", 7)
+
+
+def test_canonical_cidr_fast_path_agrees_with_ipaddress() -> None:
+    rng = random.Random(6)
+    cases = ["10.20.0.6", "10.20.0.6/32", "10.20.0.7/30", "0.0.0.0/0", "255.255.255.255/32",
+             " 10.1.2.3/8 ", "010.1.2.3", "1.2.3", "256.1.1.1", "1.2.3.4/33", "1.2.3.4/08",
+             "1.2.3.4/0x8", "0x1.2.3.4", "1.2.3.04", "1.2.3.4.5", "fe80::1/64", "::1"]
+    for _ in range(3000):
+        v, n = rng.getrandbits(32), rng.randint(0, 32)
+        addr = ".".join(str((v >> s) & 255) for s in (24, 16, 8, 0))
+        cases += [addr, f"{addr}/{n}"]
+
+    def outcome(fn: Any, text: str) -> str:
+        try:
+            return str(fn(text))
+        except ValueError:
+            return "error"
+
+    for text in cases:
+        want = outcome(lambda t: ipaddress.ip_network(t.strip(), strict=False), text)
+        assert outcome(canonical_cidr, text) == want, text
 
 
 def _fw(elements: set[tuple[str | int, ...]]) -> Firewall:
