@@ -30,7 +30,6 @@ from .hoststate import (
     Peer,
     Route,
     Secrets,
-    canonical_cidr,
 )
 from .model import Gateway, PortRange, Tunnel, TunnelStatus
 from .parsers import firewall_from_elements, rendered_structure, rule_tag
@@ -128,10 +127,12 @@ def render_routes(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
     return frozenset(routes)
 
 
-def _tenant_routes(gateway: Gateway, t: Tunnel, interface: str) -> tuple[Route, ...]:
-    out = [Route(canonical_cidr(str(lan)), interface) for lan in t.lans]
-    if t.customer_address not in gateway.address.network:
-        out.append(Route(f"{t.customer_address}/32", interface))
+def _tenant_routes(gateway: Gateway, t: Tunnel, interface: str,
+                   host: ipaddress.IPv4Address | None = None) -> tuple[Route, ...]:
+    host = host if host is not None else t.customer_address
+    out = [Route(_v4_cidr(int(lan.network_address), lan.prefixlen), interface) for lan in t.lans]
+    if host not in gateway.address.network:
+        out.append(Route(f"{host}/32", interface))
     return tuple(out)
 
 
@@ -152,21 +153,27 @@ def _tenant(gateway: Gateway, t: Tunnel, interface: str,
     """Memoised by the identity of the (frozen) tunnel model, like the peers: a cycle after a
     one-file commit recomputes one tenant, not 16k (see _peer_memo). Entries a render used
     are collected in `used`; render_host keeps those for the next render."""
-    entry = _tenant_memo.get(id(t))
+    entry = used.get(id(t)) or _tenant_memo.get(id(t))
     if entry is not None and entry.tunnel is t and entry.gateway is gateway \
             and entry.interface == interface:
         used[id(t)] = entry
         return entry
     services = tunnel_services(gateway, t)
-    host = int(t.customer_address)
+    address = t.customer_address
+    host = int(address)
+    sources: tuple[tuple[int, int], ...]
     if not t.lans:
-        sources: tuple[tuple[int, int], ...] = ((host, 32),)
-    else:
+        sources = ((host, 32),)
+    elif len(t.lans) == 1 and address not in t.lans[0] and not (
+            t.lans[0].prefixlen == 32 and int(t.lans[0].network_address) >> 1 == host >> 1):
+        # One LAN that neither holds the host nor pairs with it into a /31: nothing to merge.
+        lan = t.lans[0]
+        sources = tuple(sorted([(host, 32), (int(lan.network_address), lan.prefixlen)]))
+    else:  # nft refuses overlapping intervals: collapsed as collapse_addresses does
         nets = ipaddress.collapse_addresses([ipaddress.IPv4Network((host, 32)), *t.lans])
-        sources = tuple((int(n.network_address), n.prefixlen) for n in nets)  # nft refuses
-        # overlapping intervals, hence collapsed
-    entry = _TenantParts(t, gateway, interface, _tenant_routes(gateway, t, interface), services,
-                         sources)
+        sources = tuple((int(n.network_address), n.prefixlen) for n in nets)
+    entry = _TenantParts(t, gateway, interface, _tenant_routes(gateway, t, interface, address),
+                         services, sources)
     used[id(t)] = entry
     return entry
 
