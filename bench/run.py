@@ -26,7 +26,7 @@ from .configrepo import OUT, bench_repo
 from .machine import machine_info
 from .measure import SizeResult, measure_size
 from .packetloss import packet_loss
-from .report import TARGET_N, table, targets, targets_table
+from .report import TARGET_N, packet_loss_of, table, targets, targets_table
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -74,7 +74,7 @@ def markdown(results: Sequence[SizeResult], info: dict[str, str], args: argparse
         "",
         "## Targets",
         "",
-        targets_table(target),
+        targets_table(target, packet_loss_of(results)),
         "",
         "## All sizes",
         "",
@@ -151,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(results))
     print()
     if measured:
-        print(targets_table(next((r for r in measured if r.n == TARGET_N), measured[-1])))
+        print(targets_table(next((r for r in measured if r.n == TARGET_N), measured[-1]),
+                            packet_loss_of(results)))
     OUT.mkdir(parents=True, exist_ok=True)
     raw = OUT / "results.json"
     raw.write_text(json.dumps({"machine": info, "args": {**vars(args), "from_json": None},
@@ -161,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_write and (args.write or sizes == DEFAULT_SIZES):
         RESULTS.write_text(markdown(results, info, args, seconds))
         print(f"wrote {RESULTS}")
-    missed = [name for r in measured if r.n == TARGET_N for name, _, ok in targets(r) if ok is False]
+    missed = [name for r in measured if r.n == TARGET_N
+              for name, _, ok in targets(r, packet_loss_of(results)) if ok is False]
     if missed:
         print("targets missed: " + "; ".join(missed))
     return 0
