@@ -89,6 +89,9 @@ def markdown(results: Sequence[SizeResult], info: dict[str, str], args: argparse
         "routes or table), then one child process that loads and validates the clone and runs "
         "the engine's reconcile (render, observe, plan, snapshot, apply, verify). Timed from "
         "before load to verified, after imports; the process time with start-up is listed too."),
+        ("- Cold converge and floor run in back-to-back pairs (alternating which goes first) and "
+         "the ratio is the median of the per-pair ratios: the host is shared, and other work "
+         "on it moves both alike."),
         ("- Floor: the same peers (PSKs, keepalives), routes and nft table the engine renders, "
         "given to one `wg setconf`, one `ip -batch` and one `nft -f` on an empty interface, plus "
         "reading and parsing every file with yaml.CSafeLoader. Floor = the sum of the four."),
