@@ -32,7 +32,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def _with_n(result: SizeResult, key: str, text: str) -> str:
     n = len(result.samples.get(key, []))
-    return f"{text} (n={n})" if n and n != 3 and text != "-" else text
+    return f"{text} (n=1)" if n == 1 and text != "-" else text
 
 
 Row = tuple[str, Callable[[SizeResult], str]]
