@@ -11,6 +11,7 @@ parent and reported next to it.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -40,7 +41,7 @@ def _result(res: ReconcileResult) -> dict[str, Any]:
 
 def converge(args: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    repo = load_repo(args["repo"])
+    repo = load_repo(args["repo"], jobs=os.cpu_count() or 1)  # as `tunnelctl apply` loads
     t_load = time.perf_counter() - t0
     res = reconcile(repo, _target(args), gateway=args["gateway"])
     total = time.perf_counter() - t0

@@ -8,6 +8,7 @@ Exit codes (terraform's -detailed-exitcode): 0 no changes, 1 error, 2 changes (o
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +49,8 @@ def _target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _run(path: Path, gateway: str | None, netns: str | None, interface: str | None,
          secret_dir: Path, config_dir: Path, fmt: str, detailed: bool, dry_run: bool) -> None:
-    repo = load_repo(path)
+    # A one-shot process with no threads yet: parsing may fork onto every core (as `validate`).
+    repo = load_repo(path, jobs=os.cpu_count() or 1)
     if repo.problems:
         # Bad input never reaches the host: list every problem, touch nothing.
         for problem in repo.problems:
