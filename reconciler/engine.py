@@ -35,7 +35,7 @@ from .observe import (
 from .plan import Plan, WriteConfig, plan
 from .psk import read_host_secret
 from .render import RenderError, render_config, render_host
-from .repo import RepoState
+from .repo import GatewayChoiceError, RepoState
 from .runner import CommandError, Runner
 
 log = logging.getLogger("tunnelctl.engine")
@@ -94,15 +94,10 @@ class ReconcileResult:
 
 
 def select_gateway(repo: RepoState, name: str | None) -> Gateway:
-    if name is not None:
-        if name not in repo.gateways:
-            raise EngineError(f"gateway {name!r} is not defined in the repo "
-                              f"(defined: {', '.join(sorted(repo.gateways)) or 'none'})")
-        return repo.gateways[name]
-    if len(repo.gateways) != 1:
-        raise EngineError(f"the repo defines {len(repo.gateways)} gateways "
-                          f"({', '.join(sorted(repo.gateways)) or 'none'}); choose one with --gateway")
-    return next(iter(repo.gateways.values()))
+    try:
+        return repo.gateway(name)
+    except GatewayChoiceError as exc:
+        raise EngineError(str(exc)) from None
 
 
 def read_private_key(path: Path) -> str:

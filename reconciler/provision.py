@@ -16,7 +16,15 @@ from pathlib import Path
 
 from .allocate import PoolExhausted, allocate
 from .model import NAME_PATTERN, Gateway, TunnelStatus, _check_name
-from .repo import ParseCache, Problem, RepoState, SourceFile, load_files, scan_dir
+from .repo import (
+    GatewayChoiceError,
+    ParseCache,
+    Problem,
+    RepoState,
+    SourceFile,
+    load_files,
+    scan_dir,
+)
 from .validate import holds_subnet
 from .yamlio import dump_document, write_atomic
 
@@ -60,18 +68,10 @@ def schema_header(root: Path, target: Path) -> str:
 
 
 def choose_gateway(state: RepoState, name: str | None) -> Gateway:
-    if name is not None:
-        if name not in state.gateways:
-            raise ProvisionError(f"gateway {name!r} is not in the repo (or its file has "
-                                 f"problems); known: {', '.join(sorted(state.gateways)) or 'none'}")
-        return state.gateways[name]
-    if len(state.gateways) == 1:
-        return next(iter(state.gateways.values()))
-    if not state.gateways:
-        raise ProvisionError("the repo has no valid gateway file; run 'tunnelctl validate' "
-                             "and fix gateway.yaml first")
-    raise ProvisionError(f"the repo has several gateways ({', '.join(sorted(state.gateways))}); "
-                         "choose one with --gateway")
+    try:
+        return state.gateway(name)
+    except GatewayChoiceError as exc:
+        raise ProvisionError(str(exc)) from None
 
 
 def used_networks(state: RepoState, gateway: str, today: date) -> list[IPv4Network]:

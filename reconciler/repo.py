@@ -47,6 +47,10 @@ class Problem:
         return f"{self.file}:{self.line}:{self.col}: {self.message}"
 
 
+class GatewayChoiceError(ValueError):
+    """No gateway, an unknown one, or several without a choice."""
+
+
 @dataclass(frozen=True)
 class RepoState:
     gateways: Mapping[str, Gateway]
@@ -61,6 +65,22 @@ class RepoState:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def gateway(self, name: str | None) -> Gateway:
+        """The named gateway, or the only one; raises GatewayChoiceError saying what to do."""
+        if name is not None:
+            if name not in self.gateways:
+                raise GatewayChoiceError(
+                    f"gateway {name!r} is not in the repo (or its file has problems); "
+                    f"known: {', '.join(sorted(self.gateways)) or 'none'}")
+            return self.gateways[name]
+        if len(self.gateways) == 1:
+            return next(iter(self.gateways.values()))
+        if not self.gateways:
+            raise GatewayChoiceError("the repo has no valid gateway file; run 'tunnelctl "
+                                     "validate' and fix gateway.yaml first")
+        raise GatewayChoiceError(f"the repo has several gateways "
+                                 f"({', '.join(sorted(self.gateways))}); choose one with --gateway")
 
     def for_gateway(self, name: str) -> tuple[Tunnel, ...]:
         return tuple(t for t in self.tunnels if t.gateway == name)

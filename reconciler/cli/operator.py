@@ -10,7 +10,7 @@ import click
 
 from .. import bootstrap as bs
 from .. import customer_config as cc
-from ..repo import load_repo
+from ..repo import GatewayChoiceError, load_repo
 from ..runner import Runner
 
 DEFAULT_REPO = Path("tenants")
@@ -59,15 +59,10 @@ LEVEL_STYLE = {"ok": ("ok", "green"), "missing": ("missing", "yellow"),
 def _bootstrap_target(repo_path: Path, gateway: str | None, secret_dir: Path,
                       interface: str | None, netns: str | None) -> bs.BootstrapTarget:
     state = load_repo(repo_path)
-    if gateway is None:
-        if len(state.gateways) != 1:
-            raise click.ClickException(
-                f"{repo_path} defines gateways {', '.join(sorted(state.gateways)) or '(none)'}: "
-                "choose one with --gateway")
-        gateway = next(iter(state.gateways))
-    gw = state.gateways.get(gateway)
-    if gw is None:
-        raise click.ClickException(f"no gateway {gateway} in {repo_path}")
+    try:
+        gw = state.gateway(gateway)
+    except GatewayChoiceError as exc:
+        raise click.ClickException(f"{repo_path}: {exc}") from None
     for problem in state.problems:
         click.echo(f"warning: {problem} (its peers count as foreign until fixed)", err=True)
     keys = frozenset(t.public_key for t in state.tunnels if t.gateway == gw.name)

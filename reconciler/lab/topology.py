@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from .. import wgkeys
 from ..model import Gateway
 from ..psk import create_host_secret, derive_psk, read_host_secret
-from ..repo import load_repo
+from ..repo import GatewayChoiceError, load_repo
 from ..runner import UAPI_DIR, Runner
 from .layout import (
     RUN_ROOT,
@@ -94,11 +94,10 @@ class Lab:
             raise LabError(str(exc)) from None
         self.repo = Path(repo).resolve()
         state = load_repo(self.repo)
-        if not state.gateways:
-            raise LabError(f"{self.repo}: no gateway.yaml or gateways/*.yaml")
-        if gateway is None and len(state.gateways) > 1:
-            raise LabError(f"{self.repo} has gateways {sorted(state.gateways)}; choose one")
-        self.gateway: Gateway = state.gateways[gateway] if gateway else next(iter(state.gateways.values()))
+        try:
+            self.gateway: Gateway = state.gateway(gateway)
+        except GatewayChoiceError as exc:
+            raise LabError(f"{self.repo}: {exc}") from None
         self._keys = merged_private_keys(private_keys)
         self._tunnels = {t.ident: t for t in state.for_gateway(self.gateway.name)}
         self._selected = self._select(routers)
