@@ -205,11 +205,11 @@ def main() -> None:
     bed = Bed()
     try:
         for n in sizes:
-            for k, v in peer_paths(bed, n).items():
-                print(f"{k:<32} {v * 1000:9.2f} ms", flush=True)
+            for k, seconds in peer_paths(bed, n).items():
+                print(f"{k:<32} {seconds * 1000:9.2f} ms", flush=True)
         for n in sizes:
-            for k, v in engine_cycles(bed, n).items():
-                print(f"{k:<32} {v}", flush=True)
+            for k, line in engine_cycles(bed, n).items():
+                print(f"{k:<32} {line}", flush=True)
     finally:
         bed.close()
 

@@ -4,7 +4,7 @@ Runs on the cloud host: the preshared key is derived from the host secret (recon
 shown only here. The gateway's private key is read only to compute its public key when
 gateway.yaml lacks one; it never leaves `cloud_public_key()`.
 
-Two production bugs shaped this module (reference/customer-tunnels-origin.md):
+Two production bugs of the hand-built system this project replaces shaped this module:
 - every customer talks to the one cloud tunnel address (gateway.address, 10.20.0.1), whatever its
   own /30, so the cloud address is always `gateway.address.ip`, never derived from the subnet;
 - the cloud's public IP in the customer's AllowedIPs makes routers (GWN7002) loop, so AllowedIPs is

@@ -1,7 +1,7 @@
 """YAML input and output for repo files.
 
 Reading uses PyYAML's libyaml parser (`CParser`), not ruamel. Measured on a 2-core host
-(see /work/shared/reference/perf-floor.md): 16,384 tenant files take ~2 s with libyaml and ~28 s
+(`python -m bench`): 16,384 tenant files take ~2 s with libyaml and ~28 s
 with ruamel's round-trip loader, and `tunnelctl validate` must finish a 16k-tenant repo in
 seconds. Positions for error messages come from the same parse: libyaml's nodes carry 0-based
 line/column marks (columns in characters), so an error points at exactly the node the value
@@ -40,6 +40,10 @@ from yaml.resolver import BaseResolver
 
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 64
+TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels; repo files are flat"
+# libyaml >= 0.2.6 caps nesting itself (at 1,000) and may stop in its scanner before our own
+# walk sees the 65th level: the same cause, so the same message, at the place it stopped.
+_LIBYAML_TOO_DEEP = "maximum nesting depth"
 Loc = tuple[str | int, ...]
 
 
@@ -173,9 +177,10 @@ def _yaml_error(data: bytes, exc: yaml.YAMLError) -> YamlProblem:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(s for s in (exc.context, exc.problem) if s)
+        message = TOO_DEEP if _LIBYAML_TOO_DEEP in what else f"invalid YAML: {what}"
         if mark is not None:
-            return YamlProblem(mark.line + 1, mark.column + 1, f"invalid YAML: {what}")
-        return YamlProblem(1, 1, f"invalid YAML: {what}")
+            return YamlProblem(mark.line + 1, mark.column + 1, message)
+        return YamlProblem(1, 1, message)
     return YamlProblem(1, 1, f"invalid YAML: {exc}")
 
 
@@ -190,8 +195,7 @@ def _check_depth(data: bytes) -> YamlProblem | None:
             depth += 1
             if depth > MAX_DEPTH:
                 mark = event.start_mark
-                return YamlProblem(mark.line + 1, mark.column + 1,
-                                   f"nested deeper than {MAX_DEPTH} levels; repo files are flat")
+                return YamlProblem(mark.line + 1, mark.column + 1, TOO_DEEP)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
     return None

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Ops", "GIT_AUTHOR_EMAIL": "ops@example.net",
@@ -108,7 +109,7 @@ class ConfigRemote:
         allowed.write_text(f'ops@example.net namespaces="git" {pub[0]} {pub[1]}\n')
         return allowed
 
-    def audit_entries(self, gateway: str) -> list[dict[str, object]]:
+    def audit_entries(self, gateway: str) -> list[dict[str, Any]]:
         """Entries on audit/<gateway> in the bare remote, oldest first (from the JSONL files)."""
         import json
 

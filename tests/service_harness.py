@@ -136,7 +136,8 @@ class ServiceHarness:
 
     def state(self) -> dict[str, Any]:
         try:
-            return json.loads((self.state_dir / "state.json").read_text())
+            state: dict[str, Any] = json.loads((self.state_dir / "state.json").read_text())
+            return state
         except (FileNotFoundError, ValueError):
             return {}
 
@@ -177,7 +178,8 @@ class ServiceHarness:
         return proc
 
     def status(self) -> dict[str, Any]:
-        return json.loads(self.cli("status", "-o", "json").stdout)
+        status: dict[str, Any] = json.loads(self.cli("status", "-o", "json").stdout)
+        return status
 
     # -- the host --------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Architecture contracts (STYLE.md 9): the model imports nothing internal, the pure stages
+"""Architecture contracts: the model imports nothing internal, the pure stages
 cannot reach the host, and only the runner (plus the lab's own process keeper) starts processes."""
 
 from __future__ import annotations

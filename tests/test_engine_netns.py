@@ -190,9 +190,10 @@ def populate(host: EngineHost, n: int) -> None:
 
 
 def peer_keys(result: ReconcileResult, kind: type) -> list[str]:
-    out = []
+    out: list[str] = []
     for c in result.plan.of(kind):
         p = c.peer if isinstance(c, (AddPeer, RemovePeer)) else c.new
+        assert p.public_key is not None
         out.append(p.public_key)
     return out
 

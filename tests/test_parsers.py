@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.hoststate import ROUTE_PROTO, Route, canonical_ips
+from reconciler.hoststate import ROUTE_PROTO, Firewall, Route, canonical_ips
 from reconciler.parsers import (
     ParseError,
     nft_table_absent,
@@ -136,7 +136,7 @@ def test_routes_filtered_output_omits_the_filtered_keys() -> None:
     assert parse_routes(fixture("ip_route_none.json"), dev="wg1", proto=ROUTE_PROTO) == frozenset()
 
 
-def _example_firewall():  # type: ignore[no-untyped-def]
+def _example_firewall() -> Firewall:
     repo = load_repo(ROOT / "tenants")
     gw = repo.gateways["cloud-1"]
     return render_firewall(gw, active_tunnels(gw, repo.tunnels), "wg1")

@@ -17,7 +17,8 @@ from reconciler.yamlio import ParsedYaml, parse
 
 
 def schema(name: str) -> dict[str, Any]:
-    return json.loads((ROOT / "schemas" / name).read_text())
+    loaded: dict[str, Any] = json.loads((ROOT / "schemas" / name).read_text())
+    return loaded
 
 
 def as_json(path: Path) -> Any:
