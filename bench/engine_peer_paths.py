@@ -4,7 +4,7 @@
 
 For each N: adding N new peers (PSK, keepalive, /32 + LAN) to an empty interface, and changing
 one peer's AllowedIPs among N, through
-  uapi      one `set=1` request on the control socket (what reconciler.apply uses when it can)
+  uapi      one `set=1` request on the control socket (what reconciler.engine.apply uses when it can)
   wg set    `wg set` with PSKs as 0600 files (the fallback; chunked at 1000 peers per call)
   syncconf  `wg syncconf` from a full config file (re-sends every peer)
 Then the whole engine on N generated tenants: converge from empty, a no-op cycle, one change.
@@ -30,19 +30,19 @@ sys.path.insert(0, str(ROOT))
 
 import yaml
 
-from reconciler.apply import (
+from reconciler.engine.apply import (
     WG_SET_CHUNK,
     secret_dir,
     uapi_peer_request,
     wg_set_peer_args,
 )
-from reconciler.engine import HostTarget, reconcile
-from reconciler.hoststate import Peer, Secrets
-from reconciler.plan import AddPeer, UpdatePeer
-from reconciler.psk import create_host_secret
-from reconciler.repo import load_repo
-from reconciler.runner import Runner
-from reconciler.wgkeys import keypair
+from reconciler.engine.cycle import HostTarget, reconcile
+from reconciler.engine.hoststate import Peer, Secrets
+from reconciler.engine.plan import AddPeer, UpdatePeer
+from reconciler.engine.psk import create_host_secret
+from reconciler.engine.runner import Runner
+from reconciler.engine.wgkeys import keypair
+from reconciler.repo.state import load_repo
 
 
 def median_of(fn: Callable[[], float], runs: int = 3) -> float:

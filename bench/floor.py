@@ -26,9 +26,9 @@ from pathlib import Path
 import yaml
 from ruamel.yaml import YAML
 
-from reconciler.apply import firewall_transaction, route_batch
-from reconciler.hoststate import HostState, Secrets
-from reconciler.render import render_config
+from reconciler.engine.apply import firewall_transaction, route_batch
+from reconciler.engine.hoststate import HostState, Secrets
+from reconciler.engine.render import render_config
 
 
 @dataclass(frozen=True)

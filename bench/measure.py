@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.engine import desired_state
+from reconciler.engine.cycle import desired_state
 from reconciler.lab import Lab, find_labs
-from reconciler.repo import load_repo
+from reconciler.repo.state import load_repo
 
 from . import floor
 from .configrepo import GATEWAY, BenchRepo

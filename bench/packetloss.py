@@ -12,9 +12,9 @@ import dataclasses
 import time
 from typing import Any
 
-from reconciler.engine import reconcile
+from reconciler.engine.cycle import reconcile
 from reconciler.lab import Lab
-from reconciler.repo import load_repo
+from reconciler.repo.state import load_repo
 
 from .configrepo import BenchRepo
 

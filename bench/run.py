@@ -97,7 +97,7 @@ def markdown(results: Sequence[SizeResult], info: dict[str, str], args: argparse
         "reading and parsing every file with yaml.CSafeLoader. Floor = the sum of the four."),
         ("- Naive: one `wg set` process per peer, one `ip route add` per route, ruamel.yaml "
         f"round-trip parsing (once at N > {NAIVE_FULL_UP_TO:,}), and the same single `nft -f`."),
-        ("- Service cycles: reconciler.controller.Controller in a child process against the bare "
+        ("- Service cycles: reconciler.service.controller.Controller in a child process against the bare "
         "remote: its first cycle (cold), no-op cycles (fetch, full observe, plan; host writes "
         "counted by the Runner), and one-tenant changes (a LAN added to / removed from one "
         "tunnel: peer AllowedIPs, a route and firewall map elements). A change is committed and "

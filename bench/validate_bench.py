@@ -26,8 +26,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
-from reconciler import wgkeys
-from reconciler.repo import ParseCache, load_repo, scan_dir
+from reconciler.engine import wgkeys
+from reconciler.repo.state import ParseCache, load_repo, scan_dir
 
 TEMPLATE = """\
 # yaml-language-server: $schema=../../../schemas/tunnel.schema.json

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler import controller as controller_module
-from reconciler.engine import HostTarget, ReconcileResult, reconcile
-from reconciler.repo import load_repo
+from reconciler.engine.cycle import HostTarget, ReconcileResult, reconcile
+from reconciler.repo.state import load_repo
+from reconciler.service import controller as controller_module
 
 
 def maxrss_kb() -> int:
@@ -65,8 +65,8 @@ class _Recorder:
 
 def service(args: dict[str, Any]) -> dict[str, Any]:
     from bench.configrepo import BenchRepo
-    from reconciler.controller import Controller
-    from reconciler.settings import Settings
+    from reconciler.service.controller import Controller
+    from reconciler.service.settings import Settings
 
     recorder = _Recorder()
     controller_module.reconcile = recorder  # type: ignore[attr-defined]  # measuring only

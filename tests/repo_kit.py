@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 
-from reconciler.repo import Problem, RepoState, SourceFile, load_files
+from reconciler.repo.state import Problem, RepoState, SourceFile, load_files
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANTS = ROOT / "tenants"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.apply import (
+from reconciler.engine.apply import (
     ApplyTarget,
     StepFailed,
     apply_plan,
@@ -18,9 +18,9 @@ from reconciler.apply import (
     route_batch,
     uapi_peer_request,
 )
-from reconciler.hoststate import ConfigFile, InterfaceConfig, Peer, Route, Secrets
-from reconciler.parsers import b64_to_hex, firewall_from_elements
-from reconciler.plan import (
+from reconciler.engine.hoststate import ConfigFile, InterfaceConfig, Peer, Route, Secrets
+from reconciler.engine.parsers import b64_to_hex, firewall_from_elements
+from reconciler.engine.plan import (
     AddPeer,
     AddRoute,
     DeleteRoute,
@@ -31,8 +31,8 @@ from reconciler.plan import (
     UpdatePeer,
     WriteConfig,
 )
-from reconciler.runner import CommandError, Result, Runner
-from reconciler.wgkeys import keypair
+from reconciler.engine.runner import CommandError, Result, Runner
+from reconciler.engine.wgkeys import keypair
 
 A, B, C, D = (keypair()[1] for _ in range(4))
 PSK_A, PSK_C = keypair()[0], keypair()[0]  # any 32-byte base64 value does as a PSK

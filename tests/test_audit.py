@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from git_remote import ConfigRemote, git
 
-from reconciler.audit import AuditEntry, AuditLog
-from reconciler.source import GitSource
+from reconciler.gitops.audit import AuditEntry, AuditLog
+from reconciler.gitops.source import GitSource
 
 
 @pytest.fixture()

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from reconciler import bootstrap as bs
-from reconciler import wgkeys
 from reconciler.cli import main
-from reconciler.repo import load_repo
-from reconciler.runner import Runner
+from reconciler.engine import wgkeys
+from reconciler.engine.runner import Runner
+from reconciler.operator import bootstrap as bs
+from reconciler.repo.state import load_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANTS = ROOT / "tenants"

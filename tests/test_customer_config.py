@@ -17,10 +17,10 @@ import pytest
 import qrcode
 from click.testing import CliRunner
 
-from reconciler import customer_config as cc
-from reconciler import psk, wgkeys
 from reconciler.cli import main
-from reconciler.repo import load_repo
+from reconciler.engine import psk, wgkeys
+from reconciler.operator import customer_config as cc
+from reconciler.repo.state import load_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANTS = ROOT / "tenants"
@@ -241,9 +241,9 @@ def test_cli_writes_private_files(secret_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.lab
 def test_wg_quick_output_brings_up_a_real_lab_router(tmp_path: Path) -> None:
-    from reconciler.engine import reconcile
+    from reconciler.engine.cycle import reconcile
+    from reconciler.engine.runner import Runner
     from reconciler.lab import Lab, demo_private_keys, udp_probe
-    from reconciler.runner import Runner
 
     ident = "acme-voip/hq"
     # In the lab, router 0 reaches the cloud at 198.18.0.1: that is this gateway's "public" IP.

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from reconciler.cli import main
-from reconciler.demo import DemoOptions, run_demo
 from reconciler.lab import RUN_ROOT, list_namespaces
+from reconciler.lab.demo import DemoOptions, run_demo
 
 pytestmark = pytest.mark.lab
 

@@ -25,11 +25,11 @@ import yaml
 from click.testing import CliRunner
 
 from reconciler.cli import main as cli_main
-from reconciler.engine import HostTarget, ReconcileResult, reconcile
-from reconciler.hoststate import ROUTE_PROTO, ObservedState, Route
-from reconciler.observe import observe
-from reconciler.parsers import parse_wg_dump_secrets
-from reconciler.plan import (
+from reconciler.engine.cycle import HostTarget, ReconcileResult, reconcile
+from reconciler.engine.hoststate import ROUTE_PROTO, ObservedState, Route
+from reconciler.engine.observe import observe
+from reconciler.engine.parsers import parse_wg_dump_secrets
+from reconciler.engine.plan import (
     AddPeer,
     AddRoute,
     DeleteRoute,
@@ -39,10 +39,10 @@ from reconciler.plan import (
     UpdatePeer,
     WriteConfig,
 )
-from reconciler.psk import create_host_secret
-from reconciler.repo import RepoState, load_repo
-from reconciler.runner import CommandError, Result, Runner
-from reconciler.wgkeys import keypair
+from reconciler.engine.psk import create_host_secret
+from reconciler.engine.runner import CommandError, Result, Runner
+from reconciler.engine.wgkeys import keypair
+from reconciler.repo.state import RepoState, load_repo
 
 pytestmark = pytest.mark.lab
 

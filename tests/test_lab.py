@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from reconciler import wgkeys
 from reconciler.cli import main as cli
+from reconciler.engine import wgkeys
+from reconciler.engine.runner import UAPI_DIR, Runner
 from reconciler.lab import (
     Lab,
     LabError,
@@ -33,8 +34,7 @@ from reconciler.lab.layout import (
     plan_router,
 )
 from reconciler.lab.processes import uapi_socket_busy
-from reconciler.repo import load_repo
-from reconciler.runner import UAPI_DIR, Runner
+from reconciler.repo.state import load_repo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TENANTS = REPO_ROOT / "tenants"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.hoststate import ROUTE_PROTO, Firewall, Route, canonical_ips
-from reconciler.parsers import (
+from reconciler.engine.hoststate import ROUTE_PROTO, Firewall, Route, canonical_ips
+from reconciler.engine.parsers import (
     ParseError,
     nft_table_absent,
     parse_ip_addr,
@@ -21,10 +21,10 @@ from reconciler.parsers import (
     parse_wg_dump_secrets,
     rendered_structure,
 )
-from reconciler.psk import psk_digest
-from reconciler.render import active_tunnels, render_firewall
-from reconciler.repo import load_repo
-from reconciler.wgkeys import public_key
+from reconciler.engine.psk import psk_digest
+from reconciler.engine.render import active_tunnels, render_firewall
+from reconciler.engine.wgkeys import public_key
+from reconciler.repo.state import load_repo
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent

@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 
-from reconciler import render as R
-from reconciler.apply import element_transaction
-from reconciler.engine import ReconcileResult, reconcile
-from reconciler.hoststate import Firewall, canonical_cidr
+from reconciler.engine import render as R
+from reconciler.engine.apply import element_transaction
+from reconciler.engine.cycle import ReconcileResult, reconcile
+from reconciler.engine.hoststate import Firewall, canonical_cidr
+from reconciler.engine.plan import AddRoute, ReplaceFirewall, UpdatePeer, WriteConfig
+from reconciler.engine.psk import derive_psk, psk_deriver
+from reconciler.engine.runner import Result, Runner
+from reconciler.engine.wgkeys import generate_private_key
 from reconciler.lab import Lab, generate_repo
-from reconciler.plan import AddRoute, ReplaceFirewall, UpdatePeer, WriteConfig
-from reconciler.psk import derive_psk, psk_deriver
-from reconciler.repo import ParseCache, RepoState, load_repo
-from reconciler.runner import Result, Runner
-from reconciler.wgkeys import generate_private_key
+from reconciler.repo.state import ParseCache, RepoState, load_repo
 
 TENANTS = Path(__file__).resolve().parent.parent / "tenants"
 

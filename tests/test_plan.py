@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.hoststate import (
+from reconciler.engine.hoststate import (
     ROUTE_PROTO,
     ConfigFile,
     Firewall,
@@ -20,8 +20,8 @@ from reconciler.hoststate import (
     Route,
     canonical_ips,
 )
-from reconciler.parsers import firewall_from_elements
-from reconciler.plan import (
+from reconciler.engine.parsers import firewall_from_elements
+from reconciler.engine.plan import (
     AddPeer,
     AddRoute,
     DeleteRoute,
@@ -33,7 +33,7 @@ from reconciler.plan import (
     WriteConfig,
     plan,
 )
-from reconciler.wgkeys import keypair
+from reconciler.engine.wgkeys import keypair
 
 KEYS = sorted(keypair()[1] for _ in range(8))
 A, B, C = KEYS[:3]

@@ -15,10 +15,11 @@ from pathlib import Path
 import git
 import pytest
 
-from reconciler import prplan
-from reconciler.prplan_render import render_json, render_markdown, render_text
-from reconciler.psk import derive_psk
-from reconciler.repo import RepoState
+from reconciler.cli.engine import run_commit_plan
+from reconciler.engine.psk import derive_psk
+from reconciler.gitops import prplan
+from reconciler.gitops.prplan_render import render_json, render_markdown, render_text
+from reconciler.repo.state import RepoState
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TODAY = date(2024, 6, 1)
@@ -177,12 +178,12 @@ def test_no_preshared_key_ever_appears(config_repo: tuple[Path, str, str]) -> No
 def test_run_commit_plan_exit_codes(config_repo: tuple[Path, str, str],
                                     capsys: pytest.CaptureFixture[str]) -> None:
     path, base, head = config_repo
-    assert prplan.run_commit_plan(path, base, head, "markdown") == 2
+    assert run_commit_plan(path, base, head, "markdown") == 2
     out = capsys.readouterr().out
     assert out.startswith("### tunnelctl plan: 1 to add, 4 to change, 1 to remove")
-    assert prplan.run_commit_plan(path, head, head, "text") == 0
+    assert run_commit_plan(path, head, head, "text") == 0
     assert "No changes" in capsys.readouterr().out
-    assert prplan.run_commit_plan(path, base, "no-such-ref", "text") == 1
+    assert run_commit_plan(path, base, "no-such-ref", "text") == 1
     assert "cannot resolve 'no-such-ref'" in capsys.readouterr().err
 
 
@@ -194,10 +195,10 @@ def test_invalid_head_exits_1_and_lists_problems(config_repo: tuple[Path, str, s
     broken = {**HEAD, "carrot-dental/new.yaml": tunnel("carrot-dental", "new", K[8],
                                                        "10.20.0.4/30")}
     _commit(repo, broken, "overlap", "2024-06-01T12:00:00 +0000")
-    assert prplan.run_commit_plan(path, base, "HEAD", "text") == 1
+    assert run_commit_plan(path, base, "HEAD", "text") == 1
     out = capsys.readouterr().out
     assert "Validation problems at head" in out and "carrot-dental/new.yaml" in out
-    assert prplan.run_commit_plan(path, base, "HEAD", "markdown") == 1
+    assert run_commit_plan(path, base, "HEAD", "markdown") == 1
     assert "[!CAUTION]" in capsys.readouterr().out
 
 
@@ -216,7 +217,7 @@ def test_disable_and_small_removal_thresholds() -> None:
 
 def test_plan_without_git_is_a_clear_error(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    assert prplan.run_commit_plan(tmp_path, "HEAD~1", "HEAD", "text") == 1
+    assert run_commit_plan(tmp_path, "HEAD~1", "HEAD", "text") == 1
     assert "not inside a git repository" in capsys.readouterr().err
 
 

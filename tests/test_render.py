@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from reconciler.hoststate import Route
-from reconciler.model import Gateway, Tunnel
-from reconciler.psk import derive_psk, psk_digest
-from reconciler.render import (
+from reconciler.engine.hoststate import Route
+from reconciler.engine.psk import derive_psk, psk_digest
+from reconciler.engine.render import (
     _merge_ports,
     active_tunnels,
     profile_chain,
@@ -18,12 +17,13 @@ from reconciler.render import (
     render_host,
     render_routes,
 )
-from reconciler.repo import load_repo
-from reconciler.wgkeys import keypair, public_key
+from reconciler.engine.wgkeys import keypair, public_key
+from reconciler.repo.model import Gateway, Tunnel
+from reconciler.repo.state import load_repo
 
 ROOT = Path(__file__).parent.parent
 SECRET = bytes(range(32))
-GW_PRIV = "EK0jUTd3Ge0AE4qXgHX01pRn/jhcQx/JMdQlbE3Xums="  # demo-only key (reconciler/labdata)
+GW_PRIV = "EK0jUTd3Ge0AE4qXgHX01pRn/jhcQx/JMdQlbE3Xums="  # demo-only key (reconciler/lab/data)
 
 
 def example() -> tuple[Gateway, list[Tunnel]]:

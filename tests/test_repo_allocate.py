@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from repo_kit import GATEWAY_YAML
 
-from reconciler.allocate import PoolExhausted, allocate
-from reconciler.model import Gateway
-from reconciler.yamlio import parse
+from reconciler.repo.allocate import PoolExhausted, allocate
+from reconciler.repo.model import Gateway
+from reconciler.repo.yamlio import parse
 
 GATEWAY = Gateway.model_validate(parse(GATEWAY_YAML.encode()).value)  # type: ignore[union-attr]
 POOL = IPv4Network("10.20.0.0/16")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from repo_kit import GATEWAY_YAML, TODAY, at, key, load, one, tunnel_yaml
 
-from reconciler.repo import ParseCache, SourceFile, load_files, load_repo
+from reconciler.repo.state import ParseCache, SourceFile, load_files, load_repo
 
 A, B, C = "acme/hq.yaml", "bluebird/main.yaml", "carrot/clinic.yaml"
 

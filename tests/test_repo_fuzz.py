@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from repo_kit import TENANTS, TODAY
 
-from reconciler.fileload import check_document
-from reconciler.model import Gateway, Tunnel, TunnelStatus
-from reconciler.repo import RepoState, SourceFile, load_files
-from reconciler.yamlio import dump_document
+from reconciler.repo.fileload import check_document
+from reconciler.repo.model import Gateway, Tunnel, TunnelStatus
+from reconciler.repo.state import RepoState, SourceFile, load_files
+from reconciler.repo.yamlio import dump_document
 
 SHIPPED = {p.relative_to(TENANTS).as_posix(): p.read_bytes() for p in TENANTS.rglob("*.yaml")}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -11,8 +11,8 @@ import pytest
 from pydantic import ValidationError
 from repo_kit import GATEWAY_YAML, key
 
-from reconciler.model import Gateway, PortRange, Tunnel, TunnelStatus
-from reconciler.yamlio import parse
+from reconciler.repo.model import Gateway, PortRange, Tunnel, TunnelStatus
+from reconciler.repo.yamlio import parse
 
 GATEWAY: dict[str, Any] = parse(GATEWAY_YAML.encode()).value  # type: ignore[union-attr]
 

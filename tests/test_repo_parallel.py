@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from repo_kit import GATEWAY_YAML, TODAY, tunnel_yaml
 
-from reconciler.parallel_check import MIN_FILES
-from reconciler.repo import ParseCache, SourceFile, load_files
+from reconciler.repo.parallel import MIN_FILES
+from reconciler.repo.state import ParseCache, SourceFile, load_files
 
 
 def big_repo() -> list[SourceFile]:

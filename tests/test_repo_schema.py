@@ -12,8 +12,8 @@ import pytest
 from jsonschema import Draft7Validator
 from repo_kit import ROOT, TENANTS
 
-from reconciler.schema import SCHEMA_FILES, outdated_schemas, render, write_schemas
-from reconciler.yamlio import ParsedYaml, parse
+from reconciler.repo.schema import SCHEMA_FILES, outdated_schemas, render, write_schemas
+from reconciler.repo.yamlio import ParsedYaml, parse
 
 
 def schema(name: str) -> dict[str, Any]:

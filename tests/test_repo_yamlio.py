@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from repo_kit import TENANTS
 from ruamel.yaml import YAML
 
-from reconciler.fileload import check_document
-from reconciler.model import Tunnel
-from reconciler.yamlio import ParsedYaml, YamlProblem, parse, position, update_tunnel_file
+from reconciler.repo.fileload import check_document
+from reconciler.repo.model import Tunnel
+from reconciler.repo.yamlio import ParsedYaml, YamlProblem, parse, position, update_tunnel_file
 
 
 def ruamel_load(text: str) -> Any:
@@ -92,7 +92,7 @@ def test_positions_of_keys_values_and_list_items() -> None:
 
 def test_deep_nesting_cannot_crash_the_process() -> None:
     # libyaml's composer recursed without limit in C: this input used to segfault Python.
-    code = ("from reconciler.yamlio import parse\n"
+    code = ("from reconciler.repo.yamlio import parse\n"
             "for bomb in (b'[' * 200000, b'- ' * 200000 + b'x', b'{a: ' * 100000):\n"
             "    print(parse(bomb).message)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -20,13 +20,13 @@ from git_remote import ConfigRemote
 from prometheus_client.parser import text_string_to_metric_families
 from service_harness import ServiceHarness
 
-from reconciler.desired import hold_orgs, removal_refusal
-from reconciler.hoststate import PeerStatus
+from reconciler.engine.hoststate import PeerStatus
+from reconciler.gitops.admission import hold_orgs, removal_refusal
 from reconciler.lab import add_generated_tunnels, generate_repo
-from reconciler.metrics import Revisions, ServiceMetrics, TunnelStats
-from reconciler.sdnotify import Notifier
-from reconciler.service import local_repo_path
-from reconciler.servicestate import ServiceState
+from reconciler.service.loop import local_repo_path
+from reconciler.service.metrics import Revisions, ServiceMetrics, TunnelStats
+from reconciler.service.sdnotify import Notifier
+from reconciler.service.state import ServiceState
 
 GATEWAY = "lab-1"
 
@@ -134,8 +134,8 @@ def test_metrics_exposition_and_removed_tunnels_disappear() -> None:
 
 
 def test_status_rows_online_rule() -> None:
-    from reconciler.model import Tunnel
-    from reconciler.status import tunnel_rows
+    from reconciler.repo.model import Tunnel
+    from reconciler.service.status import tunnel_rows
 
     key = "lLPX1IURNbXgkXRFHb5cSmCcgcvMle6WvHEPQ57qGn8="
     t = Tunnel(org="acme", name="hq", gateway="g", public_key=key, subnet="10.20.0.4/30",
@@ -158,9 +158,9 @@ def _subnet_of(text: str) -> str:
 
 def test_candidate_holds_broken_orgs_and_resolves_conflicts(tmp_path: Path) -> None:
     """Real git, real loader, no host: which files a cycle may enforce."""
-    from reconciler.desired import Candidate, Refusal, candidate_for
-    from reconciler.repo import ParseCache, load_files
-    from reconciler.source import GitSource
+    from reconciler.gitops.admission import Candidate, Refusal, candidate_for
+    from reconciler.gitops.source import GitSource
+    from reconciler.repo.state import ParseCache, load_files
 
     gen = generate_repo(tmp_path / "gen", 2, gateway=GATEWAY)  # org gen00000: site0, site1
     remote = ConfigRemote(tmp_path / "remote")

@@ -24,10 +24,10 @@ import pytest
 from git_remote import ConfigRemote
 from service_harness import ServiceHarness
 
-from reconciler.engine import reconcile
+from reconciler.engine.cycle import reconcile
+from reconciler.engine.render import active_tunnels, render_routes, tunnel_allowed_ips
 from reconciler.lab import add_generated_tunnels, generate_repo
-from reconciler.render import active_tunnels, render_routes, tunnel_allowed_ips
-from reconciler.repo import load_repo
+from reconciler.repo.state import load_repo
 
 GATEWAY = "lab-1"
 TENANTS = 300

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.settings import SettingsError, load_settings
+from reconciler.service.settings import SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)

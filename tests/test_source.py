@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from git_remote import ConfigRemote, git
 
-from reconciler.source import Ancestry, GitSource, SourceError, classify, org_of
+from reconciler.gitops.source import Ancestry, GitSource, SourceError, classify, org_of
 
 
 @pytest.fixture()

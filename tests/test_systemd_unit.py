@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.settings import load_settings
+from reconciler.service.settings import load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNIT = DEPLOY / "tunnelctl.service"

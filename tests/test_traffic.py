@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from reconciler import wgkeys
-from reconciler.engine import reconcile
+from reconciler.engine import wgkeys
+from reconciler.engine.cycle import reconcile
+from reconciler.engine.plan import AddPeer, RemovePeer, UpdatePeer
+from reconciler.engine.runner import Runner
 from reconciler.lab import (
     Lab,
     add_generated_tunnels,
@@ -28,9 +30,7 @@ from reconciler.lab import (
     tcp_probe,
     udp_probe,
 )
-from reconciler.plan import AddPeer, RemovePeer, UpdatePeer
-from reconciler.repo import load_repo
-from reconciler.runner import Runner
+from reconciler.repo.state import load_repo
 
 pytestmark = pytest.mark.lab
 

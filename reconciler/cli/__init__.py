@@ -1,5 +1,8 @@
 """`tunnelctl`: the command line. Each submodule parses arguments for one area and calls the
-library; no module here does reconcile work itself."""
+library; no module here does reconcile work itself.
+
+The top layer: may import every other package of reconciler; none of them imports it.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`tunnelctl plan` and `tunnelctl apply`: argument parsing and output only; the work is in
-reconciler.engine.reconcile.
+reconciler.engine.cycle.reconcile.
 
 Exit codes (terraform's -detailed-exitcode): 0 no changes, 1 error, 2 changes (only with
 --detailed-exitcode; without it, success is 0).
@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from ..engine import HostTarget, ReconcileResult, reconcile
-from ..repo import load_repo
+from reconciler.engine.cycle import HostTarget, ReconcileResult, reconcile
+from reconciler.repo.state import load_repo
 
 DEFAULT_REPO = Path("tenants")
 STYLE = {"+": "green", "~": "yellow", "-": "red"}
@@ -107,12 +107,30 @@ def plan_cmd(path: Path, gateway: str | None, netns: str | None, interface: str 
     if base or head:
         if not (base and head):
             raise click.UsageError("--base and --head go together")
-        from ..prplan import run_commit_plan
-
         sys.exit(run_commit_plan(path, base, head, fmt))
     if fmt == "markdown":
         raise click.UsageError("-o markdown needs --base and --head")
     _run(path, gateway, netns, interface, secret_dir, config_dir, fmt, detailed_exitcode, True)
+
+
+def run_commit_plan(repo_path: Path, base: str, head: str, output: str) -> int:
+    """Print the desired-state plan of merging head into base; 0 no change, 2 changes,
+    1 invalid head or unreadable input."""
+    from reconciler.gitops.prplan import PlanInputError, diff_commits
+    from reconciler.gitops.prplan_render import RENDERERS
+
+    if output not in RENDERERS:
+        click.echo(f"error: unknown output {output!r}; choose {', '.join(RENDERERS)}", err=True)
+        return 1
+    try:
+        diff = diff_commits(repo_path, base, head)
+    except PlanInputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    click.echo(RENDERERS[output](diff), nl=False)
+    if not diff.ok:
+        return 1
+    return 2 if diff.has_changes else 0
 
 
 @click.command("apply")

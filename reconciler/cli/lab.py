@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from ..lab import (
+from reconciler.engine.runner import CommandError, Runner
+from reconciler.lab import (
     RUN_ROOT,
     Lab,
     LabError,
@@ -21,9 +22,8 @@ from ..lab import (
     list_namespaces,
     teardown,
 )
-from ..lab.processes import uapi_socket_busy
-from ..repo import load_repo
-from ..runner import CommandError, Runner
+from reconciler.lab.processes import uapi_socket_busy
+from reconciler.repo.state import load_repo
 
 
 def register(group: click.Group) -> None:

@@ -1,5 +1,5 @@
 """Operator commands: `customer-config`, `bootstrap`, `demo`. Argument parsing only; the work is
-in reconciler.customer_config, reconciler.bootstrap and reconciler.demo."""
+in reconciler.operator.customer_config, reconciler.operator.bootstrap and reconciler.lab.demo."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from .. import bootstrap as bs
-from .. import customer_config as cc
-from ..repo import GatewayChoiceError, load_repo
-from ..runner import Runner
+from reconciler.engine.runner import Runner
+from reconciler.operator import bootstrap as bs
+from reconciler.operator import customer_config as cc
+from reconciler.repo.state import GatewayChoiceError, load_repo
 
 DEFAULT_REPO = Path("tenants")
 
@@ -127,8 +127,8 @@ def demo_cmd(keep: bool, fast: bool, name: str) -> None:
     """Run the end-to-end demo in a throwaway namespace lab (needs root)."""
     import os
 
-    from ..demo import DemoOptions, run_demo
-    from ..lab import LabError
+    from reconciler.lab import LabError
+    from reconciler.lab.demo import DemoOptions, run_demo
 
     if os.geteuid() != 0:
         raise click.ClickException("the demo builds network namespaces: run it as root "

@@ -1,5 +1,5 @@
 """Repository commands: `validate`, `new`, `schema`. Argument parsing and output only; the work
-is done by reconciler.repo, reconciler.provision and reconciler.schema."""
+is done by reconciler.repo.state, reconciler.operator.provision and reconciler.repo.schema."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from pathlib import Path
 
 import click
 
-from ..provision import ProvisionError, create_tunnel
-from ..repo import load_repo
-from ..report import (
+from reconciler.operator.provision import ProvisionError, create_tunnel
+from reconciler.repo.problem_output import (
     display_path,
     find_root,
     format_github,
@@ -23,7 +22,8 @@ from ..report import (
     rebase_message,
     summary,
 )
-from ..schema import outdated_schemas, write_schemas
+from reconciler.repo.schema import outdated_schemas, write_schemas
+from reconciler.repo.state import load_repo
 
 
 def _root_or_exit(path: Path) -> Path:

@@ -1,6 +1,6 @@
 """`tunnelctl run | reconcile | suspend | resume | status`: the service's command line.
 
-Argument parsing and output only; the work is in reconciler.service / controller / status.
+Argument parsing and output only; the work is in reconciler.service.loop / controller / status.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from ..settings import Settings, SettingsError, load_settings
+from reconciler.service.settings import Settings, SettingsError, load_settings
 
 CONFIG_HELP = "host config file (default $TUNNELCTL_CONFIG or /etc/tunnelctl/tunnelctl.toml)"
 
@@ -47,8 +47,8 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 def run_cmd(config: Path | None, interval: float | None, allow_empty: bool | None,
             accept_rewrites: bool | None, max_removal_share: float | None) -> None:
     """Run the reconcile service (what the systemd unit starts)."""
-    from ..service import AlreadyRunning, Service
-    from ..servicelog import configure
+    from reconciler.service.logs import configure
+    from reconciler.service.loop import AlreadyRunning, Service
 
     s = _settings(config, interval=interval, allow_empty=allow_empty,
                   accept_rewrites=accept_rewrites, max_removal_share=max_removal_share)
@@ -69,7 +69,7 @@ def _signal_service(pid: int) -> None:
 
 
 def _wait_for_cycle(s: Settings, since: float, timeout: float) -> list[dict[str, Any]]:
-    from ..servicestate import StateStore
+    from reconciler.service.state import StateStore
 
     store = StateStore(s.state_dir)
     deadline = time.monotonic() + timeout
@@ -97,8 +97,8 @@ def _wait_for_cycle(s: Settings, since: float, timeout: float) -> list[dict[str,
 def reconcile_cmd(config: Path | None, approve_removal: bool, wait: bool, timeout: float,
                   fmt: str) -> None:
     """Run a cycle now: signal the running service, or do one cycle here if none runs."""
-    from ..service import run_once, running_pid
-    from ..servicestate import StateStore
+    from reconciler.service.loop import run_once, running_pid
+    from reconciler.service.state import StateStore
 
     s = _settings(config)
     store = StateStore(s.state_dir)
@@ -121,7 +121,7 @@ def reconcile_cmd(config: Path | None, approve_removal: bool, wait: bool, timeou
     else:
         if not s.repo_url:
             raise click.ClickException("no repo_url: set it in the config or $TUNNELCTL_REPO_URL")
-        from ..servicelog import configure
+        from reconciler.service.logs import configure
 
         configure(s.log_format)
         reports = run_once(s)
@@ -144,8 +144,8 @@ def reconcile_cmd(config: Path | None, approve_removal: bool, wait: bool, timeou
 @click.option("--reason", default="", help="shown in status")
 def suspend_cmd(config: Path | None, reason: str) -> None:
     """Pause applying (the service keeps running and fetching; status shows Suspended)."""
-    from ..service import running_pid
-    from ..servicestate import StateStore
+    from reconciler.service.loop import running_pid
+    from reconciler.service.state import StateStore
 
     s = _settings(config)
     StateStore(s.state_dir).suspend(reason, by=getpass.getuser())
@@ -159,8 +159,8 @@ def suspend_cmd(config: Path | None, reason: str) -> None:
 @_config_option
 def resume_cmd(config: Path | None) -> None:
     """Resume applying after `tunnelctl suspend` (a cycle starts at once)."""
-    from ..service import running_pid
-    from ..servicestate import StateStore
+    from reconciler.service.loop import running_pid
+    from reconciler.service.state import StateStore
 
     s = _settings(config)
     was = StateStore(s.state_dir).resume()
@@ -178,7 +178,7 @@ def resume_cmd(config: Path | None) -> None:
               help="read handshakes and bytes from the live interface")
 def status_cmd(config: Path | None, fmt: str, live: bool) -> None:
     """Service state and every tunnel of this gateway (works without the service running)."""
-    from ..status import collect_status, render_status
+    from reconciler.service.status import collect_status, render_status
 
     report = collect_status(_settings(config), live=live)
     if fmt == "json":

@@ -7,7 +7,10 @@
 
 Modules: layout (names, addresses; pure), topology (Lab: build and operate), processes
 (tracked daemons, state file), teardown, traffic (probes from the lab side), netprobe (the
-stdlib tool run inside namespaces), repogen (demo keys, generated config repos).
+stdlib tool run inside namespaces), repogen (demo keys from data/, generated config repos),
+demo and demo_checks (`tunnelctl demo`).
+
+May import: every layer below it (service, operator, gitops, engine, repo); not reconciler.cli.
 """
 
 from .layout import RUN_ROOT, InfraHost, Router, RouterConfig

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from ..model import Gateway, Tunnel
+from reconciler.repo.model import Gateway, Tunnel
 
 RUN_ROOT = Path("/run/tunnelctl-lab")
 NS_PREFIX = "tcl-"

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..runner import UAPI_DIR
+from reconciler.engine.runner import UAPI_DIR
 
 
 class LabError(RuntimeError):

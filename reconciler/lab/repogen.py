@@ -14,10 +14,10 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from .. import wgkeys
-from ..repo import load_repo
+from reconciler.engine import wgkeys
+from reconciler.repo.state import load_repo
 
-DEMO_KEYS_FILE = Path(__file__).resolve().parent.parent / "labdata" / "demo-keys.yaml"
+DEMO_KEYS_FILE = Path(__file__).resolve().parent / "data" / "demo-keys.yaml"
 # Customer LANs for generated tenants: private space that cannot overlap the tunnel pool.
 LAN_SPACE = (IPv4Network("172.16.0.0/12"), IPv4Network("100.64.0.0/10"))
 

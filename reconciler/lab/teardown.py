@@ -17,7 +17,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from ..runner import UAPI_DIR, Runner
+from reconciler.engine.runner import UAPI_DIR, Runner
+
 from .layout import RUN_ROOT, namespace
 from .processes import LabState, stop, uapi_socket_busy
 

@@ -25,11 +25,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from .. import wgkeys
-from ..model import Gateway
-from ..psk import create_host_secret, derive_psk, read_host_secret
-from ..repo import GatewayChoiceError, load_repo
-from ..runner import UAPI_DIR, Runner
+from reconciler.engine import wgkeys
+from reconciler.engine.psk import create_host_secret, derive_psk, read_host_secret
+from reconciler.engine.runner import UAPI_DIR, Runner
+from reconciler.repo.model import Gateway
+from reconciler.repo.state import GatewayChoiceError, load_repo
+
 from .layout import (
     RUN_ROOT,
     InfraHost,
@@ -56,7 +57,7 @@ from .teardown import ACTIVE_LABS, list_namespaces, teardown
 from .traffic import Flow, ServeLog, netprobe_argv
 
 if TYPE_CHECKING:
-    from ..engine import HostTarget
+    from reconciler.engine.cycle import HostTarget
 
 # Without a memory limit wireguard-go was seen past 1 GB after repeated 16k-peer reconfiguration.
 # The same limit as a bootstrapped host (bootstrap.WIREGUARD_GO_ENV): 16k peers keep ~200 MB
@@ -395,7 +396,7 @@ class Lab:
     # -- engine hand-off and description ----------------------------------------------------
     def target(self) -> HostTarget:
         """Where the engine should apply: the cloud namespace and its managed interface."""
-        from ..engine import HostTarget
+        from reconciler.engine.cycle import HostTarget
 
         return HostTarget(netns=self.netns, interface=self.interface, secret_dir=self.secret_dir,
                           config_dir=self.config_dir)

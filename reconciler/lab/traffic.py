@@ -20,7 +20,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from ..runner import Runner
+from reconciler.engine.runner import Runner
+
 from .processes import TrackedProcess, spawn, stop, wait_for
 
 NETPROBE = Path(__file__).resolve().with_name("netprobe.py")

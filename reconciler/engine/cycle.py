@@ -1,0 +1,336 @@
+"""The reconcile orchestrator: render -> observe -> plan -> snapshot -> apply -> verify.
+
+The only function that calls the stages in order. On any failed step, or when the host still
+differs after apply, it restores the snapshot taken before apply and reports which step
+failed. A non-dry-run cycle holds an exclusive flock per interface, so the CLI and the
+service never apply at once; the kernel drops the lock when its holder dies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gc
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from reconciler.engine import verified_cache as knownstate
+from reconciler.engine.apply import ApplyTarget, StepFailed, apply_plan
+from reconciler.engine.files import LockHeld, pid_lock
+from reconciler.engine.hoststate import HostState, ObservedState, Secrets
+from reconciler.engine.observe import (
+    InterfaceMissing,
+    NotWireGuard,
+    Snapshot,
+    observe,
+    observe_changes,
+    read_snapshot,
+)
+from reconciler.engine.plan import Plan, WriteConfig, plan
+from reconciler.engine.psk import read_host_secret
+from reconciler.engine.render import RenderError, render_config, render_host
+from reconciler.engine.runner import CommandError, Runner
+from reconciler.repo.model import Gateway
+from reconciler.repo.state import GatewayChoiceError, RepoState
+
+log = logging.getLogger("tunnelctl.engine")
+
+PRIVATE_KEY_FILE = "private.key"
+PSK_SECRET_FILE = "psk.secret"
+
+
+class EngineError(RuntimeError):
+    """A problem the operator must fix before the host can be touched (names the fix)."""
+
+
+class LockBusy(EngineError):
+    pass
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    netns: str | None = None
+    interface: str | None = None  # overrides gateway.interface (labs use unique names)
+    secret_dir: Path = Path("/etc/tunnelctl")  # private.key (base64), psk.secret (host secret)
+    config_dir: Path = Path("/etc/wireguard")  # <interface>.conf is written here
+    lock_dir: Path = Path("/run/tunnelctl")
+    lock_timeout: float = 30.0  # seconds to wait for another apply to finish
+
+    def config_path(self, interface: str) -> Path:
+        return self.config_dir / f"{interface}.conf"
+
+    def lock_path(self, interface: str) -> Path:
+        return self.lock_dir / (f"{self.netns}.{interface}.lock" if self.netns
+                                else f"{interface}.lock")
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    plan: Plan
+    applied: bool  # apply ran to the end and verify passed
+    verified: bool  # the host matched the desired state when the cycle ended
+    error: str | None
+    failed_step: str | None  # load|render|lock|observe|guard|firewall|interface|peers|routes|config|verify
+    timings: Mapping[str, float]
+    writes: int  # host-changing calls, including any rollback
+    rolled_back: bool = False  # the failed apply was undone and the host matches its snapshot
+    observed: ObservedState | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def changed(self) -> bool:
+        return not self.plan.empty
+
+
+# ------------------------------------------------------------------------ desired state
+
+
+def select_gateway(repo: RepoState, name: str | None) -> Gateway:
+    try:
+        return repo.gateway(name)
+    except GatewayChoiceError as exc:
+        raise EngineError(str(exc)) from None
+
+
+def read_private_key(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise EngineError(f"{path}: gateway private key missing; run `tunnelctl bootstrap` "
+                          "(or `tunnelctl lab up` for a lab)") from None
+    try:
+        ok = len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        ok = False
+    if not ok:
+        raise EngineError(f"{path}: not a WireGuard private key (base64 of 32 bytes)")
+    return text
+
+
+def desired_state(repo: RepoState, gateway: str | None,
+                  target: HostTarget) -> tuple[HostState, Secrets]:
+    """Render stage for one gateway: reads the two secret files, then renders (pure)."""
+    gw = select_gateway(repo, gateway)
+    private_key = read_private_key(target.secret_dir / PRIVATE_KEY_FILE)
+    secret_path = target.secret_dir / PSK_SECRET_FILE
+    try:
+        host_secret = read_host_secret(secret_path)
+    except FileNotFoundError:
+        raise EngineError(f"{secret_path}: host PSK secret missing; run `tunnelctl bootstrap`"
+                          ) from None
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    interface = target.interface or gw.interface
+    return render_host(gw, repo.tunnels, interface=interface, private_key=private_key,
+                       host_secret=host_secret, config_path=target.config_path(interface))
+
+
+# ---------------------------------------------------------------------------- locking
+
+
+@contextmanager
+def host_lock(target: HostTarget, interface: str) -> Iterator[None]:
+    """Exclusive flock on /run/tunnelctl/[<netns>.]<interface>.lock, waiting up to
+    lock_timeout, so CLI applies and the service never run at once."""
+    path = target.lock_path(interface)
+    try:
+        with pid_lock(path, wait=target.lock_timeout, mode=0o644):
+            yield
+    except LockHeld as exc:
+        raise LockBusy(f"another tunnelctl apply (pid {exc.holder}) holds {path}") from None
+
+
+# ---------------------------------------------------------------------------- reconcile
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def done(self) -> dict[str, float]:
+        self.timings["total"] = time.perf_counter() - self.start
+        return self.timings
+
+
+# Called under the lock with the plan and what it was planned against, before anything is
+# applied; a returned reason refuses the plan (failed_step "guard"), None lets it proceed.
+PlanGuard = Callable[[Plan, ObservedState], "str | None"]
+
+
+def reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None = None,
+              dry_run: bool = False, runner: Runner | None = None,
+              guard: PlanGuard | None = None, quick: bool = False) -> ReconcileResult:
+    """One cycle. Never raises for host or repo problems: the result says what failed.
+
+    `quick=True` lets a changed desired state be planned against the state this process
+    verified last and read back piecewise (knownstate): the caller then owes the host a full
+    cycle soon (the service runs one right after), since drift made by hand meanwhile is
+    neither seen nor repaired by a quick cycle. Without it every cycle observes in full.
+    """
+    with gc_paused():
+        return _reconcile(repo, target, gateway=gateway, dry_run=dry_run, runner=runner,
+                          guard=guard, quick=quick)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic collector off for one cycle. A cycle on 16k tenants allocates a few hundred
+    thousand short-lived objects (peers, routes, parsed output) next to the tenant models a
+    service keeps, and each full collection walks all of them; reference counting still
+    frees everything the cycle drops."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
+               dry_run: bool, runner: Runner | None,
+               guard: PlanGuard | None, quick: bool) -> ReconcileResult:
+    runner = runner or Runner(netns=target.netns)
+    writes0 = runner.writes
+    clock = _Clock()
+
+    def result(p: Plan, *, applied: bool = False, verified: bool = False, error: str | None = None,
+               step: str | None = None, rolled_back: bool = False,
+               observed: ObservedState | None = None) -> ReconcileResult:
+        return ReconcileResult(p, applied, verified, error, step, clock.done(),
+                               runner.writes - writes0, rolled_back, observed)
+
+    if repo.problems:
+        first = "; ".join(str(p) for p in repo.problems[:3])
+        return result(Plan(), error=f"the repo has {len(repo.problems)} problem(s), host "
+                      f"left untouched: {first}", step="load")
+    try:
+        desired, secrets = desired_state(repo, gateway, target)
+    except (EngineError, RenderError) as exc:
+        return result(Plan(), error=str(exc), step="render")
+    clock.lap("render")
+    assert desired.interface is not None
+    interface = desired.interface.name
+    config_path = target.config_path(interface)
+    try:
+        lock = nullcontext() if dry_run else host_lock(target, interface)
+        with lock:
+            clock.lap("lock")
+            return _cycle(desired, secrets, runner, interface, config_path, dry_run, clock, result,
+                          guard, quick)
+    except LockBusy as exc:
+        return result(Plan(), error=str(exc), step="lock")
+
+
+class ResultFactory(Protocol):  # the shape of reconcile's local `result` helper
+    def __call__(self, p: Plan, *, applied: bool = False, verified: bool = False,
+                 error: str | None = None, step: str | None = None, rolled_back: bool = False,
+                 observed: ObservedState | None = None) -> ReconcileResult: ...
+
+
+def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
+           config_path: Path, dry_run: bool, clock: _Clock, result: ResultFactory,
+           guard: PlanGuard | None = None, quick: bool = False) -> ReconcileResult:
+    # Quick: a changed desired state is planned against the state the last cycle verified,
+    # when that is recent and the plan small (see knownstate); else the host is observed in
+    # full. Every verified cycle leaves what it verified for the next quick one.
+    key = (runner.netns, interface, str(config_path))
+    known = None if dry_run else knownstate.take(key)
+    remembered = knownstate.usable(known, desired, config_path) if quick else None
+    planned = plan(desired, remembered) if remembered is not None else None
+    fast = remembered is not None and planned is not None and knownstate.small_change(planned)
+    if remembered is not None and planned is not None and fast:
+        observed, changes, full_at = remembered, planned, known.full_at if known else 0.0
+    else:
+        try:
+            observed = observe(runner, interface, config_path=config_path)
+        except (InterfaceMissing, NotWireGuard, CommandError, OSError, ValueError) as exc:
+            return result(Plan(), error=str(exc), step="observe")
+        full_at = time.monotonic()
+        clock.lap("observe")
+        changes = plan(desired, observed)
+    clock.lap("plan")
+    if dry_run or changes.empty:
+        if changes.empty and not dry_run:
+            knownstate.remember(key, desired, observed, full_at)
+        return result(changes, verified=changes.empty, observed=observed)
+    refusal = guard(changes, observed) if guard is not None else None
+    if refusal is not None:
+        return result(changes, error=refusal, step="guard", observed=observed)
+    log.info("applying on %s: %s", interface, changes.summary_line())
+    try:
+        snapshot = read_snapshot(runner, interface, observed, config_path, changes)
+    except (CommandError, OSError, ValueError) as exc:  # nothing changed yet: just report
+        return result(changes, error=f"cannot snapshot the host before apply: {exc}",
+                      step="snapshot", observed=observed)
+    clock.lap("snapshot")
+    config_text = None
+    if changes.of(WriteConfig) and desired.interface is not None:
+        config_text = secrets.config_text or render_config(desired.interface, desired.peers,
+                                                           secrets)
+    failed_step, error = None, None
+    after: ObservedState | None = None
+    try:
+        apply_plan(changes, ApplyTarget(runner, interface, secrets, config_text))
+    except StepFailed as exc:
+        failed_step, error = exc.step, str(exc.cause)
+    clock.lap("apply")
+    if failed_step is None:
+        try:
+            after = (observe_changes(runner, interface, changes, observed, config_path) if fast
+                     else observe(runner, interface, config_path=config_path))
+            residue = plan(desired, after)
+        except (InterfaceMissing, NotWireGuard, CommandError, OSError, ValueError) as exc:
+            residue, error = None, f"cannot observe the host after apply: {exc}"
+        clock.lap("verify")
+        if residue is not None and residue.empty:
+            assert after is not None
+            knownstate.remember(key, desired, after, full_at if fast else time.monotonic())
+            return result(changes, applied=True, verified=True, observed=after)
+        failed_step = "verify"
+        if residue is not None:
+            error = ("host still differs after apply: " + residue.summary_line() + " "
+                     + "; ".join(residue.render_text().splitlines()[:5]))
+    log.warning("apply failed at %s: %s; restoring the snapshot", failed_step, error)
+    rollback_error = restore(snapshot, runner, interface, config_path)
+    clock.lap("rollback")
+    if rollback_error:
+        error = f"{error}; ROLLBACK INCOMPLETE: {rollback_error}"
+    return result(changes, error=error, step=failed_step, rolled_back=rollback_error is None)
+
+
+def snapshot_state(snapshot: Snapshot) -> HostState:
+    """The snapshot as a desired state: its firewall carries the listed text to load back."""
+    st = snapshot.state
+    fw = replace(st.firewall, text=snapshot.firewall_text or "") if st.firewall else None
+    return HostState(st.interface, st.peers, st.routes, fw, st.config)
+
+
+def restore(snapshot: Snapshot, runner: Runner, interface: str, config_path: Path) -> str | None:
+    """Converge the host back to the snapshot (peers with their PSKs, routes, firewall text,
+    config file). Returns None when the host matches the snapshot again, else why not."""
+    want = snapshot_state(snapshot)
+    content = snapshot.config_content.decode() if snapshot.config_content is not None else None
+    try:
+        current = observe(runner, interface, config_path=config_path)
+        back = plan(want, current)
+        if not back.empty:
+            apply_plan(back, ApplyTarget(runner, interface, snapshot.secrets, content))
+        left = plan(want, observe(runner, interface, config_path=config_path))
+    except Exception as exc:  # noqa: BLE001 - report it, never mask the original failure
+        return f"{type(exc).__name__}: {exc}"
+    return None if left.empty else left.summary_line()

@@ -1,0 +1,250 @@
+"""Typed host state: what the render stage wants and what the observe stage saw.
+
+Both sides use the same frozen values in the same canonical form (sorted, normalised CIDRs),
+so `plan(desired, observed)` can compare them with `==` and an unchanged host plans nothing.
+No secret lives here: a preshared key appears only as its digest; the keys themselves travel
+in `Secrets`, whose repr hides them.
+This module imports nothing from the package, so every stage can depend on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+# Our own route protocol number (rtnetlink allows 0-255; 252 is unassigned in
+# /etc/iproute2/rt_protos). Routes carrying it are ours across restarts; all others are foreign.
+ROUTE_PROTO = 252
+ROUTE_PROTO_NAME = "tunnelctl"
+
+FIREWALL_FAMILY = "inet"
+FIREWALL_TABLE = "tunnelctl"
+TENANT_MAP = "tenant_profiles"  # our table's map from tenant source prefix to service chain
+
+
+def _v4(text: str) -> tuple[int, int] | None:
+    """'a.b.c.d[/n]' -> (network as int, prefix) with host bits cleared; None if not plain IPv4.
+
+    A hand-rolled fast path: ipaddress costs ~20 us per network, which at 16k tenants with
+    LANs is most of a render or observe cycle.
+    """
+    addr, _, plen = text.partition("/")
+    parts = addr.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0")
+                                  for p in parts):
+        return None
+    if plen and not (plen.isdigit() and len(plen) <= 2):
+        return None
+    a, b, c, d = (int(p) for p in parts)
+    length = int(plen) if plen else 32
+    if a > 255 or b > 255 or c > 255 or d > 255 or length > 32:
+        return None
+    value = (a << 24) | (b << 16) | (c << 8) | d
+    return value & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF, length
+
+
+def _v4_text(value: int, length: int) -> str:
+    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}"
+
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_V4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/(3[0-2]|[12]?[0-9]))?",
+                           re.ASCII)
+
+# The same few thousand prefixes are canonicalised on every cycle (render and observe both),
+# so the pure converters below remember their answers; sized for a full /16 pool with LANs.
+CANONICAL_CACHE = 1 << 16
+
+
+@functools.lru_cache(maxsize=CANONICAL_CACHE)
+def canonical_cidr(text: str) -> str:
+    """'10.20.0.6' -> '10.20.0.6/32'; host bits cleared; IPv6 compressed."""
+    text = text.strip()
+    # Fast path for what `wg`, `ip` and `nft` print: a plain dotted quad without leading
+    # zeros and a plain prefix length; an already canonical one is returned as it is.
+    m = _CANONICAL_V4.fullmatch(text)
+    if m is not None:
+        a, b, c, d, plen = m.groups()
+        length = int(plen) if plen is not None else 32
+        value = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
+        net = value & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+        if net == value and plen is not None:
+            return text
+        return _v4_text(net, length)
+    v4 = _v4(text)
+    if v4 is not None:
+        return _v4_text(*v4)
+    return str(ipaddress.ip_network(text, strict=False))
+
+
+def cidr_sort_key(text: str) -> tuple[int, int, int]:
+    """(IP version, network as int, prefix length) of a canonical CIDR."""
+    v4 = _v4(text)
+    if v4 is not None:
+        return (4, v4[0], v4[1])
+    net = ipaddress.ip_network(text)
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+def canonical_ips(items: Iterable[str]) -> tuple[str, ...]:
+    """Normalised, de-duplicated and sorted by address: the one form both sides compare in."""
+    return _canonical_ips(tuple(items))
+
+
+@functools.lru_cache(maxsize=CANONICAL_CACHE)
+def _canonical_ips(items: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted({canonical_cidr(i) for i in items if i.strip()}, key=cidr_sort_key))
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    name: str
+    listen_port: int
+    public_key: str | None  # derived from the private key; None = no key set
+    address: str | None  # "10.20.0.1/16"; several addresses are joined with "," in sorted order
+    mtu: int | None
+    up: bool
+
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.address or "").split(",") if a)
+
+
+@dataclass(frozen=True)
+class Peer:
+    public_key: str
+    allowed_ips: tuple[str, ...]  # canonical_ips() form
+    psk_digest: str | None  # reconciler.engine.psk.psk_digest of the PSK; None = no PSK
+    keepalive: int  # seconds; 0 = off
+    # Display only (org/name from the repo); never part of equality, observed peers have none.
+    owner: str | None = field(default=None, compare=False)
+
+    @property
+    def label(self) -> str:
+        short = f"{self.public_key[:8]}…"
+        return f"{self.owner} ({short})" if self.owner else f"({short})"
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """Live counters: read for status and metrics, never planned on (roaming is not drift)."""
+
+    public_key: str
+    endpoint: str | None
+    latest_handshake: int  # unix seconds; 0 = never
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    dst: str  # canonical CIDR
+    dev: str
+    table: str = "main"
+    proto: int = ROUTE_PROTO
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.table, self.dst, self.dev)
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """Our nftables table in canonical form.
+
+    `elements` is a structural description that both the rendered text and `nft -j list table`
+    reduce to: ("chain", name, type, hook, prio, policy), ("rule", chain, index, tag) where the
+    tag is a hash of the rule text carried in the rule's comment, ("map", name, key, value,
+    flags) and ("elem", map, key, value). A flushed table, a deleted rule or a changed element
+    all change it. `fingerprint` is a digest of `elements` for display. `text` is loadable nft
+    syntax of the table (rendered, or listed for a rollback snapshot) and not compared.
+    """
+
+    family: str
+    table: str
+    fingerprint: str
+    elements: frozenset[tuple[str | int, ...]]
+    text: str = field(default="", compare=False, repr=False)
+
+    @staticmethod
+    def digest(elements: Iterable[tuple[str | int, ...]]) -> str:
+        h = hashlib.sha256()
+        for item in sorted(repr(e) for e in elements):
+            h.update(item.encode())
+            h.update(b"\n")
+        return h.hexdigest()[:16]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.elements:
+            out[str(e[0])] = out.get(str(e[0]), 0) + 1
+        return out
+
+    def summary(self, short: bool = False) -> str:
+        c = self.counts()
+        name = "" if short else f"{self.family} {self.table} "
+        return (f"{name}fp={self.fingerprint} chains={c.get('chain', 0)} "
+                f"rules={c.get('rule', 0)} elements={c.get('elem', 0)}")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """The interface config file (wg-quick format) the host reboots from; holds secrets,
+    so only its digest is kept. digest None = file absent."""
+
+    path: str
+    digest: str | None
+
+    @staticmethod
+    def digest_of(content: bytes) -> str:
+        return hashlib.sha256(content).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class HostState:
+    interface: InterfaceConfig | None
+    peers: Mapping[str, Peer]  # by public key
+    routes: frozenset[Route]
+    firewall: Firewall | None
+    config: ConfigFile | None = None  # None on the desired side = do not manage the file
+
+
+@dataclass(frozen=True)
+class ObservedState(HostState):
+    peer_status: Mapping[str, PeerStatus] = field(default_factory=dict)
+
+
+class Secrets:
+    """The gateway private key and each peer's PSK. Never printed: repr/str hide the values."""
+
+    __slots__ = ("_config_text", "_private_key", "_psks")
+
+    def __init__(self, private_key: str | None, psks: Mapping[str, str],
+                 config_text: str | None = None) -> None:
+        self._private_key = private_key
+        self._psks = dict(psks)
+        self._config_text = config_text  # the rendered config file: it holds the keys too
+
+    @property
+    def config_text(self) -> str | None:
+        return self._config_text
+
+    @property
+    def private_key(self) -> str | None:
+        return self._private_key
+
+    @property
+    def psks(self) -> Mapping[str, str]:
+        return self._psks
+
+    def psk(self, public_key: str) -> str | None:
+        return self._psks.get(public_key)
+
+    def __repr__(self) -> str:
+        key = "<hidden>" if self._private_key else None
+        return f"Secrets(private_key={key}, psks=<{len(self._psks)} hidden>)"
+
+    __str__ = __repr__

@@ -1,0 +1,306 @@
+"""Observe stage: read the live host through the runner and parse it into ObservedState.
+
+Reads only: `ip -json addr show dev <if>`, `wg show <if> dump`, our routes
+(`ip -json route show table all dev <if> proto 252`), our nft table (`nft -j list table
+inet tunnelctl`) and the interface config file's digest. Preshared keys are reduced to
+digests at parse time. The rollback snapshot (which does need the keys) is read separately
+by `read_snapshot`, into memory only.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.engine.hoststate import (
+    FIREWALL_FAMILY,
+    FIREWALL_TABLE,
+    ROUTE_PROTO,
+    TENANT_MAP,
+    ConfigFile,
+    Firewall,
+    InterfaceConfig,
+    ObservedState,
+    Route,
+    Secrets,
+)
+from reconciler.engine.parsers import (
+    LinkInfo,
+    WgDump,
+    firewall_from_elements,
+    nft_table_absent,
+    parse_ip_addr,
+    parse_nft_table,
+    parse_routes,
+    parse_wg_dump,
+    parse_wg_dump_secrets,
+)
+from reconciler.engine.plan import (
+    AddPeer,
+    AddRoute,
+    DeleteRoute,
+    Plan,
+    RemovePeer,
+    ReplaceFirewall,
+    SetInterface,
+    UpdatePeer,
+)
+from reconciler.engine.psk import psk_digest
+from reconciler.engine.runner import CommandError, Result, Runner
+
+
+class InterfaceMissing(RuntimeError):
+    """The managed interface does not exist: the engine configures it but never creates it."""
+
+    def __init__(self, interface: str, netns: str | None) -> None:
+        where = f"in netns {netns}" if netns else "on this host"
+        super().__init__(f"interface {interface} not found {where}; run `tunnelctl bootstrap` "
+                         "or `tunnelctl lab up`")
+        self.interface = interface
+
+
+class NotWireGuard(RuntimeError):
+    pass
+
+
+def observe(runner: Runner, interface: str, *, config_path: Path | None = None) -> ObservedState:
+    """One consistent-enough read of everything the reconciler owns on this host.
+
+    The four reads are independent processes, so they run at once, and each is parsed as soon
+    as it is in while the slower ones still run (on 16k tenants the wg dump and the nft
+    listing take ~0.1-0.3 s each, and so does parsing them). Results are examined in the
+    order that decides the error: a missing interface first, then one wg cannot read.
+    """
+    routes_argv = ["ip", "-json", "route", "show", "table", "all", "dev", interface,
+                   "proto", str(ROUTE_PROTO)]
+
+    def read_link() -> LinkInfo | None:
+        res = runner.run(["ip", "-json", "addr", "show", "dev", interface], check=False)
+        return parse_ip_addr(res.stdout) if res.returncode == 0 else None
+
+    def read_wg() -> Result | WgDump:
+        res = runner.run(["wg", "show", interface, "dump"], check=False)
+        return res if res.returncode != 0 else parse_wg_dump(res.stdout, psk_digest)
+
+    def read_routes() -> frozenset[Route]:
+        return parse_routes(runner.run(routes_argv).stdout, dev=interface, proto=ROUTE_PROTO)
+
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="observe") as pool:
+        # Slowest first, so it starts first.
+        fw_future = pool.submit(read_firewall, runner)
+        wg_future = pool.submit(read_wg)
+        routes_future = pool.submit(read_routes)
+        link = read_link()
+        if link is None:
+            raise InterfaceMissing(interface, runner.netns)
+        dump = wg_future.result()
+        if isinstance(dump, Result):
+            raise NotWireGuard(f"{interface} exists but `wg show` cannot read it: "
+                               f"{dump.stderr.strip()}")
+        routes = routes_future.result()
+        firewall = fw_future.result()
+    iface = InterfaceConfig(
+        name=interface,
+        listen_port=dump.interface.listen_port,
+        public_key=dump.interface.public_key,
+        address=",".join(link.addresses) or None,
+        mtu=link.mtu,
+        up=link.up,
+    )
+    config = None
+    if config_path is not None:
+        config = ConfigFile(str(config_path), read_config_digest(config_path))
+    return ObservedState(iface, dump.peers, routes, firewall, config, peer_status=dump.status)
+
+
+def nft_list_argv(family: str = FIREWALL_FAMILY, table: str = FIREWALL_TABLE) -> list[str]:
+    return ["nft", "-j", "list", "table", family, table]
+
+
+def firewall_from_listing(res: Result, family: str = FIREWALL_FAMILY,
+                          table: str = FIREWALL_TABLE) -> Firewall | None:
+    if res.returncode != 0:
+        if nft_table_absent(res.stderr):
+            return None  # the table does not exist (yet, or deleted by hand)
+        raise CommandError(res.argv, res.returncode, res.stderr)
+    return parse_nft_table(res.stdout, family, table)
+
+
+def read_firewall(runner: Runner, family: str = FIREWALL_FAMILY,
+                  table: str = FIREWALL_TABLE) -> Firewall | None:
+    return firewall_from_listing(runner.run(nft_list_argv(family, table), check=False),
+                                 family, table)
+
+
+def read_config_digest(path: Path) -> str | None:
+    try:
+        return ConfigFile.digest_of(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What rollback restores: the observed state plus what a digest cannot give back.
+
+    Held in memory only and never logged (`secrets` hides its repr; `config_content` holds the
+    old file, which contains keys, so repr is disabled for it too).
+    """
+
+    state: ObservedState
+    secrets: Secrets
+    firewall_text: str | None  # loadable `nft list table` output; None = table was absent
+    config_content: bytes | None
+
+    def __repr__(self) -> str:
+        return f"Snapshot(peers={len(self.state.peers)}, routes={len(self.state.routes)}, " \
+               f"firewall={'yes' if self.firewall_text else 'no'})"
+
+
+def read_snapshot(runner: Runner, interface: str, state: ObservedState,
+                  config_path: Path | None, plan: Plan | None = None) -> Snapshot:
+    """Keys from the dump (private key, PSKs), the table as text, the config file bytes.
+
+    With the plan about to be applied, only what undoing that plan needs is read: keys only
+    when a peer is removed, a peer's PSK or the interface key changes (other updates are
+    undone field by field and never resend a key), and the table's text only when the plan
+    loads the table whole. On 16k tenants each full read costs ~0.1-0.3 s, so a one-tenant
+    change reads neither.
+    """
+    priv: str | None = None
+    psks: dict[str, str] = {}
+    if plan is None or _undo_needs_keys(plan):
+        priv, psks = parse_wg_dump_secrets(runner.run(["wg", "show", interface, "dump"]).stdout)
+    fw_text = None
+    # Undoing an element-only change needs no text: it is the inverse element transaction.
+    if state.firewall is not None and (plan is None or any(
+            c.element_delta() is None for c in plan.of(ReplaceFirewall))):
+        fw_text = runner.run(["nft", "list", "table", FIREWALL_FAMILY, FIREWALL_TABLE]).stdout
+    content = None
+    if config_path is not None:
+        try:
+            content = config_path.read_bytes()
+        except FileNotFoundError:
+            content = None
+    return Snapshot(state, Secrets(priv, psks), fw_text, content)
+
+
+def _undo_needs_keys(plan: Plan) -> bool:
+    for c in plan.changes:
+        if isinstance(c, RemovePeer):
+            return True
+        if isinstance(c, UpdatePeer) and c.old.psk_digest != c.new.psk_digest:
+            return True
+        if isinstance(c, SetInterface) and (c.old is None or c.old.public_key != c.new.public_key):
+            return True
+    return False
+
+
+# ------------------------------------------------------------------- verify one change
+
+
+def observe_changes(runner: Runner, interface: str, plan: Plan, before: ObservedState,
+                    config_path: Path | None) -> ObservedState:
+    """`before` with everything `plan` touched read back from the host: the changed peers
+    (from one dump, only their lines parsed), all our routes when a route changed, each
+    changed element of the tenant map (`nft get element`, one small read per key instead of
+    listing 16k elements), and the config file's digest. What the plan did not touch is
+    taken from `before`; the engine uses this only right after a full observe verified it.
+
+    nft 1.0.6 reports an interval element by its start address: a LAN's prefix length is
+    not read back here (the next full cycle lists the whole table).
+    """
+    keys = {c.peer.public_key if isinstance(c, (AddPeer, RemovePeer)) else c.new.public_key
+            for c in plan.changes if isinstance(c, (AddPeer, RemovePeer, UpdatePeer))}
+    fw_change = plan.of(ReplaceFirewall)[-1] if plan.of(ReplaceFirewall) else None
+    map_keys = _changed_map_keys(fw_change) if fw_change is not None else set()
+
+    def read_peers() -> WgDump:
+        text = runner.run(["wg", "show", interface, "dump"]).stdout
+        lines = text.split("\n")
+        wanted = [ln for ln in lines[1:] if ln.split("\t", 1)[0] in keys]
+        return parse_wg_dump("\n".join([lines[0], *wanted]), psk_digest)
+
+    def read_routes() -> frozenset[Route]:
+        argv = ["ip", "-json", "route", "show", "table", "all", "dev", interface,
+                "proto", str(ROUTE_PROTO)]
+        return parse_routes(runner.run(argv).stdout, dev=interface, proto=ROUTE_PROTO)
+
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as pool:
+        peers_f = pool.submit(read_peers) if keys else None
+        route_change = any(isinstance(c, (AddRoute, DeleteRoute)) for c in plan.changes)
+        routes_f = pool.submit(read_routes) if route_change else None
+        elem_f = {key: pool.submit(read_map_element, runner, key) for key in sorted(map_keys)}
+        peers = dict(before.peers)
+        status = dict(before.peer_status)
+        if peers_f is not None:
+            dump = peers_f.result()
+            for key in keys:
+                if key in dump.peers:
+                    peers[key], status[key] = dump.peers[key], dump.status[key]
+                else:
+                    peers.pop(key, None)
+                    status.pop(key, None)
+        routes = routes_f.result() if routes_f is not None else before.routes
+        found = {key: f.result() for key, f in elem_f.items()}
+    firewall = before.firewall
+    if fw_change is not None:
+        firewall = _patched_firewall(before.firewall, fw_change, found)
+    config = None
+    if config_path is not None:
+        config = ConfigFile(str(config_path), read_config_digest(config_path))
+    return ObservedState(before.interface, peers, routes, firewall, config, peer_status=status)
+
+
+_GET_ELEMENT_RE = re.compile(r"elements = \{ ([0-9.]+)(?:/\d+)? : (\S+ \S+) \}")
+
+
+def _changed_map_keys(change: ReplaceFirewall) -> set[str]:
+    delta = change.element_delta()
+    assert delta is not None
+    return {str(e[2]) for e in delta[0] | delta[1]}
+
+
+def fast_verifiable(change: ReplaceFirewall, limit: int = 16) -> bool:
+    """Whether observe_changes can read this firewall change back: tenant-map elements only,
+    at most `limit` keys (more are cheaper to read as one listing)."""
+    delta = change.element_delta()
+    if delta is None:
+        return False
+    items = delta[0] | delta[1]
+    return all(e[1] == TENANT_MAP for e in items) and len({e[2] for e in items}) <= limit
+
+
+def read_map_element(runner: Runner, key: str) -> str | None:
+    """The verdict the tenant map holds for the element starting at `key`'s address, or None
+    when there is none (`nft get element` of a single address)."""
+    addr = key.split("/", 1)[0]
+    res = runner.run(["nft", "get", "element", FIREWALL_FAMILY, FIREWALL_TABLE, TENANT_MAP,
+                      "{", addr, "}"], check=False)
+    if res.returncode != 0:
+        if "No such file or directory" in res.stderr:
+            return None
+        raise CommandError(res.argv, res.returncode, res.stderr)
+    m = _GET_ELEMENT_RE.search(res.stdout)
+    if m is None:
+        raise ValueError(f"nft get element {addr}: unexpected output {res.stdout[:200]!r}")
+    return m.group(2) if m.group(1) == addr else None
+
+
+def _patched_firewall(before: Firewall | None, change: ReplaceFirewall,
+                      found: dict[str, str | None]) -> Firewall | None:
+    assert before is not None and change.new is not None
+    keys = set(found)
+    kept = {e for e in before.elements
+            if not (e[0] == "elem" and e[1] == TENANT_MAP and e[2] in keys)}
+    kept.update(("elem", TENANT_MAP, key, verdict) for key, verdict in found.items()
+                if verdict is not None)
+    if kept == change.new.elements:  # read back as planned: same table, same fingerprint
+        return Firewall(change.new.family, change.new.table, change.new.fingerprint,
+                        change.new.elements)
+    return firewall_from_elements(kept, family=before.family, table=before.table)

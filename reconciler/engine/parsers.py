@@ -1,0 +1,415 @@
+"""Pure parsers for what `wg`, `ip -json` and `nft -j` print. No processes, no I/O.
+
+Each is tested on captured real output in tests/fixtures/. They return the canonical forms of
+`reconciler.engine.hoststate`, so observed and desired state compare with `==`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.engine.hoststate import (
+    FIREWALL_FAMILY,
+    FIREWALL_TABLE,
+    ROUTE_PROTO,
+    ROUTE_PROTO_NAME,
+    Firewall,
+    Peer,
+    PeerStatus,
+    Route,
+    canonical_cidr,
+    canonical_ips,
+)
+from reconciler.engine.wgkeys import public_key
+
+NONE = "(none)"
+
+
+class ParseError(ValueError):
+    """Output did not have the shape the parser knows; names what and where."""
+
+
+# ---------------------------------------------------------------------------- wg show dump
+
+
+@dataclass(frozen=True)
+class WgInterfaceLine:
+    public_key: str | None
+    listen_port: int
+    fwmark: int  # 0 = off
+    has_private_key: bool
+
+
+@dataclass(frozen=True)
+class WgDump:
+    interface: WgInterfaceLine
+    peers: dict[str, Peer]
+    status: dict[str, PeerStatus]
+
+
+def _wg_lines(text: str) -> list[list[str]]:
+    rows = [line.split("\t") for line in text.splitlines() if line.strip()]
+    if not rows:
+        raise ParseError("wg show dump: empty output (no interface line)")
+    if len(rows[0]) != 4:
+        raise ParseError(f"wg show dump line 1: expected 4 fields, got {len(rows[0])}")
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != 8:
+            raise ParseError(f"wg show dump line {n}: expected 8 fields, got {len(row)}")
+    return rows
+
+
+def parse_wg_dump(text: str, psk_digest: Callable[[str], str]) -> WgDump:
+    """`wg show <if> dump`: first line interface, then one line per peer.
+
+    Preshared keys are reduced to `psk_digest(key)` at once; the key is never kept.
+    """
+    rows = _wg_lines(text)
+    priv, pub, port, fwmark = rows[0]
+    iface = WgInterfaceLine(
+        public_key=None if pub == NONE else pub,
+        listen_port=int(port),
+        fwmark=0 if fwmark == "off" else int(fwmark, 0),
+        has_private_key=priv != NONE,
+    )
+    peers: dict[str, Peer] = {}
+    status: dict[str, PeerStatus] = {}
+    for key, psk, endpoint, allowed, handshake, rx, tx, keepalive in rows[1:]:
+        peers[key] = Peer(
+            public_key=key,
+            allowed_ips=() if allowed == NONE else canonical_ips(allowed.split(",")),
+            psk_digest=None if psk == NONE else psk_digest(psk),
+            keepalive=0 if keepalive == "off" else int(keepalive),
+        )
+        status[key] = PeerStatus(key, None if endpoint == NONE else endpoint, int(handshake),
+                                 int(rx), int(tx))
+    return WgDump(iface, peers, status)
+
+
+def parse_wg_dump_secrets(text: str) -> tuple[str | None, dict[str, str]]:
+    """The private key and every peer's PSK from a dump, for the in-memory rollback snapshot."""
+    rows = _wg_lines(text)
+    priv = rows[0][0]
+    psks = {row[0]: row[1] for row in rows[1:] if row[1] != NONE}
+    return (None if priv == NONE else priv), psks
+
+
+# ------------------------------------------------------------------------- UAPI (get=1)
+
+ZERO_KEY_HEX = "0" * 64
+
+
+def hex_to_b64(value: str) -> str:
+    return base64.b64encode(bytes.fromhex(value)).decode()
+
+
+def b64_to_hex(value: str) -> str:
+    return base64.b64decode(value).hex()
+
+
+def parse_uapi_get(text: str, psk_digest: Callable[[str], str]) -> WgDump:
+    """wireguard-go's `get=1` reply: the same facts as the dump, as key=value lines, hex keys."""
+    listen_port, fwmark, has_priv = 0, 0, False
+    peers: dict[str, Peer] = {}
+    status: dict[str, PeerStatus] = {}
+    cur: dict[str, Any] | None = None
+
+    def flush() -> None:
+        if cur is None:
+            return
+        key = cur["key"]
+        psk = cur.get("psk")
+        peers[key] = Peer(key, canonical_ips(cur.get("ips", ())),
+                          None if psk in (None, ZERO_KEY_HEX) else psk_digest(hex_to_b64(psk)),
+                          int(cur.get("keepalive", 0)))
+        status[key] = PeerStatus(key, cur.get("endpoint"), int(cur.get("hs", 0)),
+                                 int(cur.get("rx", 0)), int(cur.get("tx", 0)))
+
+    priv_hex = ""
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line:
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise ParseError(f"uapi get line {n}: no '=' in {line[:40]!r}")
+        if name == "private_key":
+            priv_hex, has_priv = value, value != ZERO_KEY_HEX
+        elif name == "listen_port":
+            listen_port = int(value)
+        elif name == "fwmark":
+            fwmark = int(value)
+        elif name == "public_key":
+            flush()
+            cur = {"key": hex_to_b64(value), "ips": []}
+        elif cur is not None:
+            field_map = {"preshared_key": "psk", "endpoint": "endpoint",
+                         "last_handshake_time_sec": "hs", "rx_bytes": "rx", "tx_bytes": "tx",
+                         "persistent_keepalive_interval": "keepalive"}
+            if name == "allowed_ip":
+                cur["ips"].append(value)
+            elif name in field_map:
+                cur[field_map[name]] = value
+    flush()
+    # get=1 does not print the public key: derive it, as `wg show` does.
+    pub = public_key(hex_to_b64(priv_hex)) if has_priv else None
+    return WgDump(WgInterfaceLine(pub, listen_port, fwmark, has_priv), peers, status)
+
+
+# ------------------------------------------------------------------------------ ip -json
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    name: str
+    mtu: int
+    up: bool  # administratively up (IFF_UP), not operstate: wireguard reports UNKNOWN
+    addresses: tuple[str, ...]  # IPv4 "addr/prefix", sorted; link-local IPv6 is not ours
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"{what}: not JSON ({exc})") from None
+
+
+def parse_ip_addr(text: str) -> LinkInfo | None:
+    """`ip -json addr show dev <if>`: one link with its flags, mtu and addresses."""
+    data = _json(text, "ip -json addr")
+    if not data:
+        return None
+    link = data[0]
+    addrs = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+             if a.get("family") == "inet"]
+    addrs = sorted(str(ipaddress.ip_interface(a)) for a in addrs)
+    return LinkInfo(link["ifname"], int(link["mtu"]), "UP" in link.get("flags", []), tuple(addrs))
+
+
+# Names `ip` prints for route protocols (rtnetlink.h and /etc/iproute2/rt_protos).
+_PROTO_NAMES = {"redirect": 1, "kernel": 2, "boot": 3, "static": 4, "gated": 8, "ra": 9,
+                "mrt": 10, "zebra": 11, "bird": 12, "dnrouted": 13, "xorp": 14, "ntk": 15,
+                "dhcp": 16, "keepalived": 18, "babel": 42, "openr": 99, "bgp": 186,
+                "isis": 187, "ospf": 188, "rip": 189, "eigrp": 192,
+                ROUTE_PROTO_NAME: ROUTE_PROTO}
+_UNICAST = {None, "unicast", "1"}
+
+
+def _proto_number(value: Any) -> int:
+    text = str(value)
+    if text.isdigit():
+        return int(text)
+    return _PROTO_NAMES.get(text, -1)
+
+
+def parse_routes(text: str, *, dev: str | None = None, proto: int | None = None) -> frozenset[Route]:
+    """`ip -json route show [table all] [dev D] [proto P]`.
+
+    `ip` leaves out the keys it filtered on (dev, protocol) and `table` for main, so the filter
+    values are passed in as defaults. Local/broadcast/multicast entries are not routes we own
+    and are skipped.
+    """
+    out: set[Route] = set()
+    for r in _json(text, "ip -json route"):
+        if r.get("type") not in _UNICAST:
+            continue
+        dst = r.get("dst")
+        if dst in (None, "default"):
+            dst = "0.0.0.0/0" if "." in str(r.get("gateway", ".")) else "::/0"
+        route_dev = r.get("dev", dev)
+        if route_dev is None:
+            continue  # e.g. multipath without a single device: never one of ours
+        table = str(r.get("table", "main"))
+        table = "main" if table == "254" else table
+        proto_value = r.get("protocol", proto if proto is not None else "boot")
+        out.add(Route(canonical_cidr(dst), route_dev, table, _proto_number(proto_value)))
+    return frozenset(out)
+
+
+# ------------------------------------------------------------------------------- nft -j
+
+_TAG_RE = re.compile(r"\btc:([0-9a-f]+)\b")
+
+
+def rule_tag(rule_text: str) -> str:
+    """Short hash of a rule's text, carried in its comment so observe can tell rules apart."""
+    return hashlib.sha256(" ".join(rule_text.split()).encode()).hexdigest()[:10]
+
+
+def _nft_value(value: Any) -> str:
+    """A set key or map value from nft JSON, as canonical text."""
+    if isinstance(value, str):
+        if value.startswith("@"):
+            return value
+        try:
+            return canonical_cidr(value)
+        except ValueError:
+            return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, dict):
+        if "elem" in value:  # element carrying attributes (counter, timeout, comment)
+            return _nft_value(value["elem"].get("val"))
+        if "prefix" in value:
+            p = value["prefix"]
+            return canonical_cidr(f"{p['addr']}/{p['len']}")
+        if "range" in value:
+            lo, hi = (_nft_value(v).split("/")[0] for v in value["range"])
+            try:
+                nets = list(ipaddress.summarize_address_range(ipaddress.ip_address(lo),
+                                                              ipaddress.ip_address(hi)))
+                if len(nets) == 1:
+                    return str(nets[0])
+            except (ValueError, TypeError):
+                pass
+            return f"{lo}-{hi}"
+        for verdict in ("jump", "goto"):
+            if verdict in value:
+                return f"{verdict} {value[verdict]['target']}"
+        if len(value) == 1:
+            (k, v), = value.items()
+            if v is None:  # {"accept": null}
+                return str(k)
+        return json.dumps(value, sort_keys=True)
+    return json.dumps(value, sort_keys=True)
+
+
+def nft_table_absent(stderr: str) -> bool:
+    """Does `nft list table` stderr say the table does not exist (as opposed to failing)?"""
+    return "No such file or directory" in stderr
+
+
+def firewall_from_elements(elements: Iterable[tuple[str | int, ...]], text: str = "",
+                           family: str = FIREWALL_FAMILY, table: str = FIREWALL_TABLE) -> Firewall:
+    frozen = frozenset(elements)
+    digest = _digests.get(frozen)
+    if digest is None:
+        digest = Firewall.digest(frozen)
+        if len(_digests) >= 4:
+            _digests.pop(next(iter(_digests)))
+        _digests[frozen] = digest
+    return Firewall(family, table, digest, frozen, text)
+
+
+# The last few tables' fingerprints: an unchanged table (every no-op cycle) is not sorted and
+# hashed again. A frozenset caches its own hash, so a hit costs one set comparison.
+_digests: dict[frozenset[tuple[str | int, ...]], str] = {}
+
+
+def parse_nft_table(text: str, family: str = FIREWALL_FAMILY,
+                    table: str = FIREWALL_TABLE) -> Firewall | None:
+    """`nft -j list table <family> <table>` -> canonical Firewall; empty output -> None.
+
+    Rules are identified by the tag in their comment (see `rule_tag`), not by their JSON
+    expression, so the rendered text and the listing reduce to the same elements. A rule
+    without our tag (added by hand) gets a tag derived from its expression: it still
+    shows up as drift.
+    """
+    if not text.strip():
+        return None
+    data = _json(text, "nft -j list table")
+    if not isinstance(data, dict) or "nftables" not in data:
+        raise ParseError("nft -j: no 'nftables' array")
+    elements: set[tuple[str | int, ...]] = set()
+    rule_index: dict[str, int] = {}
+    found = False
+    for obj in data["nftables"]:
+        (kind, body), = obj.items()
+        if kind == "metainfo":
+            continue
+        if body.get("family") != family or body.get("name" if kind == "table" else "table") != table:
+            continue
+        if kind == "table":
+            found = True
+        elif kind == "chain":
+            elements.add(_chain_element(body))
+        elif kind in ("map", "set"):
+            flags = ",".join(sorted(body.get("flags", [])))
+            key_type = body["type"] if isinstance(body["type"], str) else ".".join(body["type"])
+            name = body["name"]
+            elements.add((kind, name, key_type, str(body.get("map", "")), flags))
+            for elem in body.get("elem", []):
+                if isinstance(elem, list):
+                    key, value = elem[0], elem[1]
+                    # The tenant map's 16k entries: a plain address key, a jump verdict.
+                    if isinstance(key, str) and isinstance(value, dict) and len(value) == 1 \
+                            and "jump" in value and key[:1].isdigit():
+                        elements.add(("elem", name, _nft_value(key),
+                                      "jump " + value["jump"]["target"]))
+                    else:
+                        elements.add(("elem", name, _nft_value(key), _nft_value(value)))
+                else:
+                    elements.add(("elem", name, _nft_value(elem), ""))
+        elif kind == "rule":
+            chain = body["chain"]
+            idx = rule_index.get(chain, 0)
+            rule_index[chain] = idx + 1
+            m = _TAG_RE.search(body.get("comment", ""))
+            tag = m.group(1) if m else "x" + hashlib.sha256(
+                json.dumps(body.get("expr"), sort_keys=True).encode()).hexdigest()[:9]
+            elements.add(("rule", chain, idx, tag))
+        else:  # counters, quotas, flowtables, ct helpers...: we never make them, so any is drift
+            elements.add(("object", kind, str(body.get("name", ""))))
+    if not found:
+        return None
+    return firewall_from_elements(elements, family=family, table=table)
+
+
+def _chain_element(body: dict[str, Any]) -> tuple[str | int, ...]:
+    if "hook" in body:
+        return ("chain", body["name"], body.get("type", ""), body["hook"], int(body.get("prio", 0)),
+                body.get("policy", "accept"))
+    return ("chain", body["name"])
+
+
+_CHAIN_RE = re.compile(r"^\s*chain\s+(\S+)\s*\{")
+_MAP_RE = re.compile(r"^\s*(map|set)\s+(\S+)\s*\{")
+_BASE_RE = re.compile(
+    r"^\s*type\s+(\w+)\s+hook\s+(\w+)\s+priority\s+(-?\d+)\s*;\s*policy\s+(\w+)\s*;")
+_TYPE_RE = re.compile(r"^\s*type\s+(\S+)(?:\s*:\s*(\S+))?\s*$")
+_FLAGS_RE = re.compile(r"^\s*flags\s+(.+?)\s*;?\s*$")
+
+
+def rendered_structure(text: str) -> set[tuple[str | int, ...]]:
+    """Chains, rules and set declarations from OUR rendered table text (not general nft syntax).
+
+    The template writes base chains as `type T hook H priority <number>; policy P;` on one
+    line, tags every rule with `comment "tc:<tag>"`, and declares maps with `type K : V` and
+    `flags ...` lines. Elements are not read from the text: the renderer knows them already.
+    """
+    out: set[tuple[str | int, ...]] = set()
+    chain: str | None = None
+    base: tuple[str | int, ...] | None = None
+    current_map: list[str] | None = None
+    idx = 0
+    for line in text.splitlines():
+        if (m := _CHAIN_RE.match(line)):
+            if chain is not None:
+                out.add(base or ("chain", chain))
+            chain, base, idx, current_map = m.group(1), None, 0, None
+        elif (m := _MAP_RE.match(line)):
+            if chain is not None:
+                out.add(base or ("chain", chain))
+                chain = None
+            current_map = [m.group(1), m.group(2), "", "", ""]
+        elif current_map is not None and (m := _TYPE_RE.match(line)):
+            current_map[2], current_map[3] = m.group(1), m.group(2) or ""
+        elif current_map is not None and (m := _FLAGS_RE.match(line)):
+            current_map[4] = ",".join(sorted(f.strip() for f in m.group(1).split(",")))
+        elif current_map is not None and line.strip() == "}":
+            out.add(tuple(current_map))
+            current_map = None
+        elif chain is not None and (m := _BASE_RE.match(line)):
+            base = ("chain", chain, m.group(1), m.group(2), int(m.group(3)), m.group(4))
+        elif chain is not None and (m := _TAG_RE.search(line)):
+            out.add(("rule", chain, idx, m.group(1)))
+            idx += 1
+    if chain is not None:
+        out.add(base or ("chain", chain))
+    return out

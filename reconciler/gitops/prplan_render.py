@@ -1,0 +1,188 @@
+"""Renderers for a RepoDiff: terminal text, JSON (machines), markdown (the pull-request comment).
+
+Pure functions of the diff, deterministic (sorted orgs and tunnels) so golden files can pin them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from reconciler.gitops.prplan import FieldChange, GatewayChange, RepoDiff, TunnelChange, TunnelView
+
+SYMBOL = {"add": "+", "remove": "-", "change": "~"}
+# Tunnel fields shown as columns in the markdown tables; others go to the "Other changes" column.
+COLUMNS = ("subnet", "address", "lans", "services", "status")
+
+
+def _field_line(f: FieldChange) -> str:
+    if f.field == "psk_rotation":
+        return f"psk_rotation: {f.old} -> {f.new} (preshared key rotates; it is never shown)"
+    return f"{f.field}: {f.old} -> {f.new}"
+
+
+def _brief(v: TunnelView) -> str:
+    return (f"{v.subnet}  address {v.address}  lans {v.value('lans')}  "
+            f"services {v.value('services')}  status {v.status}")
+
+
+# ---- text --------------------------------------------------------------------------------------
+
+
+def render_text(diff: RepoDiff) -> str:
+    lines = [(f"tunnelctl plan: {diff.base.name} ({diff.base.short}) -> "
+             f"{diff.head.name} ({diff.head.short})"), ""]
+    for g in diff.gateway_changes:
+        lines.append(f"Gateway {g.name}")
+        if g.action != "change":
+            lines.append(f"  {SYMBOL[g.action]} gateway {g.name}")
+        lines.extend(f"  ~ {_field_line(f)}" for f in g.fields)
+        lines.append("")
+    for org in diff.orgs:
+        lines.append(f"Org {org}")
+        for c in diff.for_org(org):
+            if c.action == "change":
+                lines.append(f"  ~ {c.ident}  {c.view.subnet}")
+                lines.extend(f"      {_field_line(f)}" for f in c.fields)
+            else:
+                lines.append(f"  {SYMBOL[c.action]} {c.ident}  {_brief(c.view)}")
+        lines.append("")
+    if diff.unevaluated_orgs:
+        lines.append("Not evaluated (these orgs do not load at head): "
+                     + ", ".join(diff.unevaluated_orgs))
+        lines.append("")
+    if diff.warnings:
+        lines.append("Warnings:")
+        lines.extend(f"  ! {w.subject}: {w.message}" for w in diff.warnings)
+        lines.append("")
+    if diff.problems:
+        lines.append("Validation problems at head (this change cannot be applied):")
+        lines.extend(f"  x {p}" for p in diff.problems)
+        lines.append("")
+    if diff.has_changes:
+        lines.append(f"Plan: {diff.summary()}.")
+    else:
+        lines.append(f"No changes: the desired state is identical ({diff.head_tunnels} tunnels).")
+    return "\n".join(lines) + "\n"
+
+
+# ---- json --------------------------------------------------------------------------------------
+
+
+def _view_json(v: TunnelView | None) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    return {"subnet": v.subnet, "address": v.address, "gateway": v.gateway, "lans": list(v.lans),
+            "services": list(v.services), "status": v.status, "public_key": v.public_key,
+            "persistent_keepalive": v.persistent_keepalive, "psk_rotation": v.psk_rotation,
+            "revoked_at": v.revoked_at or None, "notes": v.notes}
+
+
+def _change_json(c: TunnelChange) -> dict[str, Any]:
+    return {"action": c.action, "tunnel": c.ident, "before": _view_json(c.before),
+            "after": _view_json(c.after),
+            "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in c.fields]}
+
+
+def _gateway_json(g: GatewayChange) -> dict[str, Any]:
+    return {"action": g.action, "gateway": g.name,
+            "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in g.fields]}
+
+
+def to_json_data(diff: RepoDiff) -> dict[str, Any]:
+    return {
+        "base": {"ref": diff.base.name, "commit": diff.base.commit},
+        "head": {"ref": diff.head.name, "commit": diff.head.commit},
+        "valid": diff.ok,
+        "has_changes": diff.has_changes,
+        "summary": {"add": diff.count("add"), "change": diff.count("change"),
+                    "remove": diff.count("remove"), "gateway_changes": len(diff.gateway_changes),
+                    "base_tunnels": diff.base_tunnels, "head_tunnels": diff.head_tunnels},
+        "orgs": {org: [_change_json(c) for c in diff.for_org(org)] for org in diff.orgs},
+        "gateways": [_gateway_json(g) for g in diff.gateway_changes],
+        "warnings": [{"subject": w.subject, "kind": w.kind, "message": w.message}
+                     for w in diff.warnings],
+        "problems": list(diff.problems),
+        "unevaluated_orgs": list(diff.unevaluated_orgs),
+    }
+
+
+def render_json(diff: RepoDiff) -> str:
+    return json.dumps(to_json_data(diff), indent=2) + "\n"
+
+
+# ---- markdown ----------------------------------------------------------------------------------
+
+
+def _md(text: str) -> str:
+    """Escape a value for a markdown table cell."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _cell(c: TunnelChange, name: str) -> str:
+    changed = next((f for f in c.fields if f.field == name), None)
+    if changed is not None:
+        return f"~~{_md(changed.old)}~~ → **{_md(changed.new)}**"
+    return _md(c.view.value(name))
+
+
+def _org_table(diff: RepoDiff, org: str) -> list[str]:
+    lines = ["| | Tunnel | Subnet | Address | LANs | Services | Status | Other changes |",
+             "|:-:|:--|:--|:--|:--|:--|:--|:--|"]
+    for c in diff.for_org(org):
+        other = "<br>".join(_md(_field_line(f)) for f in c.fields if f.field not in COLUMNS)
+        if c.action == "add" and c.view.notes:
+            other = f"notes: {_md(c.view.notes)}"
+        cells = " | ".join(_cell(c, n) for n in COLUMNS)
+        lines.append(f"| `{SYMBOL[c.action]}` | `{c.view.name}` | {cells} | {other or ''} |")
+    return lines
+
+
+def render_markdown(diff: RepoDiff) -> str:
+    if not diff.ok:
+        title = "validation failed"
+    elif diff.has_changes:
+        title = diff.summary()
+    else:
+        title = "no changes"
+    lines = [f"### tunnelctl plan: {title}", "",
+             (f"Desired state of `{_md(diff.head.name)}` (`{diff.head.short}`) against "
+             f"`{_md(diff.base.name)}` (`{diff.base.short}`): "
+             f"{diff.base_tunnels} → {diff.head_tunnels} tunnels."), ""]
+    if diff.problems:
+        lines += ["> [!CAUTION]", "> **Validation failed at head**: this change cannot be applied.",
+                  *(f"> - `{_md(p)}`" for p in diff.problems), ""]
+    if diff.warnings:
+        lines += ["> [!WARNING]", f"> **{len(diff.warnings)} risky change(s)**",
+                  *(f"> - **{_md(w.subject)}**: {_md(w.message)}" for w in diff.warnings), ""]
+    if diff.orgs:
+        lines += ["| Org | Added | Changed | Removed |", "|:--|--:|--:|--:|"]
+        for org in diff.orgs:
+            changes = diff.for_org(org)
+            counts = [sum(1 for c in changes if c.action == a) for a in ("add", "change", "remove")]
+            lines.append(f"| {org} | {counts[0]} | {counts[1]} | {counts[2]} |")
+        lines.append(f"| **total** | **{diff.count('add')}** | **{diff.count('change')}** | "
+                     f"**{diff.count('remove')}** |")
+        lines.append("")
+    for g in diff.gateway_changes:
+        lines += [f"#### Gateway `{g.name}`", ""]
+        if g.action != "change":
+            lines += [f"Gateway file {'added' if g.action == 'add' else 'removed'}.", ""]
+        else:
+            lines += ["| Field | Before | After |", "|:--|:--|:--|",
+                      *(f"| {f.field} | {_md(f.old)} | {_md(f.new)} |" for f in g.fields), ""]
+    for org in diff.orgs:
+        lines += [f"#### {org}", "", *_org_table(diff, org), ""]
+    if diff.unevaluated_orgs:
+        lines += ["Not evaluated (do not load at head): "
+                  + ", ".join(f"`{o}`" for o in diff.unevaluated_orgs), ""]
+    lines.append("<sub>Preshared keys never appear here: they are derived on each host.</sub>")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS: dict[str, Callable[[RepoDiff], str]] = {
+    "text": render_text,
+    "json": render_json,
+    "markdown": render_markdown,
+}

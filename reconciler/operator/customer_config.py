@@ -1,0 +1,330 @@
+"""Customer-side configuration for one tunnel, in the formats ops hand to customers.
+
+Runs on the cloud host: the preshared key is derived from the host secret (reconciler.engine.psk) and is
+shown only here. The gateway's private key is read only to compute its public key when
+gateway.yaml lacks one; it never leaves `cloud_public_key()`.
+
+Two production bugs of the hand-built system this project replaces shaped this module:
+- every customer talks to the one cloud tunnel address (gateway.address, 10.20.0.1), whatever its
+  own /30, so the cloud address is always `gateway.address.ip`, never derived from the subnet;
+- the cloud's public IP in the customer's AllowedIPs makes routers (GWN7002) loop, so AllowedIPs is
+  the cloud address /32 plus the gateway's routed ranges, and `customer_allowed_ips` refuses any
+  set that would cover the endpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import jinja2
+
+from reconciler.engine import psk, wgkeys
+from reconciler.engine.templates import template_dir
+from reconciler.repo.model import Gateway, Tunnel, TunnelStatus
+from reconciler.repo.state import RepoState, load_repo
+
+TEXT_FORMATS = ("wg-quick", "mikrotik", "gdms")
+FORMATS = (*TEXT_FORMATS, "qr")
+TEMPLATE_FILES = {"wg-quick": "wg-quick.conf.j2", "mikrotik": "mikrotik.rsc.j2", "gdms": "gdms.txt.j2"}
+DEFAULT_SECRET_DIR = Path("/etc/tunnelctl")
+
+
+class CustomerConfigError(Exception):
+    """A customer config cannot be produced; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ServiceLine:
+    name: str
+    proto: str
+    ports: str
+    description: str
+
+
+@dataclass(frozen=True)
+class CustomerConfig:
+    """Every value a customer router needs, already checked. Holds the PSK: never log it."""
+
+    org: str
+    name: str
+    gateway: str
+    customer_public_key: str
+    customer_address: IPv4Interface  # the customer's .2 in its /30
+    cloud_address: IPv4Address  # the one address every customer talks to
+    cloud_public_key: str
+    preshared_key: str
+    endpoint: str
+    endpoint_host: str
+    endpoint_port: int
+    allowed_ips: tuple[IPv4Network, ...]
+    routed_ranges: tuple[IPv4Network, ...]
+    persistent_keepalive: int
+    mtu: int
+    lans: tuple[IPv4Network, ...]
+    services: tuple[ServiceLine, ...]
+
+    @property
+    def ident(self) -> str:
+        return f"{self.org}/{self.name}"
+
+    @property
+    def interface_name(self) -> str:
+        """Suggested interface name on the customer router (Linux limit: 15 characters)."""
+        return f"wg-{self.gateway}"[:15]
+
+    @property
+    def netmask(self) -> str:
+        return str(self.customer_address.netmask)
+
+    def __repr__(self) -> str:  # keep the PSK out of tracebacks and debug output
+        return f"CustomerConfig({self.ident!r}, gateway={self.gateway!r})"
+
+
+def customer_allowed_ips(gateway: Gateway) -> tuple[IPv4Network, ...]:
+    """AllowedIPs for the cloud peer on the customer side: cloud address /32 + routed ranges.
+
+    Raises CustomerConfigError when that set would cover the gateway's public endpoint, which
+    would route the tunnel's own packets into the tunnel.
+    """
+    allowed = (IPv4Network(f"{gateway.address.ip}/32"), *gateway.routed_ranges)
+    try:
+        endpoint_ip = ipaddress.ip_address(gateway.endpoint_host)
+    except ValueError:
+        endpoint_ip = None  # a DNS name: nothing to compare without resolving it
+    if endpoint_ip is not None:
+        covering = [str(n) for n in allowed if endpoint_ip in n]
+        if covering:
+            raise CustomerConfigError(
+                f"gateway {gateway.name}: AllowedIPs {', '.join(covering)} would cover the "
+                f"endpoint {endpoint_ip}; customer routers would loop. Remove it from "
+                "routed_ranges in the gateway file."
+            )
+    return allowed
+
+
+def cloud_public_key(gateway: Gateway, secret_dir: Path) -> str:
+    """gateway.yaml's public_key, else the one derived from the host's private key file."""
+    if gateway.public_key:
+        return gateway.public_key
+    key_file = secret_dir / "private.key"
+    try:
+        private = key_file.read_text().strip()
+    except OSError as exc:
+        raise CustomerConfigError(
+            f"gateway {gateway.name} has no public_key in its gateway file and {key_file} "
+            f"cannot be read ({exc.strerror}); run 'tunnelctl bootstrap' on the host and put the "
+            "public key it prints into the gateway file"
+        ) from None
+    try:
+        return wgkeys.public_key(private)
+    except ValueError:
+        raise CustomerConfigError(f"{key_file} does not hold a WireGuard private key") from None
+
+
+def find_tunnel(state: RepoState, ident: str, gateway: str | None = None) -> tuple[Tunnel, Gateway]:
+    """The tunnel `org/name` and its gateway, or a CustomerConfigError saying what is wrong."""
+    org, sep, name = ident.partition("/")
+    if not sep or not org or not name:
+        raise CustomerConfigError(f"{ident!r}: give the tunnel as ORG/NAME, e.g. acme-voip/hq")
+    tunnel = next((t for t in state.tunnels if t.org == org and t.name == name), None)
+    if tunnel is None:
+        own = [p for p in state.problems if p.org in (org, None)]
+        if own:
+            raise CustomerConfigError(
+                f"{ident} is not usable: the repository has problems (org {org} or gateway):\n"
+                + "\n".join(f"  {p}" for p in own)
+            )
+        known = ", ".join(sorted(t.ident for t in state.tunnels if t.org == org)) or "none"
+        raise CustomerConfigError(f"no tunnel {ident} in the repository (tunnels of {org}: {known})")
+    if gateway is not None and tunnel.gateway != gateway:
+        raise CustomerConfigError(f"{ident} belongs to gateway {tunnel.gateway}, not {gateway}")
+    if tunnel.status is not TunnelStatus.active:
+        raise CustomerConfigError(
+            f"{ident} is {tunnel.status.value}: the cloud does not accept this tunnel, so a "
+            "customer config would not work. Set 'status: active' in its file first."
+        )
+    gw = state.gateways.get(tunnel.gateway)
+    if gw is None:
+        raise CustomerConfigError(f"{ident} names gateway {tunnel.gateway}, which has no gateway file")
+    return tunnel, gw
+
+
+def build(tunnel: Tunnel, gateway: Gateway, host_secret: bytes, cloud_key: str) -> CustomerConfig:
+    """Pure: the customer config of an active tunnel."""
+    if tunnel.status is not TunnelStatus.active:
+        raise CustomerConfigError(f"{tunnel.ident} is {tunnel.status.value}")
+    _host, _, port = gateway.endpoint.rpartition(":")
+    names = tunnel.services if tunnel.services is not None else gateway.default_services
+    services = tuple(
+        ServiceLine(n, gateway.services[n].proto,
+                    ",".join(str(r) for r in gateway.services[n].ports),
+                    gateway.services[n].description)
+        for n in names if n in gateway.services
+    )
+    return CustomerConfig(
+        org=tunnel.org,
+        name=tunnel.name,
+        gateway=gateway.name,
+        customer_public_key=tunnel.public_key,
+        customer_address=IPv4Interface(f"{tunnel.customer_address}/{tunnel.subnet.prefixlen}"),
+        cloud_address=gateway.address.ip,
+        cloud_public_key=cloud_key,
+        preshared_key=psk.derive_psk(host_secret, tunnel.org, tunnel.name, tunnel.psk_rotation),
+        endpoint=gateway.endpoint,
+        endpoint_host=gateway.endpoint_host,
+        endpoint_port=int(port),
+        allowed_ips=customer_allowed_ips(gateway),
+        routed_ranges=tuple(gateway.routed_ranges),
+        persistent_keepalive=tunnel.persistent_keepalive,
+        mtu=gateway.mtu,
+        lans=tuple(tunnel.lans),
+        services=services,
+    )
+
+
+def load(repo_path: Path, ident: str, *, gateway: str | None = None,
+         secret_dir: Path = DEFAULT_SECRET_DIR) -> CustomerConfig:
+    """Load the repo and the host secret, and build the customer config of `ident`."""
+    tunnel, gw = find_tunnel(load_repo(repo_path), ident, gateway)
+    secret_file = secret_dir / "psk.secret"
+    try:
+        host_secret = psk.read_host_secret(secret_file)
+    except FileNotFoundError:
+        raise CustomerConfigError(
+            f"{secret_file} does not exist: customer configs are made on the cloud host (the "
+            "preshared key is derived from its secret); run there, or pass --secret-dir"
+        ) from None
+    except PermissionError:
+        raise CustomerConfigError(f"{secret_file}: permission denied (run as root)") from None
+    except ValueError as exc:
+        raise CustomerConfigError(str(exc)) from None
+    return build(tunnel, gw, host_secret, cloud_public_key(gw, secret_dir))
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir() / "customer")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # plain-text configs, not HTML
+    )
+
+
+def _step_counter() -> Callable[[], int]:
+    count = 0
+
+    def step() -> int:
+        nonlocal count
+        count += 1
+        return count
+
+    return step
+
+
+def render(config: CustomerConfig, fmt: str, *, compact: bool = False) -> str:
+    """Render one text format. `compact` drops the explanatory comments (for the QR code)."""
+    if fmt not in TEMPLATE_FILES:
+        raise CustomerConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    template = _environment().get_template(TEMPLATE_FILES[fmt])
+    text = template.render(c=config, compact=compact, step=_step_counter())
+    _assert_endpoint_not_allowed(text, config)
+    return text
+
+
+_CIDR_RE = re.compile(r"\b(\d{1,3}(?:\.\d{1,3}){3})(/\d{1,2})?\b")
+_ALLOWED_MARKERS = ("allowedips", "allowed-address", "allowed ips")
+
+
+def _assert_endpoint_not_allowed(text: str, config: CustomerConfig) -> None:
+    """Belt and braces for the routing-loop bug: no AllowedIPs line of any format covers the
+    cloud's public endpoint."""
+    try:
+        endpoint_ip: IPv4Address | None = IPv4Address(config.endpoint_host)
+    except ValueError:
+        endpoint_ip = None
+    for line in text.splitlines():
+        if not any(m in line.lower() for m in _ALLOWED_MARKERS):
+            continue
+        if endpoint_ip is None:
+            if config.endpoint_host in line and not line.lstrip().startswith("#"):
+                raise AssertionError(f"endpoint {config.endpoint_host} in AllowedIPs: {line!r}")
+            continue
+        for addr, prefix in _CIDR_RE.findall(line):
+            if prefix and endpoint_ip in IPv4Network(addr + prefix, strict=False):
+                raise AssertionError(f"AllowedIPs covers the endpoint {endpoint_ip}: {line!r}")
+
+
+@dataclass(frozen=True)
+class QrCode:
+    png: bytes
+    terminal: str  # half-block text drawing, printable on any UTF-8 terminal
+
+
+def render_qr(config: CustomerConfig) -> QrCode:
+    """QR code of the compact wg-quick config, as PNG bytes and as a terminal drawing."""
+    import qrcode
+    from qrcode.image.pure import PyPNGImage
+
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_L, border=2)
+    qr.add_data(render(config, "wg-quick", compact=True))
+    qr.make(fit=True)
+    png = io.BytesIO()
+    qr.make_image(image_factory=PyPNGImage).save(png)
+    text = io.StringIO()
+    qr.print_ascii(out=text, invert=True)
+    return QrCode(png.getvalue(), text.getvalue())
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write an export (it holds the PSK) readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode otherwise
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+@dataclass(frozen=True)
+class WgQuickParts:
+    """A wg-quick file split as wg-quick does: `wg setconf` text plus what wg-quick applies itself."""
+
+    setconf: str
+    addresses: tuple[IPv4Interface, ...]
+    mtu: int | None
+
+
+_WG_QUICK_ONLY = {"address", "dns", "mtu", "table", "preup", "postup", "predown", "postdown",
+                  "saveconfig"}
+
+
+def wg_quick_strip(text: str) -> WgQuickParts:
+    """Pure: `wg-quick strip` semantics, keeping the stripped Address and MTU values."""
+    kept: list[str] = []
+    addresses: list[IPv4Interface] = []
+    mtu: int | None = None
+    section = ""
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            section = line.lower()
+            kept.append(line)
+            continue
+        key, _, value = (part.strip() for part in line.partition("="))
+        if section == "[interface]" and key.lower() in _WG_QUICK_ONLY:
+            if key.lower() == "address":
+                addresses.extend(IPv4Interface(a.strip()) for a in value.split(","))
+            elif key.lower() == "mtu":
+                mtu = int(value)
+            continue
+        kept.append(f"{key} = {value}")
+    return WgQuickParts("\n".join(kept) + "\n", tuple(addresses), mtu)

@@ -1,0 +1,301 @@
+"""Rules that need more than one file: tunnel vs its gateway, and tunnels against each other.
+
+Input are models that already passed the single-file stage. Output are Findings: a path, the
+location of the offending key inside that file, and a message. A conflict between two files is
+reported at both files, each naming the other one and its line: the loader cannot know which of
+the two is the newcomer, and blaming only one could let the other be applied on top of a tunnel
+that is still running with the same addresses.
+
+Everything is linear or n log n (dicts and one sorted sweep per gateway), so a 16k-tenant repo
+is checked in tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from ipaddress import IPv4Network
+
+from reconciler.repo.model import Gateway, Tunnel, TunnelStatus
+from reconciler.repo.yamlio import Loc
+
+# A revoked tunnel keeps its subnet this long, so a returning customer's old router can never
+# reach someone else who got the same addresses.
+REVOKED_HOLD = timedelta(days=30)
+
+Locate = Callable[[str, Loc], tuple[int, int]]  # (path, loc) -> 1-based (line, col)
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    loc: Loc
+    message: str
+
+
+@dataclass(frozen=True)
+class TunnelFile:
+    path: str  # repo-relative
+    folder: str  # the org folder the file sits in
+    stem: str  # file name without .yaml
+    tunnel: Tunnel
+    key: str = ""  # content key (git blob id); lets gateway-rule results be memoised
+
+
+@dataclass(frozen=True)
+class GatewayFile:
+    path: str
+    gateway: Gateway
+    key: str = ""
+
+
+# (tunnel content key, gateway content key) -> gateway-rule results as (loc, message) pairs
+RuleMemo = dict[tuple[str, str], tuple[tuple[Loc, str], ...]]
+
+
+def holds_subnet(tunnel: Tunnel, today: date) -> bool:
+    """Does this tunnel still own its subnet? Revoked ones do for REVOKED_HOLD."""
+    if tunnel.status is not TunnelStatus.revoked:
+        return True
+    return tunnel.revoked_at is None or today - tunnel.revoked_at < REVOKED_HOLD
+
+
+def _span(net: IPv4Network) -> tuple[int, int]:
+    lo = int(net.network_address)
+    return lo, lo + (1 << (32 - net.prefixlen)) - 1
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def check_gateways(files: Sequence[GatewayFile]) -> list[Finding]:
+    out: list[Finding] = []
+    first: dict[str, GatewayFile] = {}
+    for gf in files:
+        gw = gf.gateway
+        if gw.name in first:
+            out.append(Finding(gf.path, ("name",), f"gateway name {gw.name!r} is already used by "
+                               f"{first[gw.name].path}; each gateway needs its own name"))
+        first.setdefault(gw.name, gf)
+        ip = gw.endpoint_ip
+        if ip is not None:
+            for field, nets in (("pool", (gw.pool,)), ("reserved", gw.reserved),
+                                ("routed_ranges", gw.routed_ranges)):
+                for i, net in enumerate(nets):
+                    if ip in net:
+                        loc: Loc = (field,) if field == "pool" else (field, i)
+                        out.append(Finding(gf.path, loc, f"{net} contains the public endpoint "
+                                           f"{ip}; customers' routers would route the tunnel "
+                                           "into itself. Remove the endpoint from this range"))
+    return out
+
+
+class _GatewayFacts:
+    """Per-gateway values the tunnel rules need, computed once per load, not per tunnel."""
+
+    def __init__(self, gf: GatewayFile) -> None:
+        gw = gf.gateway
+        self.file, self.gw = gf, gw
+        self.pool = _span(gw.pool)
+        self.own = _span(gw.gateway_subnet)
+        self.infra = [(f"reserved infrastructure range {r} ({gf.path})", _span(r))
+                      for r in gw.reserved]
+        self.infra += [(f"cloud service range {r} ({gf.path})", _span(r))
+                       for r in gw.routed_ranges]
+        ip = gw.endpoint_ip
+        self.endpoint = int(ip) if ip is not None else None
+        self.lan_forbidden = [(f"the tunnel pool {gw.pool}", self.pool),
+                              (f"the gateway's address block {gw.address.network}",
+                               _span(gw.address.network)), *self.infra]
+
+
+def _gateway_rules(tf: TunnelFile, facts: _GatewayFacts) -> list[Finding]:
+    """Rules for one tunnel that need its gateway (pool, reserved ranges, service catalog)."""
+    t, gw, path = tf.tunnel, facts.gw, tf.path
+    out: list[Finding] = []
+    sub = _span(t.subnet)
+    endpoint = facts.endpoint
+    if t.subnet.prefixlen != gw.allocation_prefix:
+        out.append(Finding(path, ("subnet",), f"subnet {t.subnet} is a /{t.subnet.prefixlen}; "
+                           f"every tunnel gets a /{gw.allocation_prefix} from the pool "
+                           f"{gw.pool} ('tunnelctl new' picks a free one)"))
+    elif not (facts.pool[0] <= sub[0] and sub[1] <= facts.pool[1]):
+        out.append(Finding(path, ("subnet",), f"subnet {t.subnet} is outside the pool {gw.pool} "
+                           f"of gateway {gw.name}; pick a free /{gw.allocation_prefix} inside it"))
+    if _overlap(sub, facts.own):
+        out.append(Finding(path, ("subnet",), f"subnet {t.subnet} overlaps the gateway's own "
+                           f"block {gw.gateway_subnet} (it holds the cloud address "
+                           f"{gw.address.ip}); pick another /{gw.allocation_prefix}"))
+    for label, span in facts.infra:
+        if _overlap(sub, span):
+            out.append(Finding(path, ("subnet",), f"subnet {t.subnet} overlaps the {label}; "
+                               "tenants may never use infrastructure addresses"))
+    if endpoint is not None and sub[0] <= endpoint <= sub[1]:
+        out.append(Finding(path, ("subnet",), f"subnet {t.subnet} contains the gateway's public "
+                           f"endpoint {gw.endpoint_ip}; that would loop the tunnel into itself"))
+    for i, lan in enumerate(t.lans):
+        span = _span(lan)
+        for label, other in facts.lan_forbidden:
+            if _overlap(span, other):
+                out.append(Finding(path, ("lans", i), f"LAN {lan} overlaps {label}; a customer "
+                                   "LAN must not cover cloud or tunnel addresses"))
+                break
+        if endpoint is not None and span[0] <= endpoint <= span[1]:
+            out.append(Finding(path, ("lans", i), f"LAN {lan} contains the gateway's public "
+                               f"endpoint {gw.endpoint_ip}; the customer's router would send "
+                               "the tunnel into itself"))
+    if t.services:
+        for i, svc in enumerate(t.services):
+            if svc not in gw.services:
+                out.append(Finding(path, ("services", i), f"service {svc!r} is not in the "
+                                   f"catalog of gateway {gw.name} ({', '.join(sorted(gw.services))})"))
+    return out
+
+
+def _identity_rules(tf: TunnelFile) -> list[Finding]:
+    t, out = tf.tunnel, []
+    if t.org != tf.folder:
+        out.append(Finding(tf.path, ("org",), f"org is {t.org!r} but the file is in the folder "
+                           f"{tf.folder!r}; org must equal the folder name"))
+    if t.name != tf.stem:
+        out.append(Finding(tf.path, ("name",), f"name is {t.name!r} but the file is "
+                           f"{tf.stem}.yaml; name must equal the file name (rename the file to "
+                           f"{t.name}.yaml or fix name:)"))
+    return out
+
+
+def _claim_of(tf: TunnelFile, which: int) -> tuple[IPv4Network, str, Loc]:
+    """A claim is an address range a tunnel routes to itself: which == -1 is its subnet,
+    otherwise its LAN number `which`."""
+    if which < 0:
+        return tf.tunnel.subnet, "subnet", ("subnet",)
+    return tf.tunnel.lans[which], "LAN", ("lans", which)
+
+
+def _describe(tf: TunnelFile, which: int, locate: Locate) -> str:
+    net, label, loc = _claim_of(tf, which)
+    line, _ = locate(tf.path, loc)
+    t = tf.tunnel
+    extra = ""
+    if t.status is TunnelStatus.revoked and t.revoked_at is not None:
+        extra = (f", revoked on {t.revoked_at}; its subnet stays reserved until "
+                 f"{t.revoked_at + REVOKED_HOLD}")
+    return f"{label} {net} of {tf.path}:{line} ({t.ident}{extra})"
+
+
+def _overlap_rules(tunnels: Sequence[TunnelFile], locate: Locate, today: date) -> list[Finding]:
+    """One sweep over claims sorted by start; the heap holds claims still open at this start,
+    and every one of them overlaps the current claim. Claims are plain int tuples
+    (start, -end, tunnel index, which) because this runs over every tunnel on every load."""
+    claims: list[tuple[int, int, int, int]] = []
+    revoked = TunnelStatus.revoked
+    for n, tf in enumerate(tunnels):
+        t = tf.tunnel
+        if holds_subnet(t, today):
+            lo = int(t.subnet.network_address)
+            claims.append((lo, -(lo + (1 << (32 - t.subnet.prefixlen)) - 1), n, -1))
+        if t.lans and t.status is not revoked:  # a revoked tunnel routes nothing
+            for i, lan in enumerate(t.lans):
+                lo = int(lan.network_address)
+                claims.append((lo, -(lo + (1 << (32 - lan.prefixlen)) - 1), n, i))
+    claims.sort()
+    end = -1
+    for lo, neg_hi, _, _ in claims:  # fast path: a valid repo has no overlap at all
+        if lo <= end:
+            break
+        end = -neg_hi
+    else:
+        return []
+    out: list[Finding] = []
+    open_: list[tuple[int, int, int]] = []  # (end, tunnel index, which)
+    for lo, neg_hi, n, which in claims:
+        while open_ and open_[0][0] < lo:
+            heapq.heappop(open_)
+        # All open claims overlap this one; report against one from another file (same-file
+        # overlaps are the single-file LAN rule's business). A few looks suffice: open claims
+        # overlap each other too, so each of them was reported when it was added.
+        for _, m, other in open_[:8]:
+            if tunnels[m].path != tunnels[n].path:
+                for (ta, wa), (tb, wb) in (((n, which), (m, other)), ((m, other), (n, which))):
+                    net_a, label_a, loc_a = _claim_of(tunnels[ta], wa)
+                    net_b = _claim_of(tunnels[tb], wb)[0]
+                    what = "uses the same addresses as" if net_a == net_b else "overlaps"
+                    out.append(Finding(tunnels[ta].path, loc_a, f"{label_a} {net_a} {what} "
+                                       f"{_describe(tunnels[tb], wb, locate)}; WireGuard routes "
+                                       "an address to one peer only, so traffic would reach the "
+                                       "wrong customer. Pick addresses no other tunnel uses"))
+                break
+        heapq.heappush(open_, (-neg_hi, n, which))
+    return out
+
+
+def _uniqueness_rules(tunnels: Sequence[TunnelFile], locate: Locate) -> list[Finding]:
+    out: list[Finding] = []
+    checks: tuple[tuple[str, Callable[[Tunnel], str], str], ...] = (
+        ("public_key", lambda t: t.public_key, "public key"),
+        ("name", lambda t: t.ident, "org/name"),
+    )
+    for field, keyof, what in checks:
+        first: dict[str, TunnelFile] = {}
+        for tf in tunnels:
+            key = keyof(tf.tunnel)
+            prior = first.setdefault(key, tf)
+            if prior is tf:
+                continue
+            for a, b in ((tf, prior), (prior, tf)):
+                line, _ = locate(b.path, (field,))
+                out.append(Finding(a.path, (field,), f"{what} {key} is also used by "
+                                   f"{b.path}:{line} ({b.tunnel.ident}); every tunnel needs "
+                                   f"its own {what}"))
+    return out
+
+
+def check_tunnels(tunnels: Sequence[TunnelFile], gateways: Mapping[str, GatewayFile],
+                  locate: Locate, today: date, *, gateways_complete: bool = True,
+                  memo: RuleMemo | None = None) -> list[Finding]:
+    """All rules for tunnels that passed the single-file stage.
+
+    `gateways_complete` is False when a gateway file failed to load: a tunnel naming an unknown
+    gateway may then refer to the broken one, so that is not reported again for every tunnel.
+    `memo` keeps gateway-rule results by content keys across loads (they depend only on the
+    two files' contents), so unchanged tunnels cost one dict lookup.
+    """
+    out: list[Finding] = []
+    by_gateway: dict[str, list[TunnelFile]] = {}
+    facts = {name: _GatewayFacts(gf) for name, gf in gateways.items()}
+    for tf in tunnels:
+        t = tf.tunnel
+        if t.org != tf.folder or t.name != tf.stem:
+            out.extend(_identity_rules(tf))
+        gf = facts.get(t.gateway)
+        if gf is None:
+            if gateways_complete:
+                known = ", ".join(sorted(gateways)) or "none"
+                out.append(Finding(tf.path, ("gateway",), f"gateway {tf.tunnel.gateway!r} does "
+                                   f"not exist (known gateways: {known})"))
+            continue
+        if memo is not None and tf.key and gf.file.key:
+            mkey = (tf.key, gf.file.key)
+            found = memo.get(mkey)
+            if found is None:
+                found = memo[mkey] = tuple((f.loc, f.message) for f in _gateway_rules(tf, gf))
+            out.extend(Finding(tf.path, loc, message) for loc, message in found)
+        else:
+            out.extend(_gateway_rules(tf, gf))
+        by_gateway.setdefault(tf.tunnel.gateway, []).append(tf)
+    # Addresses only clash on the same interface; a customer may reach two gateways with the
+    # same LAN for redundancy.
+    for members in by_gateway.values():
+        out.extend(_overlap_rules(members, locate, today))
+    out.extend(_uniqueness_rules(tunnels, locate))
+    gateway_keys = {gf.gateway.public_key: gf.path for gf in gateways.values()
+                    if gf.gateway.public_key is not None}
+    for tf in tunnels:
+        if tf.tunnel.public_key in gateway_keys:
+            out.append(Finding(tf.path, ("public_key",), f"public_key is the key of the gateway "
+                               f"in {gateway_keys[tf.tunnel.public_key]}; use the customer "
+                               "router's public key"))
+    return out

@@ -1,0 +1,365 @@
+"""Pydantic models of the config repository: one gateway file per cloud host, one file per tunnel.
+
+These are the only shapes ops edit. Rules that need only one value live here as validators on
+the field they concern, so an error's location points at that key in the YAML file. Rules that
+need the gateway or several files (pool, overlaps, uniqueness, path/name agreement) live in
+`reconciler.repo.crossfile`. The model imports nothing else from the package.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from datetime import UTC, date, datetime
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Network
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+KEY_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_CONTROL_RE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]")
+
+# Private IPv4 space a customer LAN may use (RFC 1918 and RFC 6598 shared CGNAT space).
+PRIVATE_LAN_RANGES: tuple[IPv4Network, ...] = tuple(
+    IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+
+
+def _item_error(index: int, message: str, value: Any) -> ValidationError:
+    """An error located at item `index` of the list a field validator is checking (so the YAML
+    position is that item, not the whole list)."""
+    return ValidationError.from_exception_data("item", [InitErrorDetails(
+        type=PydanticCustomError("value_error", "{reason}", {"reason": message}),
+        loc=(index,), input=value)])
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _check_wg_key(value: Any) -> str:
+    if not isinstance(value, str):
+        # pydantic turns ValueError (not TypeError) into a validation error with a location
+        raise ValueError(  # noqa: TRY004
+            "a WireGuard key must be a base64 string such as the output of 'wg pubkey'")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            f"{value!r} is not valid base64; a WireGuard public key is the output of "
+            "'wg pubkey' (44 characters ending in '=')"
+        ) from None
+    if len(raw) != 32:
+        raise ValueError(
+            f"a WireGuard key is exactly 32 bytes; this one decodes to {len(raw)} bytes "
+            "(copy the whole output of 'wg pubkey')"
+        )
+    canonical = base64.b64encode(raw).decode()
+    if canonical != value:
+        # Non-canonical trailing bits decode to a different key than the text shows.
+        raise ValueError(f"{value!r} is not canonical base64 (last character mistyped?); "
+                         "copy the key again from 'wg pubkey'")
+    return value
+
+
+def _parse_cidr(value: Any) -> IPv4Network:
+    if isinstance(value, IPv4Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(  # noqa: TRY004
+            f"expected an IPv4 CIDR string such as '192.168.1.0/24', got {value!r}")
+    text = value.strip()
+    if "/" not in text:
+        raise ValueError(f"{value!r} has no prefix length; write it as a CIDR, e.g. '{text}/32'")
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 CIDR such as '192.168.1.0/24'") from None
+    if net.prefixlen == 0:
+        raise ValueError(f"{value!r} covers every address and would capture all traffic; "
+                         "name the specific network instead")
+    if not isinstance(net, IPv4Network):
+        raise ValueError(  # noqa: TRY004
+            f"{value!r} is IPv6; only IPv4 networks are supported for now")
+    if str(net) != text:
+        raise ValueError(
+            f"{value!r} is not canonical; write it as '{net}' (network address, host bits zero)"
+        )
+    return net
+
+
+def _check_private_lan(lan: IPv4Network) -> IPv4Network:
+    if not any(lan.subnet_of(r) for r in PRIVATE_LAN_RANGES):
+        raise ValueError(
+            f"LAN {lan} is not a private range; customer LANs must lie inside 10.0.0.0/8, "
+            "172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10"
+        )
+    return lan
+
+
+def _parse_interface_address(value: Any) -> ipaddress.IPv4Interface:
+    if isinstance(value, ipaddress.IPv4Interface):
+        return value
+    try:
+        iface = ipaddress.ip_interface(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address with prefix such as '10.20.0.1/16'") from None
+    if not isinstance(iface, ipaddress.IPv4Interface) or "/" not in str(value):
+        raise ValueError(f"{value!r} must be an IPv4 address with prefix such as '10.20.0.1/16'")
+    return iface
+
+
+def _check_ifname(value: str) -> str:
+    if not _IFNAME_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Linux interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    return value
+
+
+def _check_endpoint(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"endpoint {value!r} must be host:port, e.g. 203.0.113.10:51821")
+    return value
+
+
+def _check_text(value: str) -> str:
+    # Notes end up in rendered configs and terminals: no control characters besides newline/tab.
+    bad = _CONTROL_RE.search(value)
+    if bad is not None:
+        raise ValueError(f"contains the control character {bad.group()!r}; use plain text")
+    return value
+
+
+def _to_date(value: Any) -> Any:
+    """revoked_at is a calendar date. PyYAML and ruamel build different datetime classes for a
+    timestamp, so both are reduced to the same `date` (UTC day) here."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return date(value.year, value.month, value.day)
+    return value
+
+
+Name = Annotated[
+    str,
+    AfterValidator(_check_name),
+    WithJsonSchema({"type": "string", "pattern": NAME_PATTERN,
+                    "description": "1-63 of a-z 0-9 '-', starting with a letter or digit"}),
+]
+WireGuardKey = Annotated[
+    str,
+    BeforeValidator(_check_wg_key),
+    WithJsonSchema({"type": "string", "pattern": KEY_PATTERN,
+                    "description": "WireGuard public key: base64 of 32 bytes"}),
+]
+CIDR = Annotated[
+    IPv4Network,
+    BeforeValidator(_parse_cidr),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": "canonical IPv4 CIDR, e.g. 192.168.1.0/24",
+                    "pattern": r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$"}),
+]
+PrivateLAN = Annotated[CIDR, AfterValidator(_check_private_lan)]
+InterfaceAddress = Annotated[
+    ipaddress.IPv4Interface,
+    BeforeValidator(_parse_interface_address),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": "IPv4 address with prefix, e.g. 10.20.0.1/16"}),
+]
+
+
+class Strict(BaseModel):
+    """Base for repo files: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PortRange(Strict):
+    first: int = Field(ge=1, le=65535)
+    last: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PortRange:
+        if self.last < self.first:
+            raise ValueError(f"port range {self.first}-{self.last} is reversed")
+        return self
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+def _parse_ports(value: Any) -> Any:
+    """Accept `5060`, `"5060,5080"`, `"10000-20000"` or a list of those."""
+    items: list[Any]
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return value
+    out: list[Any] = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not re.fullmatch(r"\d{1,5}(-\d{1,5})?", part):
+                raise ValueError(f"{part!r} is not a port or port range such as 5060 or 10000-20000")
+            first, _, last = part.partition("-")
+            lo, hi = int(first), int(last or first)
+            if not (1 <= lo <= 65535 and 1 <= hi <= 65535) or hi < lo:
+                raise ValueError(f"{part!r} is not a valid port range (1-65535, low-high)")
+            out.append({"first": lo, "last": hi})
+    return out
+
+
+class Service(Strict):
+    """One entry of a gateway's service catalog, e.g. `sip: {proto: udp, ports: "5060,5080"}`."""
+
+    proto: Literal["udp", "tcp"]
+    ports: Annotated[
+        tuple[PortRange, ...],
+        BeforeValidator(_parse_ports),
+        WithJsonSchema({"oneOf": [{"type": "integer"}, {"type": "string"},
+                                  {"type": "array", "items": {"type": ["integer", "string"]}}],
+                        "description": "ports: 5060, '5060,5080', '10000-20000' or a list"}),
+    ] = Field(min_length=1)
+    description: str = ""
+
+
+class Gateway(Strict):
+    """A cloud host's tenant interface: `gateway.yaml` or `gateways/<name>.yaml`."""
+
+    name: Name
+    interface: Annotated[str, AfterValidator(_check_ifname)] = Field(
+        default="wg1", json_schema_extra={"pattern": _IFNAME_RE.pattern})
+    listen_port: int = Field(default=51821, ge=1, le=65535)
+    address: InterfaceAddress = Field(description="cloud tunnel address; every customer talks to it")
+    pool: CIDR = Field(description="tunnel pool the per-tenant subnets are allocated from")
+    allocation_prefix: int = Field(default=30, ge=8, le=30)
+    reserved: tuple[CIDR, ...] = Field(default=(), description="infrastructure ranges no tenant may overlap")
+    infra_interfaces: tuple[str, ...] = Field(default=(), description="internal interfaces tenants must never reach, e.g. wg0")
+    endpoint: Annotated[str, AfterValidator(_check_endpoint)] = Field(
+        description="public host:port customers connect to")
+    public_key: WireGuardKey | None = Field(default=None, description="printed by 'tunnelctl bootstrap'")
+    mtu: int = Field(default=1420, ge=1280, le=9000)
+    services: dict[Name, Service]
+    default_services: tuple[Name, ...] = ()
+    routed_ranges: tuple[CIDR, ...] = Field(default=(), description="cloud service ranges customers may reach besides the tunnel address")
+
+    @field_validator("pool")
+    @classmethod
+    def _address_in_pool(cls, pool: IPv4Network, info: ValidationInfo) -> IPv4Network:
+        address = info.data.get("address")
+        if address is not None and address.ip not in pool:
+            raise ValueError(f"the interface address {address} is outside the pool {pool}; "
+                             "the cloud's tunnel address must be inside the pool")
+        return pool
+
+    @field_validator("default_services")
+    @classmethod
+    def _defaults_in_catalog(cls, names: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        catalog = info.data.get("services")
+        if catalog is not None:
+            for i, name in enumerate(names):
+                if name not in catalog:
+                    raise _item_error(i, f"{name!r} is not in the service catalog "
+                                      f"{sorted(catalog)}; add it under services: or remove it",
+                                      name)
+        return names
+
+    @property
+    def endpoint_host(self) -> str:
+        host, _, _ = self.endpoint.rpartition(":")
+        return host.strip("[]")
+
+    @property
+    def endpoint_ip(self) -> IPv4Address | None:
+        """The endpoint host when it is a literal IPv4 address (not a DNS name)."""
+        try:
+            ip = ipaddress.ip_address(self.endpoint_host)
+        except ValueError:
+            return None
+        return ip if isinstance(ip, IPv4Address) else None
+
+    @property
+    def gateway_subnet(self) -> IPv4Network:
+        """The allocation-sized block holding the cloud's own address; never given to a tenant."""
+        return IPv4Network(f"{self.address.ip}/{self.allocation_prefix}", strict=False)
+
+
+class TunnelStatus(str, Enum):
+    active = "active"
+    disabled = "disabled"
+    revoked = "revoked"
+
+
+class Tunnel(Strict):
+    """One customer tunnel: `tenants/<org>/<name>.yaml`."""
+
+    org: Name
+    name: Name
+    gateway: Name
+    public_key: WireGuardKey
+    subnet: CIDR = Field(description="the tenant's /30; the customer uses .2")
+    lans: tuple[PrivateLAN, ...] = Field(default=(), description="customer LANs routed through the tunnel")
+    status: TunnelStatus = TunnelStatus.active
+    revoked_at: Annotated[date | None, BeforeValidator(_to_date)] = Field(
+        default=None, validate_default=True,
+        description="the day the tunnel was revoked; its subnet stays reserved for 30 days")
+    services: tuple[Name, ...] | None = Field(default=None, description="subset of the gateway catalog; default: the gateway's default_services")
+    persistent_keepalive: int = Field(default=25, ge=0, le=65535)
+    psk_rotation: int = Field(default=0, ge=0, description="bump to rotate the derived preshared key")
+    notes: Annotated[str, AfterValidator(_check_text)] = ""
+
+    @field_validator("lans")
+    @classmethod
+    def _lans_distinct(cls, lans: tuple[IPv4Network, ...]) -> tuple[IPv4Network, ...]:
+        for i, lan in enumerate(lans):
+            for other in lans[:i]:
+                if lan.overlaps(other):
+                    raise _item_error(i, f"LAN {lan} overlaps LAN {other} of this tunnel; "
+                                      "list each network once", str(lan))
+        return lans
+
+    @field_validator("revoked_at")
+    @classmethod
+    def _revoked_at_matches_status(cls, value: date | None, info: ValidationInfo) -> date | None:
+        status = info.data.get("status")
+        if status is TunnelStatus.revoked and value is None:
+            raise ValueError("status is revoked, so revoked_at is required: add the day it was "
+                             "revoked, e.g. 'revoked_at: 2026-01-31'")
+        if status is not None and status is not TunnelStatus.revoked and value is not None:
+            raise ValueError(f"revoked_at is only allowed when status is revoked (status is "
+                             f"{status.value}); remove revoked_at or set status: revoked")
+        return value
+
+    @property
+    def ident(self) -> str:
+        return f"{self.org}/{self.name}"
+
+    @property
+    def customer_address(self) -> IPv4Address:
+        return self.subnet.network_address + 2

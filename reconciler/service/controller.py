@@ -1,0 +1,437 @@
+"""One reconcile cycle of the service: fetch, decide what may be enforced, reconcile, record.
+
+Level-triggered: every cycle enforces something. A new remote head is evaluated (ancestry,
+signature, load with per-org holds, removal guard) and, if it passes, applied. Whatever
+happens to the head, the last good state is enforced again, so drift made by hand is repaired
+every cycle even while a commit is refused or the remote is away. A refused or failed commit is
+evaluated again only after a back-off (or at once on an explicit trigger).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from reconciler.engine.cycle import (
+    EngineError,
+    HostTarget,
+    ReconcileResult,
+    reconcile,
+    select_gateway,
+)
+from reconciler.engine.parsers import parse_wg_dump
+from reconciler.engine.psk import psk_digest
+from reconciler.engine.runner import Runner
+from reconciler.gitops.admission import (
+    Candidate,
+    Refusal,
+    candidate_for,
+    describe_problems,
+    load_commit,
+    removal_guard,
+)
+from reconciler.gitops.audit import AuditEntry, AuditLog
+from reconciler.gitops.source import Ancestry, GitSource, SourceError
+from reconciler.repo.state import ParseCache, RepoState, load_files
+from reconciler.service.logs import event
+from reconciler.service.metrics import Revisions, ServiceMetrics, TunnelStats
+from reconciler.service.settings import Settings
+from reconciler.service.state import Attempt, HistoryItem, Phase, Revision, ServiceState, StateStore
+
+log = logging.getLogger("tunnelctl.service")
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    result: str  # applied | repaired | noop | refused | failed | suspended | busy
+    commit: str | None
+    reason: str = ""
+    duration: float = 0.0
+    summary: dict[str, int] = field(default_factory=dict)
+    changed: bool = False
+
+
+def flat_summary(result: ReconcileResult | None) -> dict[str, int]:
+    """{"peers_add": 2, "routes_remove": 1, ...}: counts only, non-zero only."""
+    if result is None:
+        return {}
+    out: dict[str, int] = {}
+    for kind, counts in result.plan.summary().items():
+        if kind == "total":
+            continue
+        for action, n in counts.items():
+            if n:
+                out[f"{kind}_{action}"] = n
+    return out
+
+
+class Controller:
+    def __init__(self, settings: Settings, *, metrics: ServiceMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store = StateStore(settings.state_dir)
+        self.source = GitSource(settings.repo_url, settings.branch, settings.mirror_dir,
+                                repo_path=settings.repo_path,
+                                allowed_signers=settings.allowed_signers,
+                                gnupg_home=settings.gnupg_home,
+                                fetch_timeout=settings.fetch_timeout,
+                                ssh_command=settings.git_ssh_command)
+        self.target = HostTarget(netns=settings.netns, interface=settings.interface,
+                                 secret_dir=settings.secret_dir, config_dir=settings.config_dir,
+                                 lock_timeout=settings.lock_timeout)
+        self.cache = ParseCache()
+        self.state: ServiceState = ServiceState()
+        self.enforced: RepoState | None = None  # the last good (composite) state
+        self._audit_log: AuditLog | None = None
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load state.json and rebuild the last good RepoState from the mirror."""
+        try:
+            self.state = self.store.load()
+        except ValueError as exc:
+            event(log, "state_unreadable", logging.ERROR, error=str(exc))
+            self.state = ServiceState()
+        # Settings may have changed since the failures were recorded: look at them again.
+        for failure in self.state.failures.values():
+            failure.retry_at = 0.0
+        self.state.pid = None
+        if self.state.applied is None:
+            return
+        applied = self.state.applied.commit
+        try:
+            if not self.source.has_commit(applied):
+                self.source.fetch()
+            state = load_commit(self.source, applied, self.state.held_orgs, self.cache)
+        except SourceError as exc:
+            self.state.last_error = f"cannot rebuild the applied state {applied[:12]}: {exc}"
+            event(log, "rebuild_failed", logging.ERROR, commit=applied, error=str(exc))
+            return
+        if not state.ok:
+            self.state.last_error = (f"applied commit {applied[:12]} no longer validates: "
+                                     + describe_problems(state.problems))
+            event(log, "rebuild_invalid", logging.ERROR, commit=applied,
+                  error=self.state.last_error)
+            return
+        self.enforced = state
+        event(log, "rebuilt", commit=applied, tunnels=len(state.tunnels),
+              held_orgs=sorted(self.state.held_orgs) or None)
+
+    @property
+    def applied_commit(self) -> str | None:
+        return self.state.applied.commit if self.state.applied else None
+
+    def gateway_name(self, repo: RepoState | None) -> str | None:
+        if self.settings.gateway:
+            return self.settings.gateway
+        if self.state.gateway:
+            return self.state.gateway
+        if repo is not None:
+            try:
+                return select_gateway(repo, None).name
+            except EngineError:
+                return None
+        return None
+
+    def audit_log(self) -> AuditLog:
+        gateway = self.gateway_name(self.enforced) or self.settings.host
+        if self._audit_log is None or self._audit_log.gateway != gateway:
+            self._audit_log = AuditLog(self.source, gateway, self.settings.host,
+                                       push_timeout=self.settings.fetch_timeout)
+        return self._audit_log
+
+    # -- one cycle -----------------------------------------------------------------------
+
+    def cycle(self, *, force: bool = False) -> list[CycleReport]:
+        """Run one cycle; returns what happened (a refusal may come with a drift repair)."""
+        t0 = time.monotonic()
+        now = time.time()
+        self.state.phase = "Reconciling"
+        self.state.last_error = None  # recomputed by this cycle
+        self._save()
+        head = self._fetch()
+        reports: list[CycleReport] = []
+        if self.store.suspended() is not None:
+            reports.append(CycleReport("suspended", head, "applying is suspended"))
+        else:
+            reports = self._reconcile(head, force=force, now=now)
+        duration = time.monotonic() - t0
+        reports = [CycleReport(r.result, r.commit, r.reason, duration, r.summary, r.changed)
+                   for r in reports]
+        self._push_audit()
+        self.source.prune_blobs()
+        self._finish(head, reports, duration, started=now)
+        return reports
+
+    def _fetch(self) -> str | None:
+        head: str | None
+        try:
+            head = self.source.fetch()
+            self.state.fetch_error = None
+        except SourceError as exc:
+            head = self.source.head()
+            self.state.fetch_error = str(exc)
+            event(log, "fetch_failed", logging.WARNING, error=str(exc))
+            if self.metrics:
+                self.metrics.fetch_errors.inc()
+        self.state.remote_head = head
+        return head
+
+    def _reconcile(self, head: str | None, *, force: bool, now: float) -> list[CycleReport]:
+        reports: list[CycleReport] = []
+        applied = self.applied_commit
+        evaluation: Candidate | Refusal | None = None
+        # A head equal to the applied commit is evaluated again only if its state could not be
+        # rebuilt (e.g. after an upgrade with stricter validation).
+        if head is not None and (head != applied or self.enforced is None):
+            failure = self.state.failures.get(head)
+            if failure is not None and now < failure.retry_at and not force:
+                self.state.last_error = failure.reason  # still backing off: enforce last good
+            else:
+                evaluation = self._evaluate(head)
+        if isinstance(evaluation, Candidate):
+            report = self._apply_candidate(evaluation, now)
+            reports.append(report)
+            # An applied commit went the engine's quick way (only what changed was read back):
+            # the enforcement below then observes everything, so drift is repaired this cycle.
+            if report.result in ("noop", "busy"):
+                return reports
+        elif isinstance(evaluation, Refusal):
+            reports.append(self._refuse(evaluation, now))
+        # Enforce the last good state (drift repair), also after a refusal or failed apply.
+        if self.enforced is not None:
+            reports.append(self._enforce())
+        elif not reports:
+            reason = self.state.last_error or "nothing applied yet"
+            reports.append(CycleReport("refused" if head else "failed", head, reason))
+        return reports
+
+    def _evaluate(self, head: str) -> Candidate | Refusal:
+        applied = self.applied_commit
+        try:
+            ancestry = self.source.ancestry(applied, head)
+            if ancestry is Ancestry.rewind and not self.settings.accept_rewrites:
+                assert applied is not None
+                return Refusal(head, "rewind", f"remote {self.settings.branch} was rewritten: "
+                               f"{head[:12]} does not descend from the applied {applied[:12]}; "
+                               "keeping the applied state (set accept_rewrites to take it)")
+            if self.settings.verify_signatures:
+                reason = self.source.verify(head)
+                if reason is not None:
+                    return Refusal(head, "signature", f"{reason}; nothing applied")
+            loaded = load_files(self.source.files(head), self.cache)
+            return candidate_for(self.source, head, loaded, applied, self.state.held_orgs,
+                                 self.cache)
+        except SourceError as exc:
+            return Refusal(head, "invalid", f"cannot read commit {head[:12]}: {exc}")
+
+    def _apply_candidate(self, cand: Candidate, now: float) -> CycleReport:
+        gateway = self.gateway_name(cand.state)
+        approved = self.store.removal_approved(cand.commit)
+        guard = None if approved else removal_guard(self.settings.max_removal_share,
+                                                    self.settings.allow_empty)
+        result = reconcile(cand.state, self.target, gateway=gateway, guard=guard, quick=True)
+        summary = flat_summary(result)
+        if result.failed_step == "lock":
+            self.state.last_error = result.error
+            return CycleReport("busy", cand.commit, result.error or "")
+        if not result.ok:
+            kind = "removal" if result.failed_step == "guard" else (
+                "render" if result.failed_step in ("load", "render") else "host")
+            refusal = Refusal(cand.commit, kind, result.error or "apply failed")
+            return self._refuse(refusal, now, summary=summary,
+                                result="refused" if kind in ("removal", "render") else "failed")
+        previous = self.applied_commit
+        self.enforced = cand.state
+        self.state.gateway = gateway
+        info = self.source.commit_info(cand.commit)
+        self.state.applied = Revision(commit=cand.commit, at=now, subject=info.subject)
+        self.state.held_orgs = dict(cand.held)
+        self.state.held_reason = cand.held_text()
+        self.state.failures.pop(cand.commit, None)
+        self._pin(cand)
+        if approved:
+            self.store.clear_approval()
+        reason = cand.held_text()
+        self.state.attempted = Attempt(commit=cand.commit, at=now, result="applied", reason=reason)
+        self._save()  # the record of what the host runs, before anything slower
+        event(log, "applied", commit=cand.commit, previous=previous, changed=result.changed,
+              held_orgs=sorted(cand.held) or None, reason=reason or None,
+              timings={k: round(v, 4) for k, v in result.timings.items()}, **summary)
+        self._audit(AuditEntry(time=AuditEntry.now(), host=self.settings.host,
+                               gateway=gateway or "", result="applied", commit=cand.commit,
+                               applied_commit=cand.commit, reason=reason, summary=summary,
+                               held_orgs={k: v or "" for k, v in cand.held.items()}))
+        return CycleReport("applied" if result.changed else "noop", cand.commit, reason,
+                           summary=summary, changed=result.changed)
+
+    def _refuse(self, refusal: Refusal, now: float, *, summary: dict[str, int] | None = None,
+                result: str = "refused") -> CycleReport:
+        previous = self.state.failures.get(refusal.commit)
+        self.state.fail(refusal.commit, result, refusal.reason, base=self.settings.interval,
+                        cap=self.settings.retry_max, now=now)
+        self.state.attempted = Attempt(commit=refusal.commit, at=now, result=result,
+                                       reason=refusal.reason)
+        self.state.last_error = refusal.reason
+        event(log, result, logging.WARNING, commit=refusal.commit, kind=refusal.kind,
+              reason=refusal.reason)
+        # One entry per commit and reason: a commit refused every back-off step is not re-audited.
+        if previous is None or previous.reason != refusal.reason or result == "failed":
+            self._audit(AuditEntry(
+                time=AuditEntry.now(), host=self.settings.host,
+                gateway=self.gateway_name(self.enforced) or "", result=result,
+                commit=refusal.commit, applied_commit=self.applied_commit,
+                reason=refusal.reason, summary=summary or {}))
+        return CycleReport(result, refusal.commit, refusal.reason, summary=summary or {})
+
+    def _enforce(self) -> CycleReport:
+        assert self.enforced is not None
+        gateway = self.gateway_name(self.enforced)
+        result = reconcile(self.enforced, self.target, gateway=gateway)
+        summary = flat_summary(result)
+        commit = self.applied_commit
+        if result.failed_step == "lock":
+            self.state.last_error = result.error
+            return CycleReport("busy", commit, result.error or "")
+        if not result.ok:
+            self.state.last_error = f"drift repair failed at {result.failed_step}: {result.error}"
+            event(log, "repair_failed", logging.ERROR, commit=commit, step=result.failed_step,
+                  error=result.error, **summary)
+            self._audit(AuditEntry(time=AuditEntry.now(), host=self.settings.host,
+                                   gateway=gateway or "", result="failed", commit=commit,
+                                   applied_commit=commit, reason=self.state.last_error,
+                                   summary=summary))
+            return CycleReport("failed", commit, self.state.last_error, summary=summary)
+        if not result.changed:
+            return CycleReport("noop", commit)
+        if self.metrics:
+            self.metrics.drift_repairs.inc()
+        reason = "repaired drift made outside git"
+        event(log, "repaired", commit=commit, **summary)
+        self._audit(AuditEntry(time=AuditEntry.now(), host=self.settings.host,
+                               gateway=gateway or "", result="repaired", commit=commit,
+                               applied_commit=commit, reason=reason, summary=summary))
+        return CycleReport("repaired", commit, reason, summary=summary, changed=True)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _pin(self, cand: Candidate) -> None:
+        self.source.pin("applied", cand.commit)
+        wanted = {f"held/{org}": base for org, base in cand.held.items() if base}
+        for name in self.source.pins():
+            if name.startswith("held/") and name not in wanted:
+                self.source.pin(name, None)
+        for name, base in wanted.items():
+            self.source.pin(name, base)
+
+    def _audit(self, entry: AuditEntry) -> None:
+        try:
+            self.audit_log().append(entry)
+        except SourceError as exc:
+            event(log, "audit_commit_failed", logging.ERROR, error=str(exc))
+
+    def _push_audit(self) -> None:
+        audit = self.audit_log()
+        try:
+            pending = audit.pending()
+            if pending == 0:
+                self.state.audit_pending, self.state.audit_error = 0, None
+                return
+            if self.state.fetch_error:
+                # The remote just failed a fetch: do not spend another timeout on a push.
+                self.state.audit_pending = pending
+                self.state.audit_error = "push deferred: remote unreachable"
+                return
+            res = audit.push()
+        except SourceError as exc:
+            self.state.audit_error = str(exc)
+            return
+        self.state.audit_pending, self.state.audit_error = res.pending, res.error
+        if res.error:
+            event(log, "audit_push_failed", logging.WARNING, pending=res.pending, error=res.error)
+        elif res.pushed:
+            event(log, "audit_pushed", entries=res.pushed, replayed=res.replayed or None)
+
+    def _finish(self, head: str | None, reports: list[CycleReport], duration: float, *,
+                started: float) -> None:
+        main = reports[0] if reports else CycleReport("noop", head)
+        failed = any(r.result in ("failed", "busy") for r in reports)
+        self.state.phase, self.state.message = self.phase(head, failed=failed)
+        self.state.record(HistoryItem(time=time.time(), started=started, result=main.result,
+                                      commit=main.commit,
+                                      reason=main.reason[:500], duration=round(duration, 3),
+                                      summary=main.summary))
+        self._save()
+        if self.metrics:
+            self.metrics.observe_cycle(main.result, duration)
+            self.metrics.suspended.set(1 if self.state.phase == "Suspended" else 0)
+            self.metrics.ready.set(1 if self.state.phase == "Ready" else 0)
+            self.metrics.audit_pending.set(self.state.audit_pending)
+            att = self.state.attempted
+            self.metrics.set_revisions(Revisions(
+                applied=self.applied_commit,
+                applied_at=self.state.applied.at if self.state.applied else 0.0,
+                attempted=att.commit if att else None, attempted_result=att.result if att else ""))
+            self.metrics.set_tunnel_counts(self.tunnel_counts())
+        event(log, "cycle", result=main.result, commit=main.commit, phase=self.state.phase,
+              duration=round(duration, 3), **main.summary)
+
+    def phase(self, head: str | None, *, failed: bool = False) -> tuple[Phase, str]:
+        """Flux-style status word and the sentence behind it."""
+        st = self.state
+        applied = self.applied_commit
+        short = applied[:12] if applied else "nothing"
+        if self.store.suspended() is not None:
+            return "Suspended", f"applying is suspended; enforcing {short} when resumed"
+        if st.fetch_error:
+            return "Stalled", f"{st.fetch_error}; enforcing {short}"
+        if self.enforced is None:
+            return "Stalled", st.last_error or "nothing applied yet"
+        if head is not None and head != applied:
+            return "Stalled", f"head {head[:12]} not applied: {st.last_error}; enforcing {short}"
+        if failed:
+            return "Stalled", f"{st.last_error or 'last cycle failed'}; applied {short}"
+        if st.held_orgs:
+            return "Degraded", f"applied {short}; {st.held_reason}"
+        return "Ready", f"applied {short}"
+
+    def _save(self) -> None:
+        self.store.save(self.state)
+
+    # -- read side for metrics/status ----------------------------------------------------
+
+    def tunnel_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        gateway = self.gateway_name(self.enforced)
+        if self.enforced is None or gateway is None:
+            return counts
+        for t in self.enforced.for_gateway(gateway):
+            counts[t.status.value] = counts.get(t.status.value, 0) + 1
+        return counts
+
+    def interface(self) -> str | None:
+        if self.settings.interface:
+            return self.settings.interface
+        gateway = self.gateway_name(self.enforced)
+        if self.enforced is None or gateway is None or gateway not in self.enforced.gateways:
+            return None
+        return self.enforced.gateways[gateway].interface
+
+    def tunnel_stats(self) -> list[TunnelStats]:
+        """Live counters of the enforced tunnels (for the metrics exporter)."""
+        interface, enforced = self.interface(), self.enforced
+        if interface is None or enforced is None:
+            return []
+        res = Runner(netns=self.settings.netns).run(["wg", "show", interface, "dump"], check=False)
+        if res.returncode != 0:
+            return []
+        status = parse_wg_dump(res.stdout, psk_digest).status
+        out = []
+        for t in enforced.tunnels:
+            s = status.get(t.public_key)
+            if s is not None:
+                out.append(TunnelStats(interface, t.org, t.name, t.public_key, s.latest_handshake,
+                                       s.rx_bytes, s.tx_bytes))
+        return out

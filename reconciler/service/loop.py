@@ -1,0 +1,259 @@
+"""`tunnelctl run`: the level-triggered loop around Controller.cycle.
+
+A cycle runs every interval, and at once on SIGHUP (also what `tunnelctl reconcile` and
+`systemctl reload` send) or when watchfiles sees the refs of a local remote change. The loop,
+and only the loop, pings the systemd watchdog: a cycle that hangs stops the pings and systemd
+restarts the service. One service per state directory, enforced by an flock on
+<runtime_dir>/service.lock that also holds the pid for `tunnelctl reconcile`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from reconciler.engine.files import LockHeld, pid_lock
+from reconciler.service.controller import Controller, CycleReport
+from reconciler.service.logs import event
+from reconciler.service.metrics import ServiceMetrics
+from reconciler.service.sdnotify import Notifier
+from reconciler.service.settings import Settings
+
+log = logging.getLogger("tunnelctl.service")
+
+LOCK_NAME = "service.lock"
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+# -- the service lock (one service or one-shot cycle per state) ----------------------------
+
+
+def lock_path(settings: Settings) -> Path:
+    return settings.runtime_dir / LOCK_NAME
+
+
+@contextmanager
+def service_lock(settings: Settings, *, wait: float = 0.0) -> Iterator[None]:
+    """Hold the service lock (waiting up to `wait` s); the file records our pid."""
+    path = lock_path(settings)
+    try:
+        with pid_lock(path, wait=wait, poll=0.1):
+            yield
+    except LockHeld as exc:
+        raise AlreadyRunning(f"tunnelctl already runs for {settings.state_dir} "
+                             f"(pid {exc.holder}, lock {path})") from None
+
+
+def running_pid(settings: Settings) -> int | None:
+    """Pid of the service holding the lock, or None when nothing holds it."""
+    path = lock_path(settings)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # nobody holds it
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else None
+    finally:
+        os.close(fd)
+
+
+# -- triggers ------------------------------------------------------------------------------
+
+
+class Triggers:
+    """Coalescing wake-ups from signals and the watcher; read by the loop only."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._reasons: set[str] = set()
+        self.stopping = False
+
+    def fire(self, reason: str) -> None:
+        self._reasons.add(reason)
+        self._event.set()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(max(0.0, timeout))
+
+    def take(self) -> set[str]:
+        self._event.clear()
+        reasons, self._reasons = self._reasons, set()
+        return reasons
+
+
+def local_repo_path(url: str) -> Path | None:
+    """The directory to watch when the remote is on this machine, else None."""
+    path = url.removeprefix("file://")
+    if "://" in path or (":" in path.split("/", 1)[0] and not path.startswith("/")):
+        return None  # ssh://, https://, host:path
+    p = Path(path)
+    return p / ".git" if (p / ".git").is_dir() else p
+
+
+class RefWatcher(threading.Thread):
+    """Fires a trigger when refs change under a local remote (watchfiles, inotify)."""
+
+    def __init__(self, path: Path, triggers: Triggers, branch: str) -> None:
+        super().__init__(name="ref-watcher", daemon=True)
+        self.path = path
+        self.branch = branch
+        self.triggers = triggers
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        import watchfiles
+
+        # Only the ops branch: our own audit pushes to the same remote must not wake us.
+        branch_ref = f"/refs/heads/{self.branch}"
+
+        def refs_only(change: watchfiles.Change, path: str) -> bool:
+            rel = path[len(str(self.path)):]
+            return rel == branch_ref or rel.endswith("/packed-refs")
+
+        while not self.stop_event.is_set():
+            if not self.path.is_dir():  # remote away (moved, unmounted): look again later
+                self.stop_event.wait(2.0)
+                continue
+            try:
+                for _changes in watchfiles.watch(self.path, watch_filter=refs_only, debounce=200,
+                                                 step=50, stop_event=self.stop_event,
+                                                 rust_timeout=2000, yield_on_timeout=True,
+                                                 raise_interrupt=False):
+                    if _changes:
+                        self.triggers.fire("watch")
+                    if not self.path.is_dir():
+                        break
+            except Exception as exc:  # noqa: BLE001 - the watcher must never end the service
+                event(log, "watch_failed", logging.WARNING, path=str(self.path), error=str(exc))
+                self.stop_event.wait(2.0)
+
+
+# -- the loop ------------------------------------------------------------------------------
+
+
+def status_line(controller: Controller) -> str:
+    st = controller.state
+    return f"{st.phase}: {st.message}"
+
+
+class Service:
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.triggers = Triggers()
+        self.controller: Controller | None = None
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.triggers.fire("signal")
+        else:
+            self.triggers.stop()
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Returns the process exit code."""
+        s = self.settings
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        with service_lock(s, wait=60.0):
+            controller = self.controller = Controller(s)
+            metrics = ServiceMetrics(controller.tunnel_stats)
+            controller.metrics = metrics
+            if s.metrics_bind is not None:
+                try:
+                    host, port = metrics.serve(*s.metrics_bind)
+                    controller.state.metrics_address = f"{host}:{port}"
+                except OSError as exc:
+                    event(log, "metrics_unavailable", logging.ERROR,
+                          address=s.metrics_address, error=str(exc))
+            watcher = None
+            watch_path = local_repo_path(s.repo_url) if s.watch else None
+            if watch_path is not None:
+                watcher = RefWatcher(watch_path, self.triggers, s.branch)
+                watcher.start()
+            metrics_address = controller.state.metrics_address
+            controller.start()
+            controller.state.pid = os.getpid()
+            controller.state.metrics_address = metrics_address
+            event(log, "started", pid=os.getpid(), repo=s.repo_url, branch=s.branch,
+                  gateway=s.gateway, interval=s.interval, metrics=metrics_address,
+                  watch=str(watch_path) if watch_path else None)
+            try:
+                self._loop(controller)
+            finally:
+                self.notifier.stopping()
+                if watcher is not None:
+                    watcher.stop_event.set()
+                controller.state.pid = None
+                controller.state.phase = "Stalled"
+                controller.state.message = "service stopped"
+                controller.store.save(controller.state)
+                controller.source.close()
+                event(log, "stopped")
+        return 0
+
+    def _loop(self, controller: Controller) -> None:
+        s = self.settings
+        ready = False
+        reasons: set[str] = {"start"}
+        while not self.triggers.stopping:
+            self.notifier.watchdog(force=True)
+            self._cycle(controller, reasons)
+            if not ready:
+                self.notifier.ready(status_line(controller))
+                ready = True
+            else:
+                self.notifier.status(status_line(controller))
+            self.notifier.watchdog(force=True)
+            deadline = time.monotonic() + s.interval
+            ping = (self.notifier.watchdog_interval or 2.0) / 2
+            while not self.triggers.stopping:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.triggers.wait(min(left, ping)):
+                    break
+                self.notifier.watchdog()
+            reasons = self.triggers.take() or {"interval"}
+
+    def _cycle(self, controller: Controller, reasons: set[str]) -> list[CycleReport]:
+        # An explicit request (signal, CLI) looks at a backed-off commit again at once.
+        force = bool(reasons & {"signal", "start"})
+        try:
+            return controller.cycle(force=force)
+        except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the service
+            event(log, "cycle_crashed", logging.ERROR, error=f"{type(exc).__name__}: {exc}",
+                  exc_info=True)
+            controller.state.phase = "Stalled"
+            controller.state.message = f"cycle crashed: {type(exc).__name__}: {exc}"
+            controller.state.last_error = controller.state.message
+            controller.store.save(controller.state)
+            return []
+
+
+def run_once(settings: Settings) -> list[CycleReport]:
+    """One cycle without a service (`tunnelctl reconcile` when none runs)."""
+    with service_lock(settings, wait=30.0):
+        controller = Controller(settings)
+        controller.start()
+        try:
+            return controller.cycle(force=True)
+        finally:
+            controller.source.close()
