@@ -8,7 +8,7 @@ import re
 import shutil
 import stat
 import subprocess
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
@@ -36,6 +36,29 @@ def secret_dir(tmp_path: Path) -> Path:
     return d
 
 
+@dataclass(frozen=True)
+class WgQuickParts:
+    setconf: str  # what `wg-quick strip` prints, i.e. what wg-quick hands to `wg setconf`
+    addresses: tuple[IPv4Interface, ...]  # what wg-quick itself adds with `ip address`
+    mtu: int | None
+
+
+def wg_quick_strip(text: str, folder: Path) -> WgQuickParts:
+    """The real `wg-quick strip` judges the file; Address and MTU (which it strips and applies
+    itself) are read from the [Interface] section."""
+    path = folder / "wgtest0.conf"  # wg-quick wants <interface>.conf
+    path.write_text(text)
+    path.chmod(0o600)
+    stripped = subprocess.run(["wg-quick", "strip", str(path)], capture_output=True, text=True,
+                              check=True).stdout
+    values = [ln.split("=", 1) for ln in text.split("[Peer]")[0].splitlines() if "=" in ln
+              and not ln.lstrip().startswith("#")]
+    addresses = tuple(IPv4Interface(a.strip()) for k, v in values if k.strip() == "Address"
+                      for a in v.split(","))
+    mtu = next((int(v) for k, v in values if k.strip() == "MTU"), None)
+    return WgQuickParts(stripped, addresses, mtu)
+
+
 def _repo_copy(tmp_path: Path, **gateway_edits: str) -> Path:
     """tenants/ with some gateway.yaml lines replaced (key -> full new line, '' deletes)."""
     repo = tmp_path / "repo"
@@ -54,14 +77,15 @@ def _repo_copy(tmp_path: Path, **gateway_edits: str) -> Path:
     return repo
 
 
-def test_wg_quick_has_every_value(secret_dir: Path) -> None:
+def test_wg_quick_has_every_value(secret_dir: Path, tmp_path: Path) -> None:
     config = cc.load(TENANTS, "acme-voip/hq", secret_dir=secret_dir)
     text = cc.render(config, "wg-quick")
-    parts = cc.wg_quick_strip(text)
+    parts = wg_quick_strip(text, tmp_path)
     assert parts.addresses == (IPv4Interface("10.20.0.6/30"),) and parts.mtu == 1420
     expected_psk = psk.derive_psk(psk.read_host_secret(secret_dir / "psk.secret"),
                                   "acme-voip", "hq", 0)
-    peer = dict(ln.split(" = ", 1) for ln in parts.setconf.splitlines() if " = " in ln)
+    peer = dict(ln.split(" = ", 1) for ln in parts.setconf.splitlines()
+                if " = " in ln and not ln.startswith("#"))
     assert peer == {
         "PublicKey": load_repo(TENANTS).gateways["cloud-1"].public_key,
         "PresharedKey": expected_psk,
@@ -263,7 +287,7 @@ def test_wg_quick_output_brings_up_a_real_lab_router(tmp_path: Path) -> None:
         placeholder = "# PrivateKey = <this router's private key>"
         assert text.count(placeholder) == 1
         text = text.replace(placeholder, f"PrivateKey = {demo_private_keys()[ident]}")
-        parts = cc.wg_quick_strip(text)  # what wg-quick would do: strip, setconf, then ip
+        parts = wg_quick_strip(text, tmp_path)  # what wg-quick would do: strip, setconf, then ip
         r.run(["wg", "setconf", router.interface, "/dev/stdin"], stdin=parts.setconf)
         batch = [f"addr add {a} dev {router.interface}" for a in parts.addresses]
         batch.append(f"link set {router.interface} mtu {parts.mtu} up")

@@ -7,7 +7,6 @@ import datetime as dt
 import io
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from ruamel.yaml import YAML
 
 from reconciler.repo.fileload import check_document
 from reconciler.repo.model import Tunnel
-from reconciler.repo.yamlio import ParsedYaml, YamlProblem, parse, position, update_tunnel_file
+from reconciler.repo.yamlio import ParsedYaml, YamlProblem, parse, position
 
 
 def ruamel_load(text: str) -> Any:
@@ -106,48 +105,3 @@ def test_a_file_just_over_the_size_limit() -> None:
     assert isinstance(problem, YamlProblem) and (problem.line, problem.col) == (1, 1)
 
 
-COMMENTED = """\
-# yaml-language-server: $schema=../../schemas/tunnel.schema.json
-# Head office. Ticket OPS-123.
-org: acme-voip
-name: hq
-gateway: cloud-1
-public_key: lLPX1IURNbXgkXRFHb5cSmCcgcvMle6WvHEPQ57qGn8=
-subnet: 10.20.0.4/30  # allocated 2025-03-01
-lans:
-  - 192.168.10.0/24   # office
-  - 192.168.20.0/24   # warehouse
-status: active
-persistent_keepalive: 25
-psk_rotation: 0
-notes: 'Head office'
-# keep this closing comment
-"""
-
-
-def test_edits_keep_comments_order_and_quoting(tmp_path: Path) -> None:
-    path = tmp_path / "hq.yaml"
-    path.write_text(COMMENTED)
-    update_tunnel_file(path, status="revoked", revoked_at=dt.date(2026, 1, 2),
-                       lans=["192.168.10.0/24", "192.168.30.0/24"], psk_rotation=1)
-    text = path.read_text()
-    for comment in ("# Head office. Ticket OPS-123.", "# allocated 2025-03-01", "# office",
-                    "# keep this closing comment", "$schema=../../schemas/tunnel.schema.json"):
-        assert comment in text
-    assert "notes: 'Head office'" in text  # quoting kept
-    keys = [ln.split(":")[0] for ln in text.splitlines() if ln and ln[0].isalpha()]
-    assert keys == ["org", "name", "gateway", "public_key", "subnet", "lans", "status",
-                    "revoked_at", "persistent_keepalive", "psk_rotation", "notes"]
-    tunnel = check_document(text.encode(), Tunnel).model
-    assert isinstance(tunnel, Tunnel)
-    assert [str(n) for n in tunnel.lans] == ["192.168.10.0/24", "192.168.30.0/24"]
-    assert tunnel.revoked_at == dt.date(2026, 1, 2) and tunnel.psk_rotation == 1
-
-
-def test_removing_the_last_key_keeps_the_closing_comment(tmp_path: Path) -> None:
-    path = tmp_path / "hq.yaml"
-    path.write_text(COMMENTED)
-    update_tunnel_file(path, notes=None)
-    text = path.read_text()
-    assert "notes" not in text and "# keep this closing comment" in text
-    assert check_document(text.encode(), Tunnel).issues == ()

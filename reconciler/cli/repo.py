@@ -11,13 +11,12 @@ from pathlib import Path
 import click
 
 from reconciler.operator.provision import ProvisionError, create_tunnel
+from reconciler.repo.discovery import find_root, git_toplevel
 from reconciler.repo.problem_output import (
     display_path,
-    find_root,
     format_github,
     format_json,
     format_text,
-    git_toplevel,
     in_scope,
     rebase_message,
     summary,

@@ -12,30 +12,6 @@ from pathlib import Path
 from reconciler.repo.state import Problem, RepoState
 
 
-def find_root(path: Path) -> Path | None:
-    """The config repo root for `path`: the nearest folder (itself or a parent) holding
-    gateway.yaml or gateways/, or `path/tenants` when that is one (this project's layout)."""
-    start = path.resolve()
-    if not start.is_dir():
-        start = start.parent
-
-    def is_root(folder: Path) -> bool:
-        return (folder / "gateway.yaml").is_file() or (folder / "gateways").is_dir()
-
-    if is_root(start):
-        return start
-    if is_root(start / "tenants"):
-        return start / "tenants"
-    return next((p for p in start.parents if is_root(p)), None)
-
-
-def git_toplevel(start: Path) -> Path | None:
-    for folder in (start.resolve(), *start.resolve().parents):
-        if (folder / ".git").exists():
-            return folder
-    return None
-
-
 def display_path(root: Path, rel: str, base: Path) -> str:
     """`rel` (repo-relative) as seen from `base`, or absolute when it is not under `base`."""
     full = (root / rel).absolute()

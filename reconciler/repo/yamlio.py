@@ -17,7 +17,7 @@ The resolver follows YAML 1.2 (like ruamel, which writes these files): `on`, `no
 strings, `010` is ten, `1:30` is a string. PyYAML's default YAML 1.1 rules would read a file
 written by ruamel differently.
 
-Writing and editing use ruamel's round-trip mode, which keeps comments, key order and quoting.
+Writing (`tunnelctl new`) uses ruamel, the same YAML 1.2 dialect, with the models' key order.
 """
 
 from __future__ import annotations
@@ -324,64 +324,3 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _drop_key(doc: Any, key: str) -> None:
-    """Remove a key; a comment hanging after its value moves to the key before it."""
-    keys = list(doc)
-    position_ = keys.index(key)
-    hanging = doc.ca.items.pop(key, None)
-    del doc[key]
-    if hanging is not None and position_ > 0:
-        previous = keys[position_ - 1]
-        if previous not in doc.ca.items and isinstance(doc[previous], (str, int, float)):
-            doc.ca.items[previous] = hanging
-
-
-def _set_list(current: Any, new: list[Any]) -> None:
-    """Update a list in place: unchanged leading items keep their comments."""
-    keep = 0
-    while keep < min(len(current), len(new)) and current[keep] == new[keep]:
-        keep += 1
-    del current[keep:]
-    current.extend(new[keep:])
-
-
-def update_tunnel_file(path: Path | str, **changes: Any) -> None:
-    """Set keys of an existing repo file in place, keeping comments, order and quoting.
-
-    A new key goes after the keys that precede it in the model's field order; a value of None
-    removes the key (absent and null mean the same). Lists are updated in place so their
-    style and the comments of unchanged items survive.
-    """
-    import io
-
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
-
-    from reconciler.repo.model import Tunnel
-
-    order = list(Tunnel.model_fields)
-    target = Path(path)
-    rt = _ruamel()
-    doc = rt.load(target.read_text(encoding="utf-8"))
-    if not isinstance(doc, CommentedMap):
-        raise ValueError(  # noqa: TRY004
-            f"{target}: top level is not a mapping; fix the file first")
-    for key, value in changes.items():
-        if value is None:
-            if key in doc:
-                _drop_key(doc, key)
-            continue
-        plain = to_plain(value)
-        current = doc.get(key)
-        if isinstance(plain, list) and isinstance(current, CommentedSeq):
-            _set_list(current, plain)
-        elif key in doc:
-            doc[key] = CommentedSeq(plain) if isinstance(plain, list) else plain
-        else:
-            before = set(order[: order.index(key)]) if key in order else set(doc)
-            at = max((i + 1 for i, k in enumerate(doc) if k in before), default=len(doc))
-            doc.insert(at, key, CommentedSeq(plain) if isinstance(plain, list) else plain)
-    out = io.StringIO()
-    rt.dump(doc, out)
-    write_atomic(target, out.getvalue())
