@@ -83,8 +83,8 @@ def test_mutated_shipped_files(case: tuple[str, bytes]) -> None:
 
 
 names = st.from_regex(r"[a-z0-9][a-z0-9-]{0,20}", fullmatch=True)
-notes = st.text(st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("\n\t #:'\""),
-                max_size=60)
+notes = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"))
+                | st.sampled_from(" #:'\""), max_size=60)
 
 
 @st.composite
@@ -116,9 +116,8 @@ def test_valid_tunnels_round_trip_load_dump_load(tunnel: Tunnel) -> None:
     assert dump_document(loaded.model.model_dump(exclude_none=True)) == text
 
 
-@pytest.mark.parametrize("text", ["a\u2028b", "\ufeffbom", "  lead", "trail  ", "- x", "{a",
-                                  "#c", "a\n\nb\n", "\n", "é\u00a0x", "\U0001F600",
-                                  "multi\nline\n  indented", "yes", "010", "2026-01-01"])
+@pytest.mark.parametrize("text", ["\ufeffbom", "  lead", "trail  ", "- x", "{a",
+                                  "#c", "é\u00a0x", "\U0001F600", "yes", "010", "2026-01-01"])
 def test_awkward_notes_round_trip(text: str) -> None:
     tunnel = Tunnel(org="a", name="b", gateway="c", public_key=base64.b64encode(b"k" * 32).decode(),
                     subnet=IPv4Network("10.20.0.4/30"), notes=text)
@@ -126,7 +125,15 @@ def test_awkward_notes_round_trip(text: str) -> None:
     assert loaded.model == tunnel
 
 
-@pytest.mark.parametrize("char", ["\x00", "\x1b", "\r", "\x7f", "\x85", "\x9f"])
+@pytest.mark.parametrize("text", ["\n", "a\n\nb\n", "multi\nline", "a\rb", "a\u2028b", "a\u2029b"])
+def test_notes_are_one_line(text: str) -> None:
+    # Notes are copied into config-file comments: a line break would end the comment.
+    with pytest.raises(ValueError, match="line break"):
+        Tunnel(org="a", name="b", gateway="c", public_key=base64.b64encode(b"k" * 32).decode(),
+               subnet=IPv4Network("10.20.0.4/30"), notes=text)
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\t", "\x7f", "\x85", "\x9f"])
 def test_control_characters_in_notes_are_refused(char: str) -> None:
     with pytest.raises(ValueError, match="control character"):
         Tunnel(org="a", name="b", gateway="c", public_key=base64.b64encode(b"k" * 32).decode(),

@@ -35,8 +35,19 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 KEY_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
-_IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
-_CONTROL_RE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]")
+# Linux interface names: 1-15 bytes (IFNAMSIZ 16 with the NUL), never "." or "..", no "/", ":"
+# or whitespace (the kernel's dev_valid_name); we also keep to characters that nft, ip and
+# RouterOS print and parse unquoted.
+_IFNAME_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.-]{1,15}")
+# Free text (notes, descriptions) lands in comments of nft, wg-quick and RouterOS files and in
+# markdown: one line, no control characters (C0, DEL, C1), no Unicode line or paragraph breaks.
+_CONTROL_RE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\u2028\u2029]")
+TEXT_MAX = 300
+# host:port where host is a DNS name, an IPv4 literal or a bracketed IPv6 literal.
+_DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+ENDPOINT_PATTERN = (rf"^(?:{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?|\[[0-9A-Fa-f:.]+\]):"
+                    r"[1-9][0-9]{0,4}$")
+_ENDPOINT_RE = re.compile(ENDPOINT_PATTERN)
 
 # Private IPv4 space a customer LAN may use (RFC 1918 and RFC 6598 shared CGNAT space).
 PRIVATE_LAN_RANGES: tuple[IPv4Network, ...] = tuple(
@@ -135,22 +146,38 @@ def _parse_interface_address(value: Any) -> ipaddress.IPv4Interface:
 
 def _check_ifname(value: str) -> str:
     if not _IFNAME_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a Linux interface name (1-15 of A-Z a-z 0-9 _ . -)")
+        raise ValueError(f"{value!r} is not a Linux interface name (1-15 of A-Z a-z 0-9 _ . -, "
+                         "not '.' or '..')")
     return value
 
 
 def _check_endpoint(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"endpoint {value!r} must be host:port, e.g. 203.0.113.10:51821")
+    host, _, port = value.rpartition(":")
+    if not _ENDPOINT_RE.fullmatch(value) or not 1 <= int(port) <= 65535 or len(host) > 253:
+        raise ValueError(f"endpoint {value!r} must be host:port with a DNS name, an IPv4 address "
+                         "or an [IPv6] address, e.g. 203.0.113.10:51821 or vpn.example.com:51821")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"endpoint {value!r}: {host} is not an IPv6 address") from None
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"endpoint {value!r}: {host} is not an IPv4 address") from None
     return value
 
 
 def _check_text(value: str) -> str:
-    # Notes end up in rendered configs and terminals: no control characters besides newline/tab.
     bad = _CONTROL_RE.search(value)
     if bad is not None:
-        raise ValueError(f"contains the control character {bad.group()!r}; use plain text")
+        what = "a line break" if bad.group() in "\n\r\u2028\u2029" else \
+            f"the control character {bad.group()!r}"
+        raise ValueError(f"contains {what}; this text is one line of plain text (it is "
+                         "copied into config file comments)")
+    if len(value) > TEXT_MAX:
+        raise ValueError(f"is {len(value)} characters long; keep it under {TEXT_MAX}")
     return value
 
 
@@ -184,6 +211,24 @@ CIDR = Annotated[
                     "pattern": r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$"}),
 ]
 PrivateLAN = Annotated[CIDR, AfterValidator(_check_private_lan)]
+InterfaceName = Annotated[
+    str,
+    AfterValidator(_check_ifname),
+    WithJsonSchema({"type": "string", "pattern": f"^{_IFNAME_RE.pattern}$",
+                    "description": "Linux interface name: 1-15 of A-Z a-z 0-9 _ . -"}),
+]
+Endpoint = Annotated[
+    str,
+    AfterValidator(_check_endpoint),
+    WithJsonSchema({"type": "string", "pattern": ENDPOINT_PATTERN,
+                    "description": "public host:port customers connect to"}),
+]
+OneLineText = Annotated[
+    str,
+    AfterValidator(_check_text),
+    WithJsonSchema({"type": "string", "maxLength": TEXT_MAX, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$",
+                    "description": "one line of plain text"}),
+]
 InterfaceAddress = Annotated[
     ipaddress.IPv4Interface,
     BeforeValidator(_parse_interface_address),
@@ -246,23 +291,21 @@ class Service(Strict):
                                   {"type": "array", "items": {"type": ["integer", "string"]}}],
                         "description": "ports: 5060, '5060,5080', '10000-20000' or a list"}),
     ] = Field(min_length=1)
-    description: str = ""
+    description: OneLineText = ""
 
 
 class Gateway(Strict):
     """A cloud host's tenant interface: `gateway.yaml` or `gateways/<name>.yaml`."""
 
     name: Name
-    interface: Annotated[str, AfterValidator(_check_ifname)] = Field(
-        default="wg1", json_schema_extra={"pattern": _IFNAME_RE.pattern})
+    interface: InterfaceName = "wg1"
     listen_port: int = Field(default=51821, ge=1, le=65535)
     address: InterfaceAddress = Field(description="cloud tunnel address; every customer talks to it")
     pool: CIDR = Field(description="tunnel pool the per-tenant subnets are allocated from")
     allocation_prefix: int = Field(default=30, ge=8, le=30)
     reserved: tuple[CIDR, ...] = Field(default=(), description="infrastructure ranges no tenant may overlap")
-    infra_interfaces: tuple[str, ...] = Field(default=(), description="internal interfaces tenants must never reach, e.g. wg0")
-    endpoint: Annotated[str, AfterValidator(_check_endpoint)] = Field(
-        description="public host:port customers connect to")
+    infra_interfaces: tuple[InterfaceName, ...] = Field(default=(), description="internal interfaces tenants must never reach, e.g. wg0")
+    endpoint: Endpoint
     public_key: WireGuardKey | None = Field(default=None, description="printed by 'tunnelctl bootstrap'")
     mtu: int = Field(default=1420, ge=1280, le=9000)
     services: dict[Name, Service]
@@ -332,7 +375,7 @@ class Tunnel(Strict):
     services: tuple[Name, ...] | None = Field(default=None, description="subset of the gateway catalog; default: the gateway's default_services")
     persistent_keepalive: int = Field(default=25, ge=0, le=65535)
     psk_rotation: int = Field(default=0, ge=0, description="bump to rotate the derived preshared key")
-    notes: Annotated[str, AfterValidator(_check_text)] = ""
+    notes: OneLineText = ""
 
     @field_validator("lans")
     @classmethod
