@@ -192,7 +192,7 @@ def test_mikrotik_script(secret_dir: Path) -> None:
     assert commands[2] == (
         '/interface wireguard peers add interface="wg-cloud-1" '
         f'public-key="{config.cloud_public_key}" preshared-key="{config.preshared_key}" '
-        "endpoint-address=203.0.113.10 endpoint-port=51821 allowed-address=10.20.0.1/32 "
+        'endpoint-address="203.0.113.10" endpoint-port=51821 allowed-address=10.20.0.1/32 '
         'persistent-keepalive=25s comment="tunnelctl cloud-1"')
     assert commands[3].startswith('/ip address add address=10.20.0.10/30 interface="wg-cloud-1"')
     assert commands[4].startswith('/ip route add dst-address=10.20.0.1/32 gateway="wg-cloud-1"')
@@ -200,6 +200,20 @@ def test_mikrotik_script(secret_dir: Path) -> None:
     assert commands[5].startswith('/ip firewall nat add chain=srcnat out-interface="wg-cloud-1"')
     routed = cc.render(cc.load(TENANTS, "acme-voip/hq", secret_dir=secret_dir), "mikrotik")
     assert "masquerade" not in routed.replace("do not masquerade", "")
+
+
+@pytest.mark.parametrize("value,literal", [
+    ("wg-cloud-1", '"wg-cloud-1"'),
+    ('say "hi"', '"say \\"hi\\""'),
+    ("$(x) ?y \\z", '"\\$(x) \\?y \\\\z"'),
+])
+def test_routeros_strings_are_quoted_and_escaped(value: str, literal: str) -> None:
+    assert cc.routeros_string(value) == literal
+
+
+def test_routeros_strings_refuse_line_breaks() -> None:
+    with pytest.raises(cc.CustomerConfigError):
+        cc.routeros_string("a\n/system reset-configuration")
 
 
 def test_gdms_steps_are_numbered_and_filled(secret_dir: Path) -> None:

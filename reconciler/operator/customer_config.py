@@ -208,8 +208,18 @@ def load(repo_path: Path, ident: str, *, gateway: str | None = None,
     return build(tunnel, gw, host_secret, cloud_public_key(gw, secret_dir))
 
 
+def routeros_string(value: object) -> str:
+    """A RouterOS script string literal. The model already types every value that reaches the
+    script; quoting and escaping here keeps a future field from becoming script syntax."""
+    text = str(value)
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        raise CustomerConfigError(f"{text!r} cannot be written into a RouterOS script")
+    escaped = "".join("\\" + ch if ch in '\\"$?' else ch for ch in text)
+    return f'"{escaped}"'
+
+
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir() / "customer")),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -217,6 +227,8 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,  # plain-text configs, not HTML
     )
+    env.filters["ros"] = routeros_string
+    return env
 
 
 def _step_counter() -> Callable[[], int]:
