@@ -9,18 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.engine.hoststate import ROUTE_PROTO, Firewall, Route, canonical_ips
+from reconciler.engine.hoststate import ROUTE_PROTO, Firewall, HostState, Route, canonical_ips
 from reconciler.engine.parsers import (
     ParseError,
     nft_table_absent,
     parse_ip_addr,
     parse_nft_table,
     parse_routes,
-    parse_uapi_get,
     parse_wg_dump,
     parse_wg_dump_secrets,
-    rendered_structure,
 )
+from reconciler.engine.plan import ReplaceFirewall, plan
 from reconciler.engine.psk import psk_digest
 from reconciler.engine.render import active_tunnels, render_firewall
 from reconciler.engine.wgkeys import public_key
@@ -93,15 +92,6 @@ def test_dump_secrets_for_the_snapshot() -> None:
     assert parse_wg_dump_secrets(fixture("wg_dump_fresh.txt")) == (None, {})
 
 
-def test_uapi_get_matches_the_dump() -> None:
-    uapi = parse_uapi_get(fixture("uapi_get_handshake.txt"), psk_digest)
-    dump = parse_wg_dump(fixture("wg_dump_handshake.txt"), psk_digest)
-    assert uapi.peers == dump.peers
-    assert uapi.status == dump.status
-    assert uapi.interface.public_key == dump.interface.public_key
-    assert uapi.interface.listen_port == 51821
-
-
 @pytest.mark.parametrize("text", ["", "a\tb\tc\n", "x\ty\t1\toff\nonly\tthree\tfields\n"])
 def test_malformed_dump_is_an_error(text: str) -> None:
     with pytest.raises(ParseError):
@@ -152,10 +142,65 @@ def test_nft_table_listing_equals_the_rendered_table() -> None:
 
 
 def test_rendered_structure_matches_the_listing() -> None:
+    # Chains, rule bodies and declarations from the typed table equal those nft lists back.
     observed = parse_nft_table(fixture("nft_table.json"))
     assert observed is not None
-    structure = rendered_structure(fixture("nft_table_rendered.nft"))
-    assert structure == {e for e in observed.elements if e[0] != "elem"}
+    desired = _example_firewall()
+    assert {e for e in desired.elements if e[0] != "elem"} == \
+        {e for e in observed.elements if e[0] != "elem"}
+    rules = sorted(e for e in observed.elements if e[0] == "rule")
+    assert len(rules) == 9 and all(str(e[3]).startswith("[{") for e in rules)
+
+
+def test_rendered_table_observed_back_plans_no_firewall_change() -> None:
+    observed = parse_nft_table(fixture("nft_table.json"))
+    desired = _example_firewall()
+    state = HostState(None, {}, frozenset(), desired)
+    assert plan(state, HostState(None, {}, frozenset(), observed)).empty
+
+
+def test_verdict_changed_by_hand_with_the_same_comment_is_drift() -> None:
+    # Captured: `nft replace rule ... counter accept comment "<the same comment>"` on the
+    # input chain's final drop. The comment still matches; the body does not.
+    desired = _example_firewall()
+    edited = parse_nft_table(fixture("nft_table_accept.json"))
+    assert edited is not None and edited != desired
+    assert {e for e in desired.elements ^ edited.elements} == {
+        ("rule", "input", 4, '[{"counter":null},{"drop":null}]'),
+        ("rule", "input", 4, '[{"counter":null},{"accept":null}]')}
+    changes = plan(HostState(None, {}, frozenset(), desired),
+                   HostState(None, {}, frozenset(), edited))
+    assert [type(c) for c in changes] == [ReplaceFirewall]
+    assert changes.of(ReplaceFirewall)[0].element_delta() is None  # loaded whole, not patched
+
+
+def test_rule_order_match_and_verdict_edits_are_drift_counters_are_not() -> None:
+    desired = _example_firewall()
+
+    def rules(items: list, chain: str) -> list:  # type: ignore[type-arg]
+        return [i for i in items if "rule" in i and i["rule"]["chain"] == chain]
+
+    def swap(items: list) -> None:  # type: ignore[type-arg]
+        a, b = rules(items, "input")[:2]
+        i, j = items.index(a), items.index(b)
+        items[i], items[j] = b, a
+
+    def port(items: list) -> None:  # type: ignore[type-arg]
+        rules(items, "svc_sip")[0]["rule"]["expr"][0]["match"]["right"]["set"].append(22)
+
+    def iif(items: list) -> None:  # type: ignore[type-arg]
+        rules(items, "forward")[0]["rule"]["expr"][0]["match"]["right"] = "wg9"
+
+    def comment(items: list) -> None:  # type: ignore[type-arg]
+        rules(items, "input")[0]["rule"]["comment"] = "tc:0123456789"
+
+    def counted(items: list) -> None:  # type: ignore[type-arg]
+        rules(items, "input")[-1]["rule"]["expr"][0]["counter"] = {"packets": 7, "bytes": 420}
+
+    for edit in (swap, port, iif):
+        assert _tampered(edit) != desired, edit.__name__
+    for edit in (comment, counted):  # neither is a rule's behaviour
+        assert _tampered(edit) == desired, edit.__name__
 
 
 def test_flushed_table_is_detected() -> None:

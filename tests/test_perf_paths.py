@@ -87,16 +87,6 @@ def test_element_delta_only_for_element_changes() -> None:
     ]
 
 
-def test_spliced_table_text_is_the_templates_own() -> None:
-    gw = next(iter(load_repo(TENANTS).gateways.values()))
-    profiles = (R._profile(gw, ("rtp", "sip")), R._profile(gw, ("sip",)))
-    elements = [(f"10.20.{i >> 6}.{(i & 63) * 4 + 2}/32", profiles[i % 2].chain)
-                for i in range(300)] + [("192.168.7.0/24", profiles[0].chain)]
-    for els in (elements, elements[:1], []):
-        args = ("wg7", "10.20.0.1", els, profiles, ("172.31.0.0/16",), ("wg0",))
-        assert R._nft_text_fast(*args) == R._nft_text(*args)
-
-
 def _render(repo: RepoState, secret: bytes, key: str) -> Any:
     gw = next(iter(repo.gateways.values()))
     return R.render_host(gw, repo.tunnels, interface="wg7", private_key=key, host_secret=secret,

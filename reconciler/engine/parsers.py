@@ -7,10 +7,8 @@ Each is tested on captured real output in tests/fixtures/. They return the canon
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
 import json
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +25,7 @@ from reconciler.engine.hoststate import (
     canonical_cidr,
     canonical_ips,
 )
-from reconciler.engine.wgkeys import public_key
+from reconciler.engine.nftables import canonical_rule
 
 NONE = "(none)"
 
@@ -101,65 +99,12 @@ def parse_wg_dump_secrets(text: str) -> tuple[str | None, dict[str, str]]:
     return (None if priv == NONE else priv), psks
 
 
-# ------------------------------------------------------------------------- UAPI (get=1)
-
-ZERO_KEY_HEX = "0" * 64
-
-
-def hex_to_b64(value: str) -> str:
-    return base64.b64encode(bytes.fromhex(value)).decode()
+# --------------------------------------------------------------------------- UAPI keys
 
 
 def b64_to_hex(value: str) -> str:
+    """A WireGuard key as the control socket (UAPI) writes it: hex, not base64."""
     return base64.b64decode(value).hex()
-
-
-def parse_uapi_get(text: str, psk_digest: Callable[[str], str]) -> WgDump:
-    """wireguard-go's `get=1` reply: the same facts as the dump, as key=value lines, hex keys."""
-    listen_port, fwmark, has_priv = 0, 0, False
-    peers: dict[str, Peer] = {}
-    status: dict[str, PeerStatus] = {}
-    cur: dict[str, Any] | None = None
-
-    def flush() -> None:
-        if cur is None:
-            return
-        key = cur["key"]
-        psk = cur.get("psk")
-        peers[key] = Peer(key, canonical_ips(cur.get("ips", ())),
-                          None if psk in (None, ZERO_KEY_HEX) else psk_digest(hex_to_b64(psk)),
-                          int(cur.get("keepalive", 0)))
-        status[key] = PeerStatus(key, cur.get("endpoint"), int(cur.get("hs", 0)),
-                                 int(cur.get("rx", 0)), int(cur.get("tx", 0)))
-
-    priv_hex = ""
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line:
-            continue
-        name, sep, value = line.partition("=")
-        if not sep:
-            raise ParseError(f"uapi get line {n}: no '=' in {line[:40]!r}")
-        if name == "private_key":
-            priv_hex, has_priv = value, value != ZERO_KEY_HEX
-        elif name == "listen_port":
-            listen_port = int(value)
-        elif name == "fwmark":
-            fwmark = int(value)
-        elif name == "public_key":
-            flush()
-            cur = {"key": hex_to_b64(value), "ips": []}
-        elif cur is not None:
-            field_map = {"preshared_key": "psk", "endpoint": "endpoint",
-                         "last_handshake_time_sec": "hs", "rx_bytes": "rx", "tx_bytes": "tx",
-                         "persistent_keepalive_interval": "keepalive"}
-            if name == "allowed_ip":
-                cur["ips"].append(value)
-            elif name in field_map:
-                cur[field_map[name]] = value
-    flush()
-    # get=1 does not print the public key: derive it, as `wg show` does.
-    pub = public_key(hex_to_b64(priv_hex)) if has_priv else None
-    return WgDump(WgInterfaceLine(pub, listen_port, fwmark, has_priv), peers, status)
 
 
 # ------------------------------------------------------------------------------ ip -json
@@ -234,14 +179,6 @@ def parse_routes(text: str, *, dev: str | None = None, proto: int | None = None)
 
 # ------------------------------------------------------------------------------- nft -j
 
-_TAG_RE = re.compile(r"\btc:([0-9a-f]+)\b")
-
-
-def rule_tag(rule_text: str) -> str:
-    """Short hash of a rule's text, carried in its comment so observe can tell rules apart."""
-    return hashlib.sha256(" ".join(rule_text.split()).encode()).hexdigest()[:10]
-
-
 def _nft_value(value: Any) -> str:
     """A set key or map value from nft JSON, as canonical text."""
     if isinstance(value, str):
@@ -306,10 +243,9 @@ def parse_nft_table(text: str, family: str = FIREWALL_FAMILY,
                     table: str = FIREWALL_TABLE) -> Firewall | None:
     """`nft -j list table <family> <table>` -> canonical Firewall; empty output -> None.
 
-    Rules are identified by the tag in their comment (see `rule_tag`), not by their JSON
-    expression, so the rendered text and the listing reduce to the same elements. A rule
-    without our tag (added by hand) gets a tag derived from its expression: it still
-    shows up as drift.
+    A rule is its position in its chain and its body, `canonical_rule` of the expression nft
+    lists (the form the renderer derives from the same typed rule): a changed verdict, match
+    or order is drift whatever its comment says; counters and comments are not compared.
     """
     if not text.strip():
         return None
@@ -350,10 +286,7 @@ def parse_nft_table(text: str, family: str = FIREWALL_FAMILY,
             chain = body["chain"]
             idx = rule_index.get(chain, 0)
             rule_index[chain] = idx + 1
-            m = _TAG_RE.search(body.get("comment", ""))
-            tag = m.group(1) if m else "x" + hashlib.sha256(
-                json.dumps(body.get("expr"), sort_keys=True).encode()).hexdigest()[:9]
-            elements.add(("rule", chain, idx, tag))
+            elements.add(("rule", chain, idx, canonical_rule(body.get("expr"))))
         else:  # counters, quotas, flowtables, ct helpers...: we never make them, so any is drift
             elements.add(("object", kind, str(body.get("name", ""))))
     if not found:
@@ -366,50 +299,3 @@ def _chain_element(body: dict[str, Any]) -> tuple[str | int, ...]:
         return ("chain", body["name"], body.get("type", ""), body["hook"], int(body.get("prio", 0)),
                 body.get("policy", "accept"))
     return ("chain", body["name"])
-
-
-_CHAIN_RE = re.compile(r"^\s*chain\s+(\S+)\s*\{")
-_MAP_RE = re.compile(r"^\s*(map|set)\s+(\S+)\s*\{")
-_BASE_RE = re.compile(
-    r"^\s*type\s+(\w+)\s+hook\s+(\w+)\s+priority\s+(-?\d+)\s*;\s*policy\s+(\w+)\s*;")
-_TYPE_RE = re.compile(r"^\s*type\s+(\S+)(?:\s*:\s*(\S+))?\s*$")
-_FLAGS_RE = re.compile(r"^\s*flags\s+(.+?)\s*;?\s*$")
-
-
-def rendered_structure(text: str) -> set[tuple[str | int, ...]]:
-    """Chains, rules and set declarations from OUR rendered table text (not general nft syntax).
-
-    The template writes base chains as `type T hook H priority <number>; policy P;` on one
-    line, tags every rule with `comment "tc:<tag>"`, and declares maps with `type K : V` and
-    `flags ...` lines. Elements are not read from the text: the renderer knows them already.
-    """
-    out: set[tuple[str | int, ...]] = set()
-    chain: str | None = None
-    base: tuple[str | int, ...] | None = None
-    current_map: list[str] | None = None
-    idx = 0
-    for line in text.splitlines():
-        if (m := _CHAIN_RE.match(line)):
-            if chain is not None:
-                out.add(base or ("chain", chain))
-            chain, base, idx, current_map = m.group(1), None, 0, None
-        elif (m := _MAP_RE.match(line)):
-            if chain is not None:
-                out.add(base or ("chain", chain))
-                chain = None
-            current_map = [m.group(1), m.group(2), "", "", ""]
-        elif current_map is not None and (m := _TYPE_RE.match(line)):
-            current_map[2], current_map[3] = m.group(1), m.group(2) or ""
-        elif current_map is not None and (m := _FLAGS_RE.match(line)):
-            current_map[4] = ",".join(sorted(f.strip() for f in m.group(1).split(",")))
-        elif current_map is not None and line.strip() == "}":
-            out.add(tuple(current_map))
-            current_map = None
-        elif chain is not None and (m := _BASE_RE.match(line)):
-            base = ("chain", chain, m.group(1), m.group(2), int(m.group(3)), m.group(4))
-        elif chain is not None and (m := _TAG_RE.search(line)):
-            out.add(("rule", chain, idx, m.group(1)))
-            idx += 1
-    if chain is not None:
-        out.add(base or ("chain", chain))
-    return out

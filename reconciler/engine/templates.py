@@ -16,7 +16,7 @@ def template_dir() -> Path:
         return Path(env)
     # A checkout is recognised by its own template, not merely a folder named templates
     # beside site-packages.
-    if (CHECKOUT_TEMPLATES / "nftables.nft.j2").is_file():
+    if (CHECKOUT_TEMPLATES / "wg-interface.conf.j2").is_file():
         return CHECKOUT_TEMPLATES
     spec = importlib.util.find_spec("reconciler.templates")
     if spec is None or not spec.submodule_search_locations:

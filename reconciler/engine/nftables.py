@@ -1,0 +1,411 @@
+"""Our nftables table as typed values (pure): statements, rules, chains, the table.
+
+Every value that reaches nft is typed and checked here: interface names against the Linux
+name pattern, addresses and prefixes as ipaddress objects or (int, prefix length) pairs,
+ports as ints, chain and set names from fixed patterns. So no text from the repo is ever
+spliced into an nft program, and quoting cannot be got wrong.
+
+One table renders three ways from the same values:
+- `Table.text()`: the `nft -f` program (what apply loads; measured faster than JSON, see
+  `transaction_json` below);
+- `Table.transaction_json()`: the same transaction as `nft -j -f` input;
+- `Table.structure()`: the canonical elements observe compares against. A rule is
+  ("rule", chain, index, body) where body is `canonical_rule(expr)` of the JSON expression
+  nft lists for it, so a rule whose verdict, match or position changed differs even when
+  its comment is unchanged. Counter values, handles and comments are not part of a body.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Element = tuple[str | int, ...]
+
+IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+# input/forward, or a service profile chain: svc_<service>_<service>... or svc_h<hash>.
+CHAIN_RE = re.compile(r"input|forward|svc_[a-z0-9][a-z0-9_-]{0,195}")
+SET_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+FINGERPRINT_RE = re.compile(r"[0-9a-f]{1,64}")
+# Rule comments are fixed strings in the renderer, for people reading `nft list`; never
+# compared (see canonical_rule), so they are no longer how drift is found.
+COMMENT_RE = re.compile(r"[a-z0-9 ,:/<>=-]{0,120}")
+
+
+class NftValueError(ValueError):
+    """A value that must not reach nft (bad name, port, prefix)."""
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise NftValueError(f"{value!r} is not a valid {what}")
+    return value
+
+
+def ifname(value: str) -> str:
+    return _check(IFNAME_RE, value, "interface name")
+
+
+def chain_name(value: str) -> str:
+    return _check(CHAIN_RE, value, "chain name")
+
+
+def set_name(value: str) -> str:
+    return _check(SET_RE, value, "set name")
+
+
+def _v4(value: int, length: int) -> str:
+    """(network as int, prefix length) -> 'a.b.c.d/len', checked; host bits must be clear."""
+    if not (type(value) is int and type(length) is int and 0 <= length <= 32
+            and 0 <= value <= 0xFFFFFFFF and value & ((1 << (32 - length)) - 1) == 0):
+        raise NftValueError(f"({value!r}, {length!r}) is not an IPv4 prefix")
+    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}"
+
+
+# --------------------------------------------------------------------------- statements
+
+
+@dataclass(frozen=True)
+class IfMatch:
+    key: Literal["iifname", "oifname"]
+    op: Literal["==", "!="]
+    name: str
+
+    def __post_init__(self) -> None:
+        ifname(self.name)
+
+    def text(self) -> str:
+        return f'{self.key} {"!= " if self.op == "!=" else ""}"{self.name}"'
+
+    def json(self) -> dict[str, Any]:
+        return {"match": {"op": self.op, "left": {"meta": {"key": self.key}}, "right": self.name}}
+
+
+@dataclass(frozen=True)
+class CtState:
+    states: tuple[Literal["established", "related", "new", "invalid"], ...]
+
+    def text(self) -> str:
+        return "ct state " + ",".join(self.states)
+
+    def json(self) -> dict[str, Any]:
+        return {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                          "right": list(self.states)}}
+
+
+@dataclass(frozen=True)
+class DaddrIs:
+    addr: ipaddress.IPv4Address
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.addr, ipaddress.IPv4Address):
+            raise NftValueError(f"{self.addr!r} is not an IPv4 address")
+
+    def text(self) -> str:
+        return f"ip daddr {self.addr}"
+
+    def json(self) -> dict[str, Any]:
+        return {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                          "right": str(self.addr)}}
+
+
+@dataclass(frozen=True)
+class DaddrInSet:
+    set: str
+
+    def __post_init__(self) -> None:
+        set_name(self.set)
+
+    def text(self) -> str:
+        return f"ip daddr @{self.set}"
+
+    def json(self) -> dict[str, Any]:
+        return {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                          "right": f"@{self.set}"}}
+
+
+@dataclass(frozen=True)
+class IcmpEchoRequest:
+    def text(self) -> str:
+        return "icmp type echo-request"
+
+    def json(self) -> dict[str, Any]:
+        return {"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}},
+                          "right": "echo-request"}}
+
+
+@dataclass(frozen=True)
+class DportIn:
+    proto: Literal["udp", "tcp"]
+    ports: tuple[tuple[int, int], ...]  # sorted, non-overlapping (first, last) ranges
+
+    def __post_init__(self) -> None:
+        if self.proto not in ("udp", "tcp") or not self.ports:
+            raise NftValueError(f"bad port match {self.proto!r} {self.ports!r}")
+        last = -1
+        for a, b in self.ports:
+            if not (type(a) is int and type(b) is int and last < a <= b <= 65535):
+                raise NftValueError(f"bad port range {a!r}-{b!r} in {self.ports!r}")
+            last = b
+
+    def text(self) -> str:
+        items = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in self.ports)
+        return f"{self.proto} dport {{ {items} }}"
+
+    def json(self) -> dict[str, Any]:
+        items: list[Any] = [a if a == b else {"range": [a, b]} for a, b in self.ports]
+        return {"match": {"op": "==", "left": {"payload": {"protocol": self.proto,
+                                                           "field": "dport"}},
+                          "right": {"set": items}}}
+
+
+@dataclass(frozen=True)
+class SaddrVmap:
+    map: str
+
+    def __post_init__(self) -> None:
+        set_name(self.map)
+
+    def text(self) -> str:
+        return f"ip saddr vmap @{self.map}"
+
+    def json(self) -> dict[str, Any]:
+        return {"vmap": {"key": {"payload": {"protocol": "ip", "field": "saddr"}},
+                         "data": f"@{self.map}"}}
+
+
+@dataclass(frozen=True)
+class Counter:
+    def text(self) -> str:
+        return "counter"
+
+    def json(self) -> dict[str, Any]:
+        return {"counter": {"packets": 0, "bytes": 0}}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: Literal["accept", "drop"]
+
+    def text(self) -> str:
+        return self.kind
+
+    def json(self) -> dict[str, Any]:
+        return {self.kind: None}
+
+
+Statement = (IfMatch | CtState | DaddrIs | DaddrInSet | IcmpEchoRequest | DportIn | SaddrVmap
+             | Counter | Verdict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    stmts: tuple[Statement, ...]
+    comment: str = ""
+
+    def __post_init__(self) -> None:
+        _check(COMMENT_RE, self.comment, "rule comment")
+
+    def text(self) -> str:
+        body = " ".join(s.text() for s in self.stmts)
+        return f'{body} comment "{self.comment}"' if self.comment else body
+
+    def expr(self) -> list[dict[str, Any]]:
+        return [s.json() for s in self.stmts]
+
+    def body(self) -> str:
+        return canonical_rule(self.expr())
+
+
+@dataclass(frozen=True)
+class Hook:
+    hook: Literal["input", "forward"]
+    priority: int
+    policy: Literal["accept", "drop"]
+
+    def __post_init__(self) -> None:
+        if type(self.priority) is not int or self.hook not in ("input", "forward") \
+                or self.policy not in ("accept", "drop"):
+            raise NftValueError(f"bad base chain {self!r}")
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    rules: tuple[Rule, ...]
+    hook: Hook | None = None
+
+    def __post_init__(self) -> None:
+        chain_name(self.name)
+
+    def element(self) -> Element:
+        if self.hook is None:
+            return ("chain", self.name)
+        return ("chain", self.name, "filter", self.hook.hook, self.hook.priority,
+                self.hook.policy)
+
+
+# --------------------------------------------------------------------------- canonical
+
+
+def _canon(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "counter" in value and len(value) == 1:
+            return {"counter": None}  # packet and byte counts are not part of a rule
+        if "set" in value and len(value) == 1 and isinstance(value["set"], list):
+            items = [_canon(v) for v in value["set"]]
+            if len(items) == 1:
+                return items[0]  # nft lists `{ 443 }` as `443`
+            return {"set": sorted(items, key=lambda v: json.dumps(v, sort_keys=True))}
+        return {k: _canon(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canon(v) for v in value]
+    return value
+
+
+def canonical_rule(expr: Any) -> str:
+    """The one text both sides of a rule comparison reduce to: the JSON expression, keys
+    sorted, counter values dropped, anonymous sets in sorted order and `{ x }` as `x`."""
+    return json.dumps(_canon(expr), sort_keys=True, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------------------- table
+
+
+@dataclass(frozen=True)
+class Table:
+    """The whole table. `elements` are the tenant map's (network int, prefix len, chain),
+    sorted by address; `routed` the forwardable cloud ranges."""
+
+    family: str
+    name: str
+    interface: str
+    tenant_map: str
+    elements: Sequence[tuple[int, int, str]]
+    routed_set: str
+    routed: tuple[ipaddress.IPv4Network, ...]
+    chains: tuple[Chain, ...]
+
+    def __post_init__(self) -> None:
+        if self.family not in ("inet", "ip"):
+            raise NftValueError(f"{self.family!r} is not a table family we render")
+        set_name(self.name)
+        set_name(self.tenant_map)
+        set_name(self.routed_set)
+        ifname(self.interface)
+        if any(not isinstance(n, ipaddress.IPv4Network) for n in self.routed):
+            raise NftValueError(f"routed ranges must be IPv4 networks: {self.routed!r}")
+        known = {c.name for c in self.chains}
+        if any(c not in known for c in {e[2] for e in self.elements}):
+            raise NftValueError("a tenant map element jumps to a chain the table lacks")
+
+    # ---- canonical elements (what observe compares)
+
+    def structure(self) -> frozenset[Element]:
+        """Chains, rules and declarations; not the map and set elements."""
+        return _structure(self.chains, self.tenant_map, self.routed_set if self.routed else None)
+
+    def element_items(self) -> list[Element]:
+        items: list[Element] = [("elem", self.tenant_map, _v4(v, n), "jump " + c)
+                                for v, n, c in self.elements]
+        items += [("elem", self.routed_set, str(n), "") for n in self.routed]
+        return items
+
+    # ---- nft -f text
+
+    def text(self, fingerprint: str) -> str:
+        _check(FINGERPRINT_RE, fingerprint, "fingerprint")
+        out = [f"table {self.family} {self.name} {{",
+               (f'\tcomment "managed by tunnelctl for {self.interface}; edits are reverted; '
+                f'fp {fingerprint}"'), "",
+               f"\tmap {self.tenant_map} {{", "\t\ttype ipv4_addr : verdict", "\t\tflags interval"]
+        if self.elements:
+            # The 16k-line hot loop: checked ints, chain names checked in __post_init__.
+            body = ",\n".join(f"\t\t\t{_v4(v, n)} : jump {c}" for v, n, c in self.elements)
+            out += ["\t\telements = {", body, "\t\t}"]
+        out.append("\t}")
+        if self.routed:
+            nets = ", ".join(str(n) for n in self.routed)
+            out += ["", f"\tset {self.routed_set} {{", "\t\ttype ipv4_addr", "\t\tflags interval",
+                    f"\t\telements = {{ {nets} }}", "\t}"]
+        for c in self.chains:
+            out += ["", f"\tchain {c.name} {{"]
+            if c.hook is not None:
+                h = c.hook
+                out.append(f"\t\ttype filter hook {h.hook} priority {h.priority}; "
+                           f"policy {h.policy};")
+            out += [f"\t\t{r.text()}" for r in c.rules]
+            out.append("\t}")
+        out.append("}")
+        return "\n".join(out) + "\n"
+
+    # ---- nft -j -f JSON
+
+    def transaction_json(self, fingerprint: str) -> str:
+        """The same replace-the-table transaction as apply's text one, as `nft -j -f -`
+        input: declare (so delete cannot fail), delete, define again."""
+        _check(FINGERPRINT_RE, fingerprint, "fingerprint")
+        ident = {"family": self.family, "name": self.name}
+        base = {"family": self.family, "table": self.name}
+        cmds: list[dict[str, Any]] = [
+            {"add": {"table": ident}}, {"delete": {"table": ident}},
+            {"add": {"table": {**ident, "comment": f"managed by tunnelctl for {self.interface}; "
+                               f"edits are reverted; fp {fingerprint}"}}}]
+        for c in self.chains:
+            chain: dict[str, Any] = {**base, "name": c.name}
+            if c.hook is not None:
+                chain.update(type="filter", hook=c.hook.hook, prio=c.hook.priority,
+                             policy=c.hook.policy)
+            cmds.append({"add": {"chain": chain}})
+        tmap: dict[str, Any] = {**base, "name": self.tenant_map, "type": "ipv4_addr",
+                                "map": "verdict", "flags": ["interval"]}
+        if self.elements:
+            tmap["elem"] = [[_json_prefix(v, n), {"jump": {"target": c}}]
+                            for v, n, c in self.elements]
+        cmds.append({"add": {"map": tmap}})
+        if self.routed:
+            cmds.append({"add": {"set": {**base, "name": self.routed_set, "type": "ipv4_addr",
+                                         "flags": ["interval"],
+                                         "elem": [_json_prefix(int(n.network_address),
+                                                               n.prefixlen)
+                                                  for n in self.routed]}}})
+        for c in self.chains:
+            cmds += [{"add": {"rule": {**base, "chain": c.name, "expr": r.expr(),
+                                       **({"comment": r.comment} if r.comment else {})}}}
+                     for r in c.rules]
+        return json.dumps({"nftables": cmds}, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=8)
+def _structure(chains: tuple[Chain, ...], tenant_map: str,
+               routed_set: str | None) -> frozenset[Element]:
+    # Once per distinct set of chains: 16k tenants only ever add map elements, never a
+    # chain, rule or declaration, so a render does not rebuild the rule bodies.
+    out: set[Element] = {("map", tenant_map, "ipv4_addr", "verdict", "interval")}
+    if routed_set is not None:
+        out.add(("set", routed_set, "ipv4_addr", "", "interval"))
+    for c in chains:
+        out.add(c.element())
+        out.update(("rule", c.name, i, r.body()) for i, r in enumerate(c.rules))
+    return frozenset(out)
+
+
+def _json_prefix(value: int, length: int) -> Any:
+    addr = _v4(value, length).partition("/")[0]
+    return addr if length == 32 else {"prefix": {"addr": addr, "len": length}}
+
+
+def port_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Overlapping or adjacent ranges merged: nft rejects overlapping intervals in one set."""
+    merged: list[list[int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    return tuple((a, b) for a, b in merged)
