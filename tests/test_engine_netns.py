@@ -9,6 +9,7 @@ routers live with the lab (tests/test_lab*.py).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -28,7 +29,7 @@ from reconciler.cli import main as cli_main
 from reconciler.engine.cycle import HostTarget, ReconcileResult, reconcile
 from reconciler.engine.hoststate import ROUTE_PROTO, ObservedState, Route
 from reconciler.engine.observe import observe
-from reconciler.engine.parsers import parse_wg_dump_secrets
+from reconciler.engine.parsers import b64_to_hex, parse_wg_dump_secrets
 from reconciler.engine.plan import (
     AddPeer,
     AddRoute,
@@ -353,6 +354,49 @@ table ip filter {
 """
 
 
+def _input_rules(host: EngineHost) -> list[dict[str, Any]]:
+    listing = json.loads(host.sh("nft", "-j", "list", "table", "inet", "tunnelctl"))
+    return [o["rule"] for o in listing["nftables"]
+            if "rule" in o and o["rule"]["chain"] == "input"]
+
+
+def test_hand_edited_rule_body_is_drift_even_with_its_comment(host: EngineHost) -> None:
+    """The isolation rule's drop turned into accept, and a rule moved, each keeping its
+    comment: plan sees the body, the next cycle reloads the table, the one after is a no-op."""
+    host.sh("nft", "-f", "-", stdin=FOREIGN_NFT)
+    foreign = (host.nft("inet", "foreign"), host.nft("ip", "filter"))
+    populate(host, 6)
+    host.converged()
+    want = _input_rules(host)
+
+    def accept_instead_of_drop() -> None:
+        rule = next(r for r in _input_rules(host) if {"drop": None} in r["expr"])
+        host.sh("nft", "replace", "rule", "inet", "tunnelctl", "input", "handle",
+                str(rule["handle"]), "counter", "accept", "comment", f'"{rule["comment"]}"')
+
+    def replies_rule_moved_last() -> None:  # delete + add: same body, same comment, new place
+        rule = next(r for r in _input_rules(host) if "ct" in json.dumps(r["expr"]))
+        host.sh("nft", "delete", "rule", "inet", "tunnelctl", "input", "handle",
+                str(rule["handle"]))
+        host.sh("nft", "add", "rule", "inet", "tunnelctl", "input", "ct", "state",
+                "established,related", "accept", "comment", f'"{rule["comment"]}"')
+
+    for edit in (accept_instead_of_drop, replies_rule_moved_last):
+        edit()
+        assert _input_rules(host) != want, edit.__name__
+        seen = host.apply(dry_run=True)
+        assert [type(c) for c in seen.plan] == [ReplaceFirewall], edit.__name__
+        fixed = host.apply()
+        assert fixed.error is None and fixed.verified, (edit.__name__, fixed.error)
+        assert [type(c) for c in fixed.plan] == [ReplaceFirewall], edit.__name__
+        now = _input_rules(host)
+        assert [(r["expr"], r.get("comment")) for r in now] == \
+            [(r["expr"], r.get("comment")) for r in want], edit.__name__
+        third = host.apply()
+        assert third.plan.empty and third.writes == 0, third.plan.render_text()
+        assert (host.nft("inet", "foreign"), host.nft("ip", "filter")) == foreign
+
+
 def test_foreign_routes_and_tables_survive_every_apply(host: EngineHost) -> None:
     host.sh("ip", "link", "set", host.ifname, "up")
     host.sh("ip", "addr", "add", "10.20.0.1/16", "dev", host.ifname)
@@ -510,8 +554,17 @@ def test_cli_plan_apply_exit_codes_and_json(host: EngineHost) -> None:
     res = cli.invoke(cli_main, ["plan", *args, "--detailed-exitcode"])
     assert res.exit_code == 2, res.output
     assert "Plan: " in res.output and "+ peer org001/site" in res.output
+    plan_output = res.output
     res = cli.invoke(cli_main, ["apply", *args, "--dry-run", "--detailed-exitcode"])
     assert res.exit_code == 2 and host.observe().peers == {}
+    # The plan, unchanged, then the exact commands apply would run, secrets redacted.
+    assert res.output.startswith(plan_output) and "Commands" not in plan_output
+    dry = res.output[len(plan_output):]
+    assert "Commands apply would run (secrets redacted):" in dry
+    assert f"[peers] uapi {host.ifname} (control socket)" in dry
+    assert "[firewall] nft -f -" in dry and "[routes] ip -batch -" in dry
+    assert f"[config] write {t.config_dir / (host.ifname + '.conf')} (mode 0600)" in dry
+    assert "preshared_key=(redacted)" in dry and "PrivateKey = (redacted)" in dry
     res = cli.invoke(cli_main, ["apply", *args, "-o", "json", "--detailed-exitcode"])
     assert res.exit_code == 2, res.output
     import json
@@ -521,6 +574,9 @@ def test_cli_plan_apply_exit_codes_and_json(host: EngineHost) -> None:
     psk_secret = (t.secret_dir / "psk.secret").read_text().strip()
     assert psk_secret not in res.output and (t.secret_dir / "private.key").read_text().strip() \
         not in res.output
+    priv, psks = host.secrets()  # now applied: none of them was in the dry run's output
+    for key in [k for k in (priv, *psks.values()) if k]:
+        assert key not in dry and b64_to_hex(key) not in dry
     res = cli.invoke(cli_main, ["plan", *args, "--detailed-exitcode"])
     assert res.exit_code == 0 and "No changes" in res.output
     # A broken file: every problem printed with file:line:col, exit 1, host untouched.
