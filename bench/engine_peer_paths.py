@@ -30,12 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 import yaml
 
-from reconciler.engine.apply import (
-    WG_SET_CHUNK,
-    secret_dir,
-    uapi_peer_request,
-    wg_set_peer_args,
-)
+from reconciler.engine.apply import run_commands
+from reconciler.engine.commands import peer_commands, uapi_peer_request
 from reconciler.engine.cycle import HostTarget, reconcile
 from reconciler.engine.hoststate import Peer, Secrets
 from reconciler.engine.plan import AddPeer, UpdatePeer
@@ -115,12 +111,8 @@ def peer_paths(bed: Bed, n: int) -> dict[str, float]:
                                              write=True))
 
     def wg_set(changes: list[AddPeer] | list[UpdatePeer]) -> float:
-        def go() -> None:
-            with secret_dir() as d:
-                for s in range(0, len(changes), WG_SET_CHUNK):
-                    bed.runner.run(wg_set_peer_args(bed.ifname, changes[s:s + WG_SET_CHUNK], [],
-                                                    sec, d, offset=s), write=True)
-        return timed(go)
+        return timed(lambda: run_commands(bed.runner, peer_commands(bed.ifname, changes, [], sec,
+                                                                    uapi=False)))
 
     def syncconf(peer_list: list[Peer]) -> float:
         path = bed.tmp / "wg.conf"

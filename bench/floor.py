@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from ruamel.yaml import YAML
 
-from reconciler.engine.apply import firewall_transaction, route_batch
+from reconciler.engine.commands import firewall_transaction, route_batch
 from reconciler.engine.hoststate import HostState, Secrets
 from reconciler.engine.render import render_config
 

@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
-from reconciler.engine.apply import (
-    ApplyTarget,
-    StepFailed,
-    apply_plan,
+from reconciler.engine.apply import ApplyTarget, StepFailed, apply_plan
+from reconciler.engine.commands import (
+    Exec,
+    KeyFile,
+    UapiSet,
+    WriteFile,
+    commands_for,
     firewall_transaction,
     route_batch,
     uapi_peer_request,
@@ -49,6 +52,7 @@ class RecordingRunner(Runner):
         self.uapi_sock = uapi_sock
         self.fail = fail
         self.seen_files: dict[str, tuple[int, int, str]] = {}
+        self.written: dict[str, str] = {}
 
     def run(self, argv: Sequence[str], *, stdin: str | bytes | None = None, check: bool = True,
             write: bool = False, timeout: float = 60.0) -> Result:
@@ -78,6 +82,7 @@ class RecordingRunner(Runner):
     def write_file(self, path: Path, content: str, mode: int = 0o600) -> None:
         self.writes += 1
         self.calls.append(("write", (str(path), mode)))
+        self.written[str(path)] = content
 
 
 def peer(key: str, *ips: str, psk: str | None = "d", ka: int = 25) -> Peer:
@@ -218,3 +223,36 @@ def test_empty_plan_makes_no_calls() -> None:
     r = RecordingRunner()
     assert apply_plan(Plan(), ApplyTarget(r, "wg1", SECRETS)) == []
     assert r.calls == [] and r.writes == 0
+
+
+@pytest.mark.parametrize("uapi", [True, False])
+def test_apply_runs_exactly_the_commands_commands_for_returns(uapi: bool) -> None:
+    r = RecordingRunner(uapi_sock=uapi)
+    config = "[Interface]\nPrivateKey = " + PRIV + "\n"
+    done = apply_plan(MIXED, ApplyTarget(r, "wg1", SECRETS, config_text=config))
+    steps = commands_for(MIXED, "wg1", SECRETS, uapi=uapi, config_text=config)
+    assert done == [s.name for s in steps]
+    expected: list[tuple[str, Any]] = []
+    for command in (c for s in steps for c in s.commands):
+        if isinstance(command, Exec):  # a key file is compared by what the file held
+            expected.append(("run", (tuple(a.content if isinstance(a, KeyFile) else a
+                                           for a in command.argv), command.stdin)))
+        elif isinstance(command, UapiSet):
+            expected.append(("uapi", command.request))
+        else:
+            assert isinstance(command, WriteFile)
+            expected.append(("write", (command.path, command.mode)))
+            assert r.written[command.path] == command.content
+    ran = [(kind, (tuple(r.seen_files[a][2] if a in r.seen_files else a for a in payload[0]),
+                   payload[1])) if kind == "run" else (kind, payload) for kind, payload in r.calls]
+    assert ran == expected
+    assert r.writes == len(expected)
+
+
+def test_a_step_that_cannot_be_built_fails_in_its_place() -> None:
+    r = RecordingRunner()
+    plan = Plan((ReplaceFirewall(None, FW), AddPeer(peer(D, "10.20.0.22/32"))))  # D has no PSK
+    with pytest.raises(StepFailed) as info:
+        apply_plan(plan, ApplyTarget(r, "wg1", SECRETS))
+    assert info.value.step == "peers" and isinstance(info.value.cause, KeyError)
+    assert kinds(r) == ["nft"]  # the firewall ran first, as it would have

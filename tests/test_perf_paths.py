@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from reconciler.engine import render as R
-from reconciler.engine.apply import element_transaction
+from reconciler.engine.commands import element_transaction
 from reconciler.engine.cycle import ReconcileResult, reconcile
 from reconciler.engine.hoststate import Firewall, canonical_cidr
 from reconciler.engine.plan import AddRoute, ReplaceFirewall, UpdatePeer, WriteConfig

@@ -21,7 +21,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from reconciler.engine import psk, wgkeys
-from reconciler.engine.apply import firewall_transaction
+from reconciler.engine.commands import firewall_transaction
 from reconciler.engine.hoststate import FIREWALL_FAMILY, FIREWALL_TABLE
 from reconciler.engine.render import render_firewall
 from reconciler.engine.runner import CommandError, Runner
