@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from reconciler.engine.commands import render_commands
 from reconciler.engine.cycle import HostTarget, ReconcileResult, reconcile
 from reconciler.repo.state import load_repo
 
@@ -48,7 +49,8 @@ def _target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run(path: Path, gateway: str | None, netns: str | None, interface: str | None,
-         secret_dir: Path, config_dir: Path, fmt: str, detailed: bool, dry_run: bool) -> None:
+         secret_dir: Path, config_dir: Path, fmt: str, detailed: bool, dry_run: bool,
+         show_commands: bool = False) -> None:
     # A one-shot process with no threads yet: parsing may fork onto every core (as `validate`).
     repo = load_repo(path, jobs=os.cpu_count() or 1)
     if repo.problems:
@@ -60,7 +62,8 @@ def _run(path: Path, gateway: str | None, netns: str | None, interface: str | No
         sys.exit(1)
     target = HostTarget(netns=netns, interface=interface, secret_dir=secret_dir,
                         config_dir=config_dir)
-    result = reconcile(repo, target, gateway=gateway, dry_run=dry_run)
+    result = reconcile(repo, target, gateway=gateway, dry_run=dry_run,
+                       show_commands=show_commands)
     if fmt == "json":
         click.echo(json.dumps(_result_json(result, dry_run), indent=2))
     else:
@@ -71,10 +74,14 @@ def _run(path: Path, gateway: str | None, netns: str | None, interface: str | No
 
 
 def _result_json(result: ReconcileResult, dry_run: bool) -> dict[str, Any]:
-    return {"dry_run": dry_run, "plan": result.plan.to_json(), "applied": result.applied,
-            "verified": result.verified, "error": result.error, "failed_step": result.failed_step,
-            "rolled_back": result.rolled_back, "writes": result.writes,
-            "timings": {k: round(v, 6) for k, v in result.timings.items()}}
+    out = {"dry_run": dry_run, "plan": result.plan.to_json(), "applied": result.applied,
+           "verified": result.verified, "error": result.error, "failed_step": result.failed_step,
+           "rolled_back": result.rolled_back, "writes": result.writes,
+           "timings": {k: round(v, 6) for k, v in result.timings.items()}}
+    if result.commands is not None:  # apply --dry-run: each command, secrets redacted
+        out["commands"] = [{"step": s.name, "command": c.redacted()}
+                           for s in result.commands for c in s.commands]
+    return out
 
 
 def _print_text(result: ReconcileResult, dry_run: bool) -> None:
@@ -85,6 +92,10 @@ def _print_text(result: ReconcileResult, dry_run: bool) -> None:
         if result.rolled_back:
             click.echo("The host was restored to its state before this apply.", err=True)
         return
+    if result.commands:
+        click.echo("")
+        click.echo("Commands apply would run (secrets redacted):")
+        click.echo(render_commands(result.commands))
     if dry_run or result.plan.empty:
         return
     ms = result.timings.get("total", 0.0) * 1000
@@ -135,7 +146,8 @@ def run_commit_plan(repo_path: Path, base: str, head: str, output: str) -> int:
 
 @click.command("apply")
 @_target_options
-@click.option("--dry-run", is_flag=True, help="plan only; change nothing")
+@click.option("--dry-run", is_flag=True,
+              help="print the plan and the exact commands (secrets redacted); change nothing")
 def apply_cmd(path: Path, gateway: str | None, netns: str | None, interface: str | None,
               secret_dir: Path, config_dir: Path, fmt: str, detailed_exitcode: bool,
               dry_run: bool) -> None:
@@ -144,7 +156,8 @@ def apply_cmd(path: Path, gateway: str | None, netns: str | None, interface: str
     Verifies by observing again and rolls back to the previous state on any failure."""
     if fmt == "markdown":
         raise click.UsageError("-o markdown is only for `tunnelctl plan --base/--head`")
-    _run(path, gateway, netns, interface, secret_dir, config_dir, fmt, detailed_exitcode, dry_run)
+    _run(path, gateway, netns, interface, secret_dir, config_dir, fmt, detailed_exitcode, dry_run,
+         show_commands=dry_run)
 
 
 def register(group: click.Group) -> None:

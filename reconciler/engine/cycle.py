@@ -21,6 +21,7 @@ from typing import Protocol
 
 from reconciler.engine import verified_cache as knownstate
 from reconciler.engine.apply import ApplyTarget, StepFailed, apply_plan
+from reconciler.engine.commands import Step, commands_for
 from reconciler.engine.files import LockHeld, pid_lock
 from reconciler.engine.hoststate import HostState, ObservedState, Secrets
 from reconciler.engine.observe import (
@@ -80,6 +81,8 @@ class ReconcileResult:
     writes: int  # host-changing calls, including any rollback
     rolled_back: bool = False  # the failed apply was undone and the host matches its snapshot
     observed: ObservedState | None = field(default=None, compare=False, repr=False)
+    # A dry run asked for them: what apply would run. Payloads hold secrets: show redacted().
+    commands: tuple[Step, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -173,8 +176,12 @@ PlanGuard = Callable[[Plan, ObservedState], "str | None"]
 
 def reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None = None,
               dry_run: bool = False, runner: Runner | None = None,
-              guard: PlanGuard | None = None, quick: bool = False) -> ReconcileResult:
+              guard: PlanGuard | None = None, quick: bool = False,
+              show_commands: bool = False) -> ReconcileResult:
     """One cycle. Never raises for host or repo problems: the result says what failed.
+
+    A dry run with `show_commands=True` also returns the commands apply would run
+    (ReconcileResult.commands); a step that could not be built is its error.
 
     `quick=True` lets a changed desired state be planned against the state this process
     verified last and read back piecewise (knownstate): the caller then owes the host a full
@@ -183,7 +190,7 @@ def reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None = None
     """
     with gc_paused():
         return _reconcile(repo, target, gateway=gateway, dry_run=dry_run, runner=runner,
-                          guard=guard, quick=quick)
+                          guard=guard, quick=quick, show_commands=show_commands)
 
 
 @contextmanager
@@ -203,16 +210,17 @@ def gc_paused() -> Iterator[None]:
 
 def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
                dry_run: bool, runner: Runner | None,
-               guard: PlanGuard | None, quick: bool) -> ReconcileResult:
+               guard: PlanGuard | None, quick: bool, show_commands: bool) -> ReconcileResult:
     runner = runner or Runner(netns=target.netns)
     writes0 = runner.writes
     clock = _Clock()
 
     def result(p: Plan, *, applied: bool = False, verified: bool = False, error: str | None = None,
                step: str | None = None, rolled_back: bool = False,
-               observed: ObservedState | None = None) -> ReconcileResult:
+               observed: ObservedState | None = None,
+               commands: tuple[Step, ...] | None = None) -> ReconcileResult:
         return ReconcileResult(p, applied, verified, error, step, clock.done(),
-                               runner.writes - writes0, rolled_back, observed)
+                               runner.writes - writes0, rolled_back, observed, commands)
 
     if repo.problems:
         first = "; ".join(str(p) for p in repo.problems[:3])
@@ -231,7 +239,7 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
         with lock:
             clock.lap("lock")
             return _cycle(desired, secrets, runner, interface, config_path, dry_run, clock, result,
-                          guard, quick)
+                          guard, quick, show_commands)
     except LockBusy as exc:
         return result(Plan(), error=str(exc), step="lock")
 
@@ -239,12 +247,14 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
 class ResultFactory(Protocol):  # the shape of reconcile's local `result` helper
     def __call__(self, p: Plan, *, applied: bool = False, verified: bool = False,
                  error: str | None = None, step: str | None = None, rolled_back: bool = False,
-                 observed: ObservedState | None = None) -> ReconcileResult: ...
+                 observed: ObservedState | None = None,
+                 commands: tuple[Step, ...] | None = None) -> ReconcileResult: ...
 
 
 def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
            config_path: Path, dry_run: bool, clock: _Clock, result: ResultFactory,
-           guard: PlanGuard | None = None, quick: bool = False) -> ReconcileResult:
+           guard: PlanGuard | None = None, quick: bool = False,
+           show_commands: bool = False) -> ReconcileResult:
     # Quick: a changed desired state is planned against the state the last cycle verified,
     # when that is recent and the plan small (see knownstate); else the host is observed in
     # full. Every verified cycle leaves what it verified for the next quick one.
@@ -264,6 +274,14 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
         clock.lap("observe")
         changes = plan(desired, observed)
     clock.lap("plan")
+    if dry_run and show_commands and not changes.empty:
+        # The very steps apply would run (same builder, same inputs); nothing is run.
+        try:
+            steps = commands_for(changes, interface, secrets, uapi=runner.has_uapi(interface),
+                                 config_text=_config_text(changes, desired, secrets))
+        except StepFailed as exc:
+            return result(changes, error=str(exc.cause), step=exc.step, observed=observed)
+        return result(changes, observed=observed, commands=steps)
     if dry_run or changes.empty:
         if changes.empty and not dry_run:
             knownstate.remember(key, desired, observed, full_at)
@@ -278,14 +296,11 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
         return result(changes, error=f"cannot snapshot the host before apply: {exc}",
                       step="snapshot", observed=observed)
     clock.lap("snapshot")
-    config_text = None
-    if changes.of(WriteConfig) and desired.interface is not None:
-        config_text = secrets.config_text or render_config(desired.interface, desired.peers,
-                                                           secrets)
     failed_step, error = None, None
     after: ObservedState | None = None
     try:
-        apply_plan(changes, ApplyTarget(runner, interface, secrets, config_text))
+        apply_plan(changes, ApplyTarget(runner, interface, secrets,
+                                        _config_text(changes, desired, secrets)))
     except StepFailed as exc:
         failed_step, error = exc.step, str(exc.cause)
     clock.lap("apply")
@@ -311,6 +326,13 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     if rollback_error:
         error = f"{error}; ROLLBACK INCOMPLETE: {rollback_error}"
     return result(changes, error=error, step=failed_step, rolled_back=rollback_error is None)
+
+
+def _config_text(changes: Plan, desired: HostState, secrets: Secrets) -> str | None:
+    """The config file's text, rendered only when the plan writes it (it holds the keys)."""
+    if changes.of(WriteConfig) and desired.interface is not None:
+        return secrets.config_text or render_config(desired.interface, desired.peers, secrets)
+    return None
 
 
 def snapshot_state(snapshot: Snapshot) -> HostState:
