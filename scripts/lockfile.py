@@ -102,7 +102,7 @@ def refresh(upgrade: bool) -> int:
             if extras is None:
                 source = Path(tmp) / "build.in"
                 source.write_text("\n".join(build_requires) + "\n")
-                cmd.append(str(source))
+                cmd += [str(source), "--no-annotate"]  # "via" would name the temporary file
             else:
                 cmd.append(str(ROOT / "pyproject.toml"))
                 for extra in extras:

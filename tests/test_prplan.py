@@ -8,12 +8,15 @@ Regenerate them after an intended change with: UPDATE_GOLDEN=1 pytest tests/test
 from __future__ import annotations
 
 import json
+import re
 import os
 from datetime import date
 from pathlib import Path
 
 import git
 import pytest
+from repo_kit import key, tunnel_yaml
+from repo_kit import load as repo_load
 
 from reconciler.cli.engine import run_commit_plan
 from reconciler.engine.psk import derive_psk
@@ -228,3 +231,48 @@ def _view(org: str, status: str) -> prplan.TunnelView:
 
 def _empty() -> RepoState:
     return RepoState({}, ())
+
+
+def _bulk(orgs: int, per_org: int, notes: str) -> dict[str, str]:
+    files: dict[str, str] = {}
+    block = 1
+    for o in range(orgs):
+        for t in range(per_org):
+            files[f"org{o:04d}/t{t}.yaml"] = tunnel_yaml(
+                f"org{o:04d}", f"t{t}", f"10.20.{block >> 6}.{(block & 63) * 4}/30",
+                pubkey=key((o, t)), extra=f"notes: '{notes}'\n")
+            block += 1
+    return files
+
+
+def test_a_huge_plan_stays_under_githubs_comment_limit() -> None:
+    base = repo_load({})
+    head = repo_load(_bulk(250, 4, "x" * 120))  # 1,000 added tunnels, long notes
+    assert head.problems == ()
+    diff = prplan.diff_states(base, head, prplan.Ref("main", "a" * 40), prplan.Ref("pr", "b" * 40))
+    text = render_markdown(diff)
+    assert len(text) < 65_536
+    assert "| **total** | **1000** | **0** | **0** |" in text  # the summary is always complete
+    assert "left out to stay under GitHub's comment limit" in text
+    assert text.count("<details>") == text.count("</details>") > 0
+
+
+def test_notes_cannot_add_markup_mentions_or_break_the_table() -> None:
+    hostile = "</details><img src=x> @octocat [x](javascript:y) | `code` ~~s~~"
+    diff = prplan.diff_states(repo_load({}), repo_load(_bulk(1, 1, hostile)),
+                              prplan.Ref("main", "a" * 40), prplan.Ref("pr", "b" * 40))
+    row = next(ln for ln in render_markdown(diff).splitlines() if "`t0`" in ln)
+    cell = row.split("notes: ", 1)[1]
+    unescaped = [m.group() for m in re.finditer(r"(?<!\\)[<>\[\]`~|]", cell)]
+    assert unescaped == ["|"], cell  # only the cell's own closing pipe
+    assert "@octocat" not in cell and "&#64;octocat" in cell
+
+
+def test_an_invalid_head_is_never_shown_as_removals() -> None:
+    base = repo_load(_bulk(2, 2, "ok"))
+    broken = _bulk(2, 2, "ok")
+    broken["org0000/t0.yaml"] = broken["org0000/t0.yaml"].replace("subnet:", "subnett:")
+    diff = prplan.diff_states(base, repo_load(broken), prplan.Ref("main", "a" * 40),
+                              prplan.Ref("pr", "b" * 40))
+    text = render_markdown(diff)
+    assert "invalid, not applied" in text and "to remove" not in text

@@ -115,9 +115,22 @@ def render_json(diff: RepoDiff) -> str:
 # ---- markdown ----------------------------------------------------------------------------------
 
 
+# What can start HTML, a link, code or strike-through, or break a table. `_` stays: GitHub does
+# not emphasise inside words, and field names like psk_rotation must read as they are.
+_MD_SPECIAL = set("\\`*[]<>|~")
+_MD_ENTITIES = {"&": "&amp;", "@": "&#64;", "\n": " ", "\r": " "}  # @: no mentions from a file
+
+
 def _md(text: str) -> str:
-    """Escape a value for a markdown table cell."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Escape a value from a repo file for GitHub markdown (a table cell, a list item): it can
+    neither add markup, HTML, links or mentions nor break the table."""
+    return "".join(_MD_ENTITIES.get(ch) or (f"\\{ch}" if ch in _MD_SPECIAL else ch)
+                   for ch in text)
+
+
+def _code(text: str) -> str:
+    """A value for inside a `code span`, where backslash escapes do not apply."""
+    return text.replace("`", "'").replace("\n", " ").replace("\r", " ")
 
 
 def _cell(c: TunnelChange, name: str) -> str:
@@ -139,32 +152,43 @@ def _org_table(diff: RepoDiff, org: str) -> list[str]:
     return lines
 
 
-def render_markdown(diff: RepoDiff) -> str:
+# GitHub refuses an issue comment over 65,536 characters; keep a margin for the sticky marker.
+COMMENT_LIMIT = 60_000
+LIST_LIMIT = 30  # problems and warnings shown before "and N more"
+
+
+def _capped(items: list[str], what: str) -> list[str]:
+    if len(items) <= LIST_LIMIT:
+        return items
+    return [*items[:LIST_LIMIT], f"> - … and {len(items) - LIST_LIMIT} more {what}"]
+
+
+def render_markdown(diff: RepoDiff, limit: int = COMMENT_LIMIT) -> str:
+    """The pull-request comment: what matters most first (validity, risky changes, the per-org
+    summary, gateway changes), then each org's tunnels folded; orgs that do not fit under
+    `limit` characters are named, not shown."""
     if not diff.ok:
-        title = "validation failed"
+        title = "validation failed: invalid, not applied"
     elif diff.has_changes:
         title = diff.summary()
     else:
         title = "no changes"
-    lines = [f"### tunnelctl plan: {title}", "",
-             (f"Desired state of `{_md(diff.head.name)}` (`{diff.head.short}`) against "
-             f"`{_md(diff.base.name)}` (`{diff.base.short}`): "
-             f"{diff.base_tunnels} → {diff.head_tunnels} tunnels."), ""]
+    lines = [f"### tunnelctl plan: {title}", ""]
+    if diff.ok:
+        lines += [(f"Desired state of `{_code(diff.head.name)}` (`{diff.head.short}`) against "
+                   f"`{_code(diff.base.name)}` (`{diff.base.short}`): "
+                   f"{diff.base_tunnels} → {diff.head_tunnels} tunnels."), ""]
+    else:
+        lines += [(f"`{_code(diff.head.name)}` (`{diff.head.short}`) does not validate, so hosts "
+                   f"keep `{_code(diff.base.name)}` (`{diff.base.short}`, {diff.base_tunnels} "
+                   "tunnels). Nothing below is applied until it is fixed."), ""]
     if diff.problems:
         lines += ["> [!CAUTION]", "> **Validation failed at head**: this change cannot be applied.",
-                  *(f"> - `{_md(p)}`" for p in diff.problems), ""]
+                  *_capped([f"> - `{_code(p)}`" for p in diff.problems], "problems"), ""]
     if diff.warnings:
         lines += ["> [!WARNING]", f"> **{len(diff.warnings)} risky change(s)**",
-                  *(f"> - **{_md(w.subject)}**: {_md(w.message)}" for w in diff.warnings), ""]
-    if diff.orgs:
-        lines += ["| Org | Added | Changed | Removed |", "|:--|--:|--:|--:|"]
-        for org in diff.orgs:
-            changes = diff.for_org(org)
-            counts = [sum(1 for c in changes if c.action == a) for a in ("add", "change", "remove")]
-            lines.append(f"| {org} | {counts[0]} | {counts[1]} | {counts[2]} |")
-        lines.append(f"| **total** | **{diff.count('add')}** | **{diff.count('change')}** | "
-                     f"**{diff.count('remove')}** |")
-        lines.append("")
+                  *_capped([f"> - **{_md(w.subject)}**: {_md(w.message)}" for w in diff.warnings],
+                           "warnings"), ""]
     for g in diff.gateway_changes:
         lines += [f"#### Gateway `{g.name}`", ""]
         if g.action != "change":
@@ -172,13 +196,35 @@ def render_markdown(diff: RepoDiff) -> str:
         else:
             lines += ["| Field | Before | After |", "|:--|:--|:--|",
                       *(f"| {f.field} | {_md(f.old)} | {_md(f.new)} |" for f in g.fields), ""]
-    for org in diff.orgs:
-        lines += [f"#### {org}", "", *_org_table(diff, org), ""]
+    if diff.orgs:
+        lines += ["| Org | Added | Changed | Removed |", "|:--|--:|--:|--:|"]
+        for org in diff.orgs:
+            changes = diff.for_org(org)
+            counts = [sum(1 for c in changes if c.action == a) for a in ("add", "change", "remove")]
+            lines.append(f"| {_md(org)} | {counts[0]} | {counts[1]} | {counts[2]} |")
+        lines.append(f"| **total** | **{diff.count('add')}** | **{diff.count('change')}** | "
+                     f"**{diff.count('remove')}** |")
+        lines.append("")
+    footer = ["<sub>Preshared keys never appear here: they are derived on each host.</sub>"]
     if diff.unevaluated_orgs:
-        lines += ["Not evaluated (do not load at head): "
-                  + ", ".join(f"`{o}`" for o in diff.unevaluated_orgs), ""]
-    lines.append("<sub>Preshared keys never appear here: they are derived on each host.</sub>")
-    return "\n".join(lines) + "\n"
+        footer.insert(0, "Not evaluated (do not load at head): "
+                      + ", ".join(f"`{_code(o)}`" for o in diff.unevaluated_orgs) + "\n")
+    used = sum(len(line) + 1 for line in lines + footer)
+    left_out: list[str] = []
+    for org in diff.orgs:
+        block = [f"<details><summary><b>{_md(org)}</b>: {len(diff.for_org(org))} tunnel(s)"
+                 "</summary>", "", *_org_table(diff, org), "", "</details>", ""]
+        size = sum(len(line) + 1 for line in block)
+        if left_out or used + size > limit - 400:  # room for the note below
+            left_out.append(org)
+            continue
+        lines += block
+        used += size
+    if left_out:
+        lines += [f"> [!NOTE]\n> Details of {len(left_out)} org(s) left out to stay under "
+                  "GitHub's comment limit (they are counted in the table above); "
+                  "run `tunnelctl plan --base … --head …` to see everything.", ""]
+    return "\n".join(lines + footer) + "\n"
 
 
 RENDERERS: dict[str, Callable[[RepoDiff], str]] = {
