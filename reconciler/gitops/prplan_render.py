@@ -212,8 +212,9 @@ def render_markdown(diff: RepoDiff, limit: int = COMMENT_LIMIT) -> str:
     used = sum(len(line) + 1 for line in lines + footer)
     left_out: list[str] = []
     for org in diff.orgs:
-        block = [f"<details><summary><b>{_md(org)}</b>: {len(diff.for_org(org))} tunnel(s)"
-                 "</summary>", "", *_org_table(diff, org), "", "</details>", ""]
+        summary = f"<b>{_md(org)}</b>: {len(diff.for_org(org))} tunnel(s)"
+        block = [f"<details><summary>{summary}</summary>", "", *_org_table(diff, org), "",
+                 "</details>", ""]
         size = sum(len(line) + 1 for line in block)
         if left_out or used + size > limit - 400:  # room for the note below
             left_out.append(org)
