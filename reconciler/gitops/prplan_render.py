@@ -222,9 +222,10 @@ def render_markdown(diff: RepoDiff, limit: int = COMMENT_LIMIT) -> str:
         lines += block
         used += size
     if left_out:
-        lines += [f"> [!NOTE]\n> Details of {len(left_out)} org(s) left out to stay under "
-                  "GitHub's comment limit (they are counted in the table above); "
-                  "run `tunnelctl plan --base … --head …` to see everything.", ""]
+        lines += ["> [!NOTE]",
+                  (f"> Details of {len(left_out)} org(s) left out to stay under GitHub's comment "
+                   "limit (they are counted in the table above); run "
+                   "`tunnelctl plan --base … --head …` to see everything."), ""]
     return "\n".join(lines + footer) + "\n"
 
 
