@@ -8,8 +8,8 @@ Regenerate them after an intended change with: UPDATE_GOLDEN=1 pytest tests/test
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 from datetime import date
 from pathlib import Path
 
