@@ -314,3 +314,15 @@ def test_wg_quick_output_brings_up_a_real_lab_router(tmp_path: Path) -> None:
         assert udp_probe(router.netns, "10.20.0.1", 5060, timeout=2.0)
         assert router.host_netns is not None  # and a phone on the routed LAN gets through too
         assert udp_probe(router.host_netns, "10.20.0.1", 5060, timeout=2.0)
+
+
+def test_an_export_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    link = tmp_path / "export.conf"
+    link.symlink_to(victim)
+    cc.write_private_file(link, b"PresharedKey = secret\n")
+    assert victim.read_text() == "root's file\n"
+    assert not link.is_symlink() and link.read_bytes() == b"PresharedKey = secret\n"
+    assert stat.S_IMODE(link.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.conf", "victim"]

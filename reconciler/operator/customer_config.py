@@ -18,6 +18,7 @@ import io
 import ipaddress
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -297,8 +298,14 @@ def render_qr(config: CustomerConfig) -> QrCode:
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Write an export (it holds the PSK) readable by its owner only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its old mode otherwise
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    """Write an export (it holds the PSK) readable by its owner only. A temporary file renamed
+    into place: the rename replaces a symlink at `path` instead of writing through it (we may
+    be root), and a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:  # mkstemp creates it 0600, O_EXCL, never a symlink
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

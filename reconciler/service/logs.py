@@ -9,8 +9,21 @@ import logging
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def without_credentials(url: str) -> str:
+    """A repo URL fit for a log: `https://user:token@host/x` keeps only `https://host/x`.
+    scp-like `git@host:path` and local paths carry no secret and stay as they are."""
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    if parts.scheme in ("ssh", "git+ssh") and parts.username and not parts.password:
+        return url  # ssh://git@host/x: a user name, not a credential
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 class JsonFormatter(logging.Formatter):

@@ -22,7 +22,7 @@ from types import FrameType
 
 from reconciler.engine.files import LockHeld, pid_lock
 from reconciler.service.controller import Controller, CycleReport
-from reconciler.service.logs import event
+from reconciler.service.logs import event, without_credentials
 from reconciler.service.metrics import ServiceMetrics
 from reconciler.service.sdnotify import Notifier
 from reconciler.service.settings import Settings
@@ -194,8 +194,8 @@ class Service:
             controller.start()
             controller.state.pid = os.getpid()
             controller.state.metrics_address = metrics_address
-            event(log, "started", pid=os.getpid(), repo=s.repo_url, branch=s.branch,
-                  gateway=s.gateway, interval=s.interval, metrics=metrics_address,
+            event(log, "started", pid=os.getpid(), repo=without_credentials(s.repo_url),
+                  branch=s.branch, gateway=s.gateway, interval=s.interval, metrics=metrics_address,
                   watch=str(watch_path) if watch_path else None)
             try:
                 self._loop(controller)
