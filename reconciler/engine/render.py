@@ -237,6 +237,16 @@ def _profile(gateway: Gateway, services: tuple[str, ...]) -> ServiceProfile:
 
 def render_firewall(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
                     used: dict[int, _TenantParts] | None = None) -> Firewall:
+    table = firewall_table(gateway, tunnels, interface, used)
+    structure = set(table.structure())
+    structure.update(table.element_items())
+    fw = firewall_from_elements(structure, family=FIREWALL_FAMILY, table=FIREWALL_TABLE)
+    return Firewall(fw.family, fw.table, fw.fingerprint, fw.elements, table.text(fw.fingerprint))
+
+
+def firewall_table(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
+                   used: dict[int, _TenantParts] | None = None) -> Table:
+    """The typed table (see reconciler.engine.nftables); render_firewall's source."""
     profiles: dict[tuple[str, ...], ServiceProfile] = {}
     keyed: list[tuple[int, int, str]] = []  # (network as int, prefix length, chain)
     used = {} if used is None else used
@@ -253,14 +263,10 @@ def render_firewall(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
     ordered = tuple(sorted(profiles.values(), key=lambda p: p.chain))
     try:
         chains = _chains(interface, gateway.address.ip, ordered, bool(routed))
-        table = Table(FIREWALL_FAMILY, FIREWALL_TABLE, interface, TENANT_MAP, keyed,
-                      ROUTED_SET, routed, chains)
+        return Table(FIREWALL_FAMILY, FIREWALL_TABLE, interface, TENANT_MAP, keyed, ROUTED_SET,
+                     routed, chains)
     except NftValueError as exc:
         raise RenderError(f"gateway {gateway.name}: {exc}") from None
-    structure = set(table.structure())
-    structure.update(table.element_items())
-    fw = firewall_from_elements(structure, family=FIREWALL_FAMILY, table=FIREWALL_TABLE)
-    return Firewall(fw.family, fw.table, fw.fingerprint, fw.elements, table.text(fw.fingerprint))
 
 
 ROUTED_SET = "routed_ranges"
