@@ -155,12 +155,14 @@ class Route:
 class Firewall:
     """Our nftables table in canonical form.
 
-    `elements` is a structural description that both the rendered text and `nft -j list table`
-    reduce to: ("chain", name, type, hook, prio, policy), ("rule", chain, index, tag) where the
-    tag is a hash of the rule text carried in the rule's comment, ("map", name, key, value,
-    flags) and ("elem", map, key, value). A flushed table, a deleted rule or a changed element
-    all change it. `fingerprint` is a digest of `elements` for display. `text` is loadable nft
-    syntax of the table (rendered, or listed for a rollback snapshot) and not compared.
+    `elements` is a structural description that both the typed table (render) and
+    `nft -j list table` (observe) reduce to: ("chain", name, type, hook, prio, policy),
+    ("rule", chain, index, body) where body is the canonical JSON of the rule's expression
+    (reconciler.engine.nftables.canonical_rule: comments and counter values left out), ("map",
+    name, key, value, flags) and ("elem", map, key, value). A flushed table, a deleted, moved
+    or edited rule (a drop made accept, whatever its comment) or a changed element all change
+    it. `fingerprint` is a digest of `elements` for display. `text` is loadable nft syntax of
+    the table (rendered, or listed for a rollback snapshot) and not compared.
     """
 
     family: str
