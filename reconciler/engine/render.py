@@ -4,9 +4,8 @@ For one gateway and its active tunnels: the interface, one peer per tunnel (PSK 
 HKDF from the host secret and the tunnel identity + rotation), routes for customer LANs,
 the nftables table (typed values of reconciler.engine.nftables, no text templating) and
 the interface config file (templates/wg-interface.conf.j2). Secrets come back separately in
-`Secrets`; the state only
-carries digests. Reading the key files is the caller's job, so this module does no I/O
-beyond loading its templates.
+`Secrets`; the state only carries digests. Reading the key files is the caller's job, so this
+module does no I/O beyond loading its templates.
 """
 
 from __future__ import annotations
