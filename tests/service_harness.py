@@ -89,10 +89,12 @@ class ServiceHarness:
 
     # -- process ---------------------------------------------------------------------------
 
-    def start(self, *, notify: bool = False, watchdog_usec: int | None = None) -> None:
+    def start(self, *, notify: bool = False, watchdog_usec: int | None = None,
+              env_extra: dict[str, str] | None = None) -> None:
         assert self.proc is None or self.proc.poll() is not None
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("TUNNELCTL_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        env.update(env_extra or {})  # e.g. the controller's TUNNELCTL_TEST_KILL_AT hook
         if notify:
             if self.notify is None:
                 self.notify = NotifySocket(self.root / "notify.sock")

@@ -21,6 +21,9 @@ from reconciler.gitops.source import GitSource, SourceError
 
 MAX_REASON = 2000
 PUSH_ATTEMPTS = 5
+# Audit commits are part of the apply transaction: their objects and ref reach the disk before
+# the intent they complete is removed (git >= 2.36; older versions ignore the keys).
+_DURABLE = ["-c", "core.fsync=committed", "-c", "core.fsyncMethod=fsync"]
 _REJECTED = ("non-fast-forward", "fetch first", "[rejected]", "rejected", "stale info")
 
 
@@ -37,6 +40,8 @@ class AuditEntry:
     reason: str = ""
     summary: Mapping[str, int] = field(default_factory=dict)
     held_orgs: Mapping[str, str] = field(default_factory=dict)  # org -> commit it is held at
+    intent: str = ""  # id of the intent record this entry completes (applies only)
+    resumed: bool = False  # the apply was finished (or closed) after a restart
 
     @staticmethod
     def now() -> str:
@@ -62,7 +67,9 @@ class AuditEntry:
     def subject(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.summary.items()) if v)
         sha = (self.commit or "none")[:12]
-        return f"{self.gateway}@{self.host}: {self.result} {sha}" + (f" ({counts})" if counts else "")
+        after = " [finished after a restart]" if self.resumed else ""
+        return (f"{self.gateway}@{self.host}: {self.result} {sha}"
+                + (f" ({counts})" if counts else "") + after)
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,17 @@ class AuditLog:
         """Commit `entry` on the local audit branch; returns the new commit id."""
         parent = self.source.resolve(self.local_ref)
         sha = self._commit_on(parent, entry)
-        self.source.git(["update-ref", self.local_ref, sha, parent or ""])
+        self.source.git([*_DURABLE, "update-ref", self.local_ref, sha, parent or ""])
         return sha
+
+    def has_intent(self, intent_id: str) -> bool:
+        """Is an entry completing this intent on the local branch (pushed or not)?"""
+        if not intent_id or self.source.resolve(self.local_ref) is None:
+            return False
+        needle = json.dumps({"intent": intent_id}, separators=(",", ":"))[1:-1]
+        _, out, _ = self.source.git(["log", "-F", f"--grep={needle}", "--format=%H", "-n", "1",
+                                     self.local_ref])
+        return bool(out.strip())
 
     def _commit_on(self, parent: str | None, entry: AuditEntry) -> str:
         path = entry.day_path
@@ -102,22 +118,26 @@ class AuditLog:
             if status == 0:
                 blob = self.source.resolve_blob(f"{parent}:{path}")
                 old = self.source.repo.odb.stream(bytes.fromhex(blob)).read()
-        blob_id = self.source.store_blob(old + line.encode())
         fd, index = tempfile.mkstemp(prefix="audit-index.", dir=self.source.mirror_dir)
         os.close(fd)
         os.unlink(index)  # git wants to create the index itself
         env = {"GIT_INDEX_FILE": index, **self._identity(entry)}
         try:
+            with open(index + ".blob", "wb") as fh:
+                fh.write(old + line.encode())
+            _, blob, _ = self.source.git([*_DURABLE, "hash-object", "-w", "--", index + ".blob"])
+            blob_id = blob.strip()
             self.source.git(["read-tree", parent] if parent else ["read-tree", "--empty"], env=env)
             self.source.git(["update-index", "--add", "--cacheinfo",
                              f"100644,{blob_id},{path}"], env=env)
-            _, tree, _ = self.source.git(["write-tree"], env=env)
-            args = ["commit-tree", tree.strip(), "-m", entry.subject(), "-m", entry.to_json()]
+            _, tree, _ = self.source.git([*_DURABLE, "write-tree"], env=env)
+            args = [*_DURABLE, "commit-tree", tree.strip(), "-m", entry.subject(),
+                    "-m", entry.to_json()]
             if parent:
-                args[2:2] = ["-p", parent]
+                args[len(_DURABLE) + 2:len(_DURABLE) + 2] = ["-p", parent]
             _, sha, _ = self.source.git(args, env=env)
         finally:
-            for leftover in (index, index + ".lock"):
+            for leftover in (index, index + ".lock", index + ".blob"):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
         return sha.strip()

@@ -13,11 +13,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from io import BytesIO
 from pathlib import Path
 
 import git
-from gitdb.base import IStream
 
 from reconciler.repo.state import SourceFile
 
@@ -165,6 +163,11 @@ class GitSource:
         ancestor = applied is not None and applied != head and self.is_ancestor(applied, head)
         return classify(applied, head, ancestor)
 
+    def commits_between(self, base: str, head: str) -> list[str]:
+        """Commits reachable from `head` but not from `base`, oldest first (merges too)."""
+        _, out, _ = self.git(["rev-list", "--reverse", f"{base}..{head}"])
+        return out.split()
+
     def pin(self, name: str, sha: str | None) -> None:
         """Keep `sha` alive and findable as refs/tunnelctl/<name> (None removes the pin)."""
         if sha is None:
@@ -254,10 +257,6 @@ class GitSource:
         if self._touched:
             self._blobs = {k: v for k, v in self._blobs.items() if k in self._touched}
             self._touched = set()
-
-    def store_blob(self, data: bytes) -> str:
-        stored = self.repo.odb.store(IStream("blob", len(data), BytesIO(data)))
-        return str(stored.hexsha.decode())
 
 
 # Folders at the config root that are not orgs.

@@ -5,6 +5,13 @@ signature, load with per-org holds, removal guard) and, if it passes, applied. W
 happens to the head, the last good state is enforced again, so drift made by hand is repaired
 every cycle even while a commit is refused or the remote is away. A refused or failed commit is
 evaluated again only after a back-off (or at once on an explicit trigger).
+
+Applying a commit is a transaction with its audit entry: an intent record (the commit and its
+full plan) is written durably before the first host write, the entry is derived from it, and
+the intent is removed only once the entry is committed. A start first completes an intent left
+by a kill: its entry, or, when the apply itself was cut short, the entry of the next apply of
+that commit carries the intended plan (marked resumed), or a closing `failed` entry when the
+commit was superseded or refused meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from reconciler.engine.cycle import (
     reconcile,
     select_gateway,
 )
+from reconciler.engine.hoststate import ObservedState
 from reconciler.engine.parsers import parse_wg_dump
+from reconciler.engine.plan import Plan
 from reconciler.engine.psk import psk_digest
 from reconciler.engine.runner import Runner
 from reconciler.gitops.admission import (
@@ -34,13 +43,21 @@ from reconciler.gitops.admission import (
 from reconciler.gitops.audit import AuditEntry, AuditLog
 from reconciler.gitops.source import Ancestry, GitSource, SourceError
 from reconciler.repo.state import ParseCache, RepoState, load_files
+from reconciler.service.journal import Journal, KillAfterFirstWrite, kill_step
 from reconciler.service.logs import event
 from reconciler.service.metrics import Revisions, ServiceMetrics, TunnelStats
 from reconciler.service.settings import Settings
-from reconciler.service.state import Attempt, HistoryItem, Phase, Revision, ServiceState, StateStore
+from reconciler.service.state import (
+    Attempt,
+    HistoryItem,
+    Intent,
+    Phase,
+    Revision,
+    ServiceState,
+    StateStore,
+)
 
 log = logging.getLogger("tunnelctl.service")
-
 
 @dataclass(frozen=True)
 class CycleReport:
@@ -54,10 +71,12 @@ class CycleReport:
 
 def flat_summary(result: ReconcileResult | None) -> dict[str, int]:
     """{"peers_add": 2, "routes_remove": 1, ...}: counts only, non-zero only."""
-    if result is None:
-        return {}
+    return {} if result is None else plan_summary(result.plan)
+
+
+def plan_summary(plan: Plan) -> dict[str, int]:
     out: dict[str, int] = {}
-    for kind, counts in result.plan.summary().items():
+    for kind, counts in plan.summary().items():
         if kind == "total":
             continue
         for action, n in counts.items():
@@ -84,6 +103,8 @@ class Controller:
         self.state: ServiceState = ServiceState()
         self.enforced: RepoState | None = None  # the last good (composite) state
         self._audit_log: AuditLog | None = None
+        self.journal = Journal(self.store, settings.host, self._audit, self.audit_log,
+                               kill_step())
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -98,6 +119,7 @@ class Controller:
         for failure in self.state.failures.values():
             failure.retry_at = 0.0
         self.state.pid = None
+        self.journal.settle(self.applied_commit)  # before anything else
         if self.state.applied is None:
             return
         applied = self.state.applied.commit
@@ -135,8 +157,8 @@ class Controller:
                 return None
         return None
 
-    def audit_log(self) -> AuditLog:
-        gateway = self.gateway_name(self.enforced) or self.settings.host
+    def audit_log(self, gateway: str | None = None) -> AuditLog:
+        gateway = gateway or self.gateway_name(self.enforced) or self.settings.host
         if self._audit_log is None or self._audit_log.gateway != gateway:
             self._audit_log = AuditLog(self.source, gateway, self.settings.host,
                                        push_timeout=self.settings.fetch_timeout)
@@ -152,6 +174,7 @@ class Controller:
         self.state.last_error = None  # recomputed by this cycle
         self._save()
         head = self._fetch()
+        self.journal.kill_point("fetch")
         reports: list[CycleReport] = []
         if self.store.suspended() is not None:
             reports.append(CycleReport("suspended", head, "applying is suspended"))
@@ -161,6 +184,7 @@ class Controller:
         reports = [CycleReport(r.result, r.commit, r.reason, duration, r.summary, r.changed)
                    for r in reports]
         self._push_audit()
+        self.journal.kill_point("push")
         self.source.prune_blobs()
         self._finish(head, reports, duration, started=now)
         return reports
@@ -183,6 +207,11 @@ class Controller:
         reports: list[CycleReport] = []
         applied = self.applied_commit
         evaluation: Candidate | Refusal | None = None
+        self.journal.settle(applied)  # an intent whose entry could not be written yet
+        pending = self.journal.pending
+        if pending is not None and head is not None and head != pending.commit:
+            self.journal.close(pending, f"superseded by {head[:12]} before it was finished",
+                               applied)
         # A head equal to the applied commit is evaluated again only if its state could not be
         # rebuilt (e.g. after an upgrade with stricter validation).
         if head is not None and (head != applied or self.enforced is None):
@@ -191,6 +220,7 @@ class Controller:
                 self.state.last_error = failure.reason  # still backing off: enforce last good
             else:
                 evaluation = self._evaluate(head)
+                self.journal.kill_point("evaluate")
         if isinstance(evaluation, Candidate):
             report = self._apply_candidate(evaluation, now)
             reports.append(report)
@@ -218,21 +248,51 @@ class Controller:
                                f"{head[:12]} does not descend from the applied {applied[:12]}; "
                                "keeping the applied state (set accept_rewrites to take it)")
             if self.settings.verify_signatures:
-                reason = self.source.verify(head)
-                if reason is not None:
-                    return Refusal(head, "signature", f"{reason}; nothing applied")
+                for sha in self._to_verify(applied, head):
+                    reason = self.source.verify(sha)
+                    if reason is not None:
+                        where = "" if sha == head else f" (between the applied commit and head {head[:12]})"
+                        return Refusal(head, "signature", f"{reason}{where}; nothing applied")
             loaded = load_files(self.source.files(head), self.cache)
             return candidate_for(self.source, head, loaded, applied, self.state.held_orgs,
                                  self.cache)
         except SourceError as exc:
             return Refusal(head, "invalid", f"cannot read commit {head[:12]}: {exc}")
 
+    def _to_verify(self, applied: str | None, head: str) -> list[str]:
+        """verify = all: every commit after the applied one (head last); else the head. With
+        nothing applied yet (or the applied commit not an ancestor) only the head is known."""
+        if self.settings.verify != "all" or applied is None or applied == head \
+                or not self.source.has_commit(applied) or not self.source.is_ancestor(applied, head):
+            return [head]
+        return self.source.commits_between(applied, head) or [head]
+
     def _apply_candidate(self, cand: Candidate, now: float) -> CycleReport:
         gateway = self.gateway_name(cand.state)
+        resume = self.journal.resumes(cand.commit)
         approved = self.store.removal_approved(cand.commit)
-        guard = None if approved else removal_guard(self.settings.max_removal_share,
-                                                    self.settings.allow_empty)
-        result = reconcile(cand.state, self.target, gateway=gateway, guard=guard, quick=True)
+        # A resumed intent passed the guard before the kill; what is left is part of that plan.
+        guard = None if approved or resume else removal_guard(self.settings.max_removal_share,
+                                                              self.settings.allow_empty)
+        reason = cand.held_text()
+        intents: list[Intent] = [resume] if resume else []
+
+        def record_intent(plan: Plan, observed: ObservedState) -> str | None:
+            # Called by the engine under the host lock, after planning, before any host write.
+            refusal = guard(plan, observed) if guard is not None else None
+            if refusal is None and not intents:
+                try:
+                    intents.append(self.journal.begin(self.journal.make(
+                        cand.commit, self.applied_commit, gateway, plan_summary(plan),
+                        cand.held, reason)))
+                except OSError as exc:
+                    return f"cannot record the intent before applying: {exc}"
+            return refusal
+
+        runner = KillAfterFirstWrite(netns=self.settings.netns) \
+            if self.journal.kill_at == "apply" else None
+        result = reconcile(cand.state, self.target, gateway=gateway, guard=record_intent,
+                           quick=True, runner=runner)
         summary = flat_summary(result)
         if result.failed_step == "lock":
             self.state.last_error = result.error
@@ -242,33 +302,43 @@ class Controller:
                 "render" if result.failed_step in ("load", "render") else "host")
             refusal = Refusal(cand.commit, kind, result.error or "apply failed")
             return self._refuse(refusal, now, summary=summary,
-                                result="refused" if kind in ("removal", "render") else "failed")
+                                result="refused" if kind in ("removal", "render") else "failed",
+                                intent=intents[0] if intents else None)
+        self.journal.kill_point("verify")
+        if not intents:  # an empty plan: nothing was written to the host, record it now
+            intent = self.journal.make(cand.commit, self.applied_commit, gateway, summary,
+                                       cand.held, reason)
+            try:
+                intents.append(self.journal.begin(intent))
+            except OSError as exc:
+                event(log, "intent_failed", logging.ERROR, error=str(exc))
+                intents.append(intent)
+        intent = intents[0]
         previous = self.applied_commit
         self.enforced = cand.state
         self.state.gateway = gateway
         info = self.source.commit_info(cand.commit)
         self.state.applied = Revision(commit=cand.commit, at=now, subject=info.subject)
         self.state.held_orgs = dict(cand.held)
-        self.state.held_reason = cand.held_text()
+        self.state.held_reason = reason
         self.state.failures.pop(cand.commit, None)
         self._pin(cand)
         if approved:
             self.store.clear_approval()
-        reason = cand.held_text()
         self.state.attempted = Attempt(commit=cand.commit, at=now, result="applied", reason=reason)
         self._save()  # the record of what the host runs, before anything slower
+        self.journal.kill_point("state")
         event(log, "applied", commit=cand.commit, previous=previous, changed=result.changed,
               held_orgs=sorted(cand.held) or None, reason=reason or None,
+              resumed=resume is not None or None,
               timings={k: round(v, 4) for k, v in result.timings.items()}, **summary)
-        self._audit(AuditEntry(time=AuditEntry.now(), host=self.settings.host,
-                               gateway=gateway or "", result="applied", commit=cand.commit,
-                               applied_commit=cand.commit, reason=reason, summary=summary,
-                               held_orgs={k: v or "" for k, v in cand.held.items()}))
-        return CycleReport("applied" if result.changed else "noop", cand.commit, reason,
-                           summary=summary, changed=result.changed)
+        self.journal.complete(intent, resumed=resume is not None)
+        changed = result.changed or resume is not None
+        return CycleReport("applied" if changed else "noop", cand.commit, reason,
+                           summary=dict(intent.summary), changed=changed)
 
     def _refuse(self, refusal: Refusal, now: float, *, summary: dict[str, int] | None = None,
-                result: str = "refused") -> CycleReport:
+                result: str = "refused", intent: Intent | None = None) -> CycleReport:
         previous = self.state.failures.get(refusal.commit)
         self.state.fail(refusal.commit, result, refusal.reason, base=self.settings.interval,
                         cap=self.settings.retry_max, now=now)
@@ -277,13 +347,23 @@ class Controller:
         self.state.last_error = refusal.reason
         event(log, result, logging.WARNING, commit=refusal.commit, kind=refusal.kind,
               reason=refusal.reason)
-        # One entry per commit and reason: a commit refused every back-off step is not re-audited.
-        if previous is None or previous.reason != refusal.reason or result == "failed":
-            self._audit(AuditEntry(
+        resumed = intent is None and self.journal.resumes(refusal.commit) is not None
+        if resumed:
+            intent = self.journal.pending
+        # One entry per commit and reason: a commit refused every back-off step is not
+        # re-audited; an intent (the host may have been written) is always closed by an entry.
+        if intent is not None or previous is None or previous.reason != refusal.reason \
+                or result == "failed":
+            entry = AuditEntry(
                 time=AuditEntry.now(), host=self.settings.host,
                 gateway=self.gateway_name(self.enforced) or "", result=result,
                 commit=refusal.commit, applied_commit=self.applied_commit,
-                reason=refusal.reason, summary=summary or {}))
+                reason=refusal.reason, summary=summary or {},
+                intent=intent.id if intent else "", resumed=resumed)
+            if intent is None:
+                self._audit(entry)
+            else:
+                self.journal.close(intent, refusal.reason, self.applied_commit, entry)
         return CycleReport(result, refusal.commit, refusal.reason, summary=summary or {})
 
     def _enforce(self) -> CycleReport:
@@ -326,11 +406,13 @@ class Controller:
         for name, base in wanted.items():
             self.source.pin(name, base)
 
-    def _audit(self, entry: AuditEntry) -> None:
+    def _audit(self, entry: AuditEntry) -> bool:
         try:
-            self.audit_log().append(entry)
+            self.audit_log(entry.gateway or None).append(entry)
         except SourceError as exc:
             event(log, "audit_commit_failed", logging.ERROR, error=str(exc))
+            return False
+        return True
 
     def _push_audit(self) -> None:
         audit = self.audit_log()

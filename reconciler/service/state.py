@@ -9,6 +9,7 @@ one, the last attempt, failures under back-off and a short history. It is replac
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 from reconciler.engine.files import atomic_write
 
 STATE_FILE = "state.json"
+INTENT_FILE = "intent.json"
 SUSPEND_FILE = "suspended"
 APPROVAL_FILE = "approved-removal"
 HISTORY = 20
@@ -57,6 +59,22 @@ class HistoryItem(BaseModel):
     reason: str = ""
     duration: float = 0.0
     summary: dict[str, int] = Field(default_factory=dict)
+
+
+class Intent(BaseModel):
+    """The commit a cycle is about to apply and its full plan, written before the first host
+    write. Its audit entry is derived from it, so a kill anywhere between the intent and the
+    entry cannot lose the entry or shrink its plan to what was left after the kill."""
+
+    id: str  # also in the audit entry: finds an entry already written for this intent
+    commit: str
+    previous: str | None  # the applied commit when the intent was made
+    gateway: str
+    host: str
+    at: float
+    summary: dict[str, int] = Field(default_factory=dict)  # counts only, never a key
+    held_orgs: dict[str, str | None] = Field(default_factory=dict)
+    reason: str = ""  # why orgs are held (the audit entry's reason)
 
 
 class ServiceState(BaseModel):
@@ -120,6 +138,38 @@ class StateStore:
     def save(self, state: ServiceState) -> None:
         state.updated_at = time.time()
         atomic_write(self.path, state.model_dump_json(indent=1))
+
+    # -- the intent of the apply in progress ------------------------------------------------
+
+    @property
+    def intent_path(self) -> Path:
+        return self.dir / INTENT_FILE
+
+    def save_intent(self, intent: Intent) -> None:
+        atomic_write(self.intent_path, intent.model_dump_json(indent=1))
+
+    def load_intent(self) -> Intent | None:
+        """The pending intent; an unreadable one is dropped (raises ValueError to say so)."""
+        try:
+            text = self.intent_path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            return Intent.model_validate_json(text)
+        except ValidationError as exc:
+            raise ValueError(f"{self.intent_path}: unreadable intent: "
+                             f"{exc.errors()[0]['msg']}") from None
+
+    def clear_intent(self) -> None:
+        try:
+            self.intent_path.unlink()
+        except FileNotFoundError:
+            return
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the removal survives a power cut, like the write did
+        finally:
+            os.close(fd)
 
     # -- suspend / resume -----------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from reconciler.repo.model import Tunnel
 from reconciler.repo.state import ParseCache
 from reconciler.service.loop import running_pid
 from reconciler.service.settings import Settings
-from reconciler.service.state import ServiceState, StateStore
+from reconciler.service.state import Intent, ServiceState, StateStore
 
 ONLINE_WITHIN = 180  # seconds: WireGuard's REJECT_AFTER_TIME; older handshakes mean offline
 
@@ -72,6 +72,7 @@ class StatusReport:
     interface: str | None
     tunnels: list[TunnelRow] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    intent: Intent | None = None  # an apply started and not yet audited (in progress or killed)
 
     def to_json(self) -> dict[str, Any]:
         st = self.state
@@ -87,6 +88,8 @@ class StatusReport:
             "audit_error": st.audit_error, "metrics_address": st.metrics_address,
             "updated_at": st.updated_at,
             "history": [h.model_dump() for h in st.history[-10:]],
+            "intent": ({"commit": self.intent.commit, "at": self.intent.at,
+                        "summary": self.intent.summary} if self.intent else None),
             "tunnels": [asdict(r) for r in self.tunnels], "errors": self.errors,
         }
 
@@ -98,6 +101,10 @@ def collect_status(settings: Settings, *, live: bool = True) -> StatusReport:
         state = store.load()
     except ValueError as exc:
         state, errors = ServiceState(), [str(exc)]
+    try:
+        intent = store.load_intent()
+    except ValueError as exc:
+        intent, errors = None, [*errors, str(exc)]
     pid = running_pid(settings)
     suspended = store.suspended()
     phase, message = state.phase, state.message
@@ -110,7 +117,8 @@ def collect_status(settings: Settings, *, live: bool = True) -> StatusReport:
     if live and interface is not None:
         peer_status = _live_status(settings, interface, errors)
     rows = tunnel_rows(tunnels, peer_status, time.time())
-    return StatusReport(phase, message, pid, suspended, state, gateway, interface, rows, errors)
+    return StatusReport(phase, message, pid, suspended, state, gateway, interface, rows, errors,
+                        intent)
 
 
 def _enforced_tunnels(settings: Settings, state: ServiceState,
@@ -182,6 +190,9 @@ def render_status(report: StatusReport, console: Console) -> None:
     if st.attempted and (not st.applied or st.attempted.commit != st.applied.commit):
         console.print(f"attempted: {(st.attempted.commit or '?')[:12]} {st.attempted.result}: "
                       f"{st.attempted.reason}")
+    if report.intent is not None:
+        console.print(f"apply not yet audited: {report.intent.commit[:12]} (an interrupted one "
+                      "is finished by the next cycle)")
     if st.remote_head and (not st.applied or st.remote_head != st.applied.commit):
         console.print(f"remote head: {st.remote_head[:12]}")
     for label, value in (("held orgs", st.held_reason), ("last error", st.last_error),
