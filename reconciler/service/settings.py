@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     allowed_signers: Path | None = Field(default=None, description="SSH allowed-signers file; "
                                          "when set (or gnupg_home), every applied commit must be signed")
     gnupg_home: Path | None = Field(default=None, description="OpenPGP keyring of trusted signers")
+    verify: Literal["head", "all"] = Field(default="head", description="with allowed_signers or "
+                                           "gnupg_home: head = the head must be signed; all = "
+                                           "every commit after the applied one up to the head")
     ssh_identity: Path | None = Field(default=None, description="deploy key for ssh:// remotes "
                                       "(the unit hides /root, so ~/.ssh is not used)")
     ssh_known_hosts: Path | None = Field(default=None, description="known_hosts for ssh:// remotes")
