@@ -4,6 +4,11 @@ One org's broken file must not block the others: the valid orgs of a new commit 
 from it, each broken org keeps the files of the commit it was last good at ("held"). The
 combined file set is validated again as a whole (a held org's old subnet might now be taken by
 another org), so what reaches the engine has passed every cross-file rule.
+
+Blame follows change: a conflict between two files is reported at both, but an org whose files
+in it are byte-identical to what the host enforces did not cause it and is not held when the
+other side changed (it keeps applying its other changes); when both sides changed, or neither
+did, both orgs are held.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 from reconciler.engine.hoststate import ObservedState
 from reconciler.engine.plan import Plan, RemovePeer
 from reconciler.gitops.source import GitSource, org_of
+from reconciler.repo.crossfile import conflict_partner
 from reconciler.repo.state import ParseCache, Problem, RepoState, SourceFile, load_files
 
 MAX_HOLD_ROUNDS = 4
@@ -27,6 +33,9 @@ class Candidate:
     state: RepoState
     held: Mapping[str, str | None] = field(default_factory=dict)  # org -> commit (None: left out)
     broken: tuple[Problem, ...] = ()  # why the held orgs are held (problems at `commit`)
+    # org -> who caused its conflicts: "C/x.yaml is new; conflicts with A/a.yaml (unchanged)"
+    blame: Mapping[str, str] = field(default_factory=dict)
+    spared: tuple[str, ...] = ()  # orgs in a conflict that are not held: their side is unchanged
 
     def held_text(self) -> str:
         if not self.held:
@@ -39,7 +48,11 @@ class Candidate:
             at = f"kept at {base[:12]}" if base else "left out (never applied)"
             why = by_org.get(org) or ["conflicts with the other orgs"]
             more = f" (+{len(why) - 3} more)" if len(why) > 3 else ""
-            parts.append(f"org {org} {at}: " + "; ".join(why[:3]) + more)
+            cause = f" ({self.blame[org]})" if org in self.blame else ""
+            parts.append(f"org {org} {at}{cause}: " + "; ".join(why[:3]) + more)
+        if self.spared:
+            parts.append(f"not held: {', '.join(self.spared)} (their side of the conflict is "
+                         "unchanged since the applied commit)")
         return "; ".join(parts)
 
 
@@ -89,18 +102,71 @@ def candidate_for(source: GitSource, commit: str, loaded: RepoState, applied: st
                        + describe_problems(blocking))
     if loaded.ok:
         return Candidate(commit, loaded)
-    holds = hold_orgs(loaded.broken_orgs, applied, held)
+    side = change_of(source, commit, applied, held)
+    spared, blame = assign_blame(loaded.problems, side)
+    holds = hold_orgs(loaded.broken_orgs - spared, applied, held)
+    problems = list(loaded.problems)
     for _ in range(MAX_HOLD_ROUNDS):
         composite = load_commit(source, commit, holds, cache)
         if composite.ok:
-            return Candidate(commit, composite, holds, loaded.problems)
+            return Candidate(commit, composite, holds, tuple(problems),
+                             {o: b for o, b in blame.items() if o in holds},
+                             tuple(sorted(spared - holds.keys())))
         new = composite.broken_orgs - holds.keys()
         if any(p.org is None for p in composite.problems) or not new:
             return Refusal(commit, "conflict", "broken orgs could not be kept at their last good "
                            "state without conflicts: " + describe_problems(composite.problems))
+        # Conflicts with a held org's older files: whoever else is in them is held too.
+        problems += [p for p in composite.problems if p.org in new]
+        blame.update({o: b for o, b in assign_blame(composite.problems, side)[1].items()
+                      if o in new})
         holds.update(hold_orgs(new, applied, held))
     return Refusal(commit, "conflict", "too many orgs conflict with held orgs: "
                    + describe_problems(loaded.problems))
+
+
+def change_of(source: GitSource, commit: str, applied: str | None,
+              held: Mapping[str, str | None]) -> Callable[[str], str]:
+    """path -> "new" | "changed" | "unchanged": `commit`'s file against what the host
+    enforces (the applied commit, held orgs at their commits). Nothing applied: all new."""
+    base = {f.path: f.blob_id for f in compose_files(source, applied, held)} if applied else {}
+    now = {f.path: f.blob_id for f in source.files(commit)}
+
+    def side(path: str) -> str:
+        if path not in base:
+            return "new"
+        return "unchanged" if base[path] == now.get(path) else "changed"
+
+    return side
+
+
+def assign_blame(problems: Iterable[Problem],
+                 side: Callable[[str], str]) -> tuple[frozenset[str], dict[str, str]]:
+    """Orgs spared (every problem of theirs is a conflict between an unchanged file of theirs
+    and a changed one), and for every org in a conflict a sentence saying which side is new."""
+    by_org: dict[str, list[Problem]] = {}
+    for p in problems:
+        if p.org is not None:
+            by_org.setdefault(p.org, []).append(p)
+    spared: set[str] = set()
+    blame: dict[str, str] = {}
+    for org, probs in sorted(by_org.items()):
+        innocent, notes = True, []
+        for p in probs:
+            other = conflict_partner(p.message)
+            mine, theirs = side(p.file), (side(other) if other else None)
+            if other is None or mine != "unchanged" or theirs == "unchanged":
+                innocent = False
+            if other is not None:
+                note = f"{p.file} is {mine}; conflicts with {other} ({theirs})"
+                if note not in notes:
+                    notes.append(note)
+        if innocent:
+            spared.add(org)
+        if notes:
+            blame[org] = "; ".join(notes[:3]) + (f" (+{len(notes) - 3} more)"
+                                                 if len(notes) > 3 else "")
+    return frozenset(spared), blame
 
 
 def removal_guard(max_share: float, allow_empty: bool) -> Callable[[Plan, ObservedState], str | None]:

@@ -2,9 +2,9 @@
 
 Input are models that already passed the single-file stage. Output are Findings: a path, the
 location of the offending key inside that file, and a message. A conflict between two files is
-reported at both files, each naming the other one and its line: the loader cannot know which of
-the two is the newcomer, and blaming only one could let the other be applied on top of a tunnel
-that is still running with the same addresses.
+reported at both files, each naming the other one and its line (`conflict_partner` reads it
+back): the loader cannot know which of the two is the newcomer; the service, which knows what
+it applied, holds only the side that changed (gitops.admission).
 
 Everything is linear or n log n (dicts and one sorted sweep per gateway), so a 16k-tenant repo
 is checked in tens of milliseconds.
@@ -13,6 +13,7 @@ is checked in tens of milliseconds.
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -53,6 +54,17 @@ class GatewayFile:
 
 # (tunnel content key, gateway content key) -> gateway-rule results as (loc, message) pairs
 RuleMemo = dict[tuple[str, str], tuple[tuple[Loc, str], ...]]
+
+
+# The other file of a cross-file conflict, as the messages below name it ("... of PATH:LINE (" /
+# "... is also used by PATH:LINE ("): admission reads it to hold only the side that changed.
+_PARTNER = re.compile(r"(?: of | is also used by )(\S+\.ya?ml):\d+ \(")
+
+
+def conflict_partner(message: str) -> str | None:
+    """The path of the other file a conflict finding names, or None for other findings."""
+    m = _PARTNER.search(message)
+    return m.group(1) if m else None
 
 
 def holds_subnet(tunnel: Tunnel, today: date) -> bool:
