@@ -86,3 +86,36 @@ def test_nothing_applied_yet_holds_both() -> None:
     spared, _ = assign_blame([*problems, Problem("a/x.yaml", 2, 1, "bad key", "a")],
                              lambda p: "unchanged" if p.startswith("a/") else "new")
     assert spared == frozenset()
+
+
+def test_verify_all_refuses_an_unsigned_commit_below_a_signed_head(tmp_path: Path) -> None:
+    from reconciler.gitops.admission import Refusal
+    from reconciler.service.controller import Controller
+    from reconciler.service.settings import Settings
+    from reconciler.service.state import Revision
+
+    gen = generate_repo(tmp_path / "gen", 2, gateway=GATEWAY)
+    remote = ConfigRemote(tmp_path / "remote")
+    remote.replace_tree(gen.root, "base")
+    allowed = remote.enable_ssh_signing()
+    base = remote.commit(None, "signed base", sign=True)
+    add_generated_tunnels(remote.work, 1, gateway=GATEWAY)
+    unsigned = remote.commit(None, "unsigned change")
+    head = remote.commit(None, "signed on top", sign=True)
+
+    def evaluate(verify: str) -> Candidate | Refusal:
+        settings = Settings(repo_url=str(remote.bare), state_dir=tmp_path / verify,
+                            allowed_signers=allowed, verify=verify, gateway=GATEWAY)
+        ctl = Controller(settings)
+        ctl.source.fetch()
+        ctl.state.applied = Revision(commit=base, at=0.0)
+        try:
+            return ctl._evaluate(head)
+        finally:
+            ctl.source.close()
+
+    assert Settings().verify == "head"
+    assert isinstance(evaluate("head"), Candidate)
+    refused = evaluate("all")
+    assert isinstance(refused, Refusal) and refused.kind == "signature"
+    assert unsigned[:12] in refused.reason and "not signed" in refused.reason
