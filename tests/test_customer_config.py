@@ -326,3 +326,11 @@ def test_an_export_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Pa
     assert not link.is_symlink() and link.read_bytes() == b"PresharedKey = secret\n"
     assert stat.S_IMODE(link.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.conf", "victim"]
+
+
+def test_templates_cannot_be_swapped_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    from reconciler.engine.templates import template_dir
+
+    monkeypatch.setenv("TUNNELCTL_TEMPLATES", str(tmp_path))
+    assert template_dir() != tmp_path and (template_dir() / "wg-interface.conf.j2").is_file()
