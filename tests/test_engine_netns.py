@@ -426,6 +426,27 @@ def test_foreign_routes_and_tables_survive_every_apply(host: EngineHost) -> None
     assert "192.168.3.0/24" not in host.sh("ip", "route", "show", "dev", host.ifname)
 
 
+def test_a_tenant_lan_may_not_take_over_a_host_route(host: EngineHost) -> None:
+    host.sh("ip", "link", "add", "hostbr0", "type", "veth", "peer", "name", "hostbr1")
+    host.sh("ip", "link", "set", "hostbr0", "up")
+    host.sh("ip", "route", "add", "172.17.0.0/16", "dev", "hostbr0")  # like Docker's bridge
+    host.sh("ip", "route", "add", "192.168.50.0/24", "dev", "hostbr0", "table", "100")
+    populate(host, 2)
+    host.converged()
+    routes = host.sh("ip", "route", "show", "table", "all")
+    for lan, how, route in (("172.17.0.0/16", "equals", "172.17.0.0/16 dev hostbr0"),
+                            ("192.168.50.128/25", "overlaps", "192.168.50.0/24 dev hostbr0")):
+        host.repo.put(1, lans=[lan])
+        refused = host.apply()
+        assert refused.failed_step == "guard" and not refused.applied, refused.error
+        assert refused.error is not None
+        assert f"org001/site.yaml: LAN {lan} {how} the host route {route}" in refused.error
+        assert host.sh("ip", "route", "show", "table", "all") == routes  # nothing touched
+    host.repo.put(1, lans=["192.168.51.0/24"])
+    host.converged()
+    assert "172.17.0.0/16 dev hostbr0" in host.sh("ip", "route", "show")
+
+
 class FailOnce(Runner):
     """A real Runner that fails the first call matching `needle` (argv or stdin)."""
 

@@ -13,7 +13,7 @@ import binascii
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +23,7 @@ from reconciler.engine import verified_cache as knownstate
 from reconciler.engine.apply import ApplyTarget, StepFailed, apply_plan
 from reconciler.engine.commands import Step, commands_for
 from reconciler.engine.files import LockHeld, pid_lock
+from reconciler.engine.hostroutes import PlanGuard, lan_owners, with_host_routes
 from reconciler.engine.hoststate import HostState, ObservedState, Secrets
 from reconciler.engine.observe import (
     InterfaceMissing,
@@ -171,7 +172,6 @@ class _Clock:
 
 # Called under the lock with the plan and what it was planned against, before anything is
 # applied; a returned reason refuses the plan (failed_step "guard"), None lets it proceed.
-PlanGuard = Callable[[Plan, ObservedState], "str | None"]
 
 
 def reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None = None,
@@ -234,6 +234,8 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
     assert desired.interface is not None
     interface = desired.interface.name
     config_path = target.config_path(interface)
+    # Whoever calls: a tenant LAN may never take over or shadow a route of the host's own.
+    guard = with_host_routes(guard, runner, interface, lan_owners(repo))
     try:
         lock = nullcontext() if dry_run else host_lock(target, interface)
         with lock:

@@ -177,6 +177,24 @@ def parse_routes(text: str, *, dev: str | None = None, proto: int | None = None)
     return frozenset(out)
 
 
+_HOST_DESTINATIONS = _UNICAST | {"local"}  # not blackhole/unreachable/prohibit/broadcast
+
+
+def parse_host_routes(text: str) -> list[tuple[str, str, str, str]]:
+    """`ip -4 -json route show table all`: (dst, dev, table, proto) of every route that sends
+    traffic somewhere, whoever made it. A multipath route is listed under its first hop's dev."""
+    out = []
+    for r in _json(text, "ip -json route"):
+        if r.get("type") not in _HOST_DESTINATIONS or r.get("dst") in (None, "default"):
+            continue
+        hops = r.get("nexthops") or [{}]
+        dev = r.get("dev") or hops[0].get("dev") or "?"
+        table = str(r.get("table", "main"))
+        out.append((canonical_cidr(str(r["dst"])), dev, "main" if table == "254" else table,
+                    str(r.get("protocol", "boot"))))
+    return out
+
+
 # ------------------------------------------------------------------------------- nft -j
 
 def _nft_value(value: Any) -> str:

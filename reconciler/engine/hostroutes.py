@@ -1,0 +1,98 @@
+"""Host routes are not ours to take.
+
+`ip route replace` would silently take over (same prefix) or shadow (a narrower prefix) a route
+the host needs: Docker's bridge, a VPC subnet, the host's own LAN. So before any route is added,
+the routes the reconciler does not own are read, and a tenant LAN that equals or overlaps one of
+them is refused, naming the tenant file and the route. Routes on the tenant interface itself
+(e.g. ones wg-quick added at boot for the peers' AllowedIPs) lead into the tunnel anyway and are
+not conflicts; blackhole/unreachable/prohibit routes are not destinations and may be shadowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Network, ip_network
+
+from reconciler.engine.hoststate import ObservedState
+from reconciler.engine.parsers import parse_host_routes
+from reconciler.engine.plan import AddRoute, Plan
+from reconciler.engine.runner import Runner
+from reconciler.repo.state import RepoState
+
+HOST_ROUTES_ARGV = ["ip", "-4", "-json", "route", "show", "table", "all"]
+
+
+@dataclass(frozen=True)
+class HostRoute:
+    dst: IPv4Network
+    dev: str
+    table: str
+    proto: str
+
+    def __str__(self) -> str:
+        return f"{self.dst} dev {self.dev} (table {self.table}, proto {self.proto})"
+
+
+@dataclass(frozen=True)
+class RouteConflict:
+    tenant_file: str
+    lan: IPv4Network
+    route: HostRoute
+
+    def __str__(self) -> str:
+        how = "equals" if self.lan == self.route.dst else "overlaps"
+        return (f"{self.tenant_file}: LAN {self.lan} {how} the host route {self.route}, which "
+                "tunnelctl does not own; routing the LAN into the tunnel would divert the "
+                "host's traffic. Choose another LAN or remove that route from the host")
+
+
+def foreign_routes(text: str, interface: str) -> tuple[HostRoute, ...]:
+    """Pure: the host's routes from `ip -4 -json route show table all` that could be taken over
+    (destinations on another device, any protocol, any table; not the default route)."""
+    out = []
+    for dst, dev, table, proto in parse_host_routes(text):
+        net = ip_network(dst, strict=False)
+        if dev != interface and isinstance(net, IPv4Network) and net.prefixlen > 0:
+            out.append(HostRoute(net, dev, table, proto))
+    return tuple(out)
+
+
+def route_conflicts(new_routes: Iterable[str], host: Iterable[HostRoute],
+                    owners: Mapping[str, str]) -> tuple[RouteConflict, ...]:
+    """Pure: each new route (a CIDR) that equals or overlaps a host route. `owners` maps a
+    route's CIDR to the tenant file that asks for it."""
+    host = tuple(host)
+    found = []
+    for dst in sorted(set(new_routes)):
+        lan = IPv4Network(dst)
+        found += [RouteConflict(owners.get(dst, "?"), lan, r) for r in host if lan.overlaps(r.dst)]
+    return tuple(found)
+
+
+PlanGuard = Callable[[Plan, ObservedState], "str | None"]
+
+
+def with_host_routes(then: PlanGuard | None, runner: Runner, interface: str,
+                     owners: Mapping[str, str]) -> PlanGuard:
+    """A plan guard (see engine.cycle.reconcile) that refuses a plan whose new routes conflict
+    with host routes, then asks `then`. Reads the host's routes only when a route is added."""
+
+    def guard(plan: Plan, observed: ObservedState) -> str | None:
+        new = [c.route.dst for c in plan.changes if isinstance(c, AddRoute)]
+        if not new:
+            return then(plan, observed) if then is not None else None
+        host = foreign_routes(runner.run(HOST_ROUTES_ARGV).stdout, interface)
+        conflicts = route_conflicts(new, host, owners)
+        if not conflicts:
+            return then(plan, observed) if then is not None else None
+        shown = "; ".join(str(c) for c in conflicts[:5])
+        more = f" (and {len(conflicts) - 5} more)" if len(conflicts) > 5 else ""
+        return f"refused: {shown}{more}"
+
+    return guard
+
+
+def lan_owners(repo: RepoState) -> dict[str, str]:
+    """CIDR of each tenant LAN -> the tenant file that asks for it."""
+    return {str(lan): repo.paths.get(t.ident, t.ident) for t in repo.tunnels for lan in t.lans}
