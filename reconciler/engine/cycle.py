@@ -170,10 +170,6 @@ class _Clock:
         return self.timings
 
 
-# Called under the lock with the plan and what it was planned against, before anything is
-# applied; a returned reason refuses the plan (failed_step "guard"), None lets it proceed.
-
-
 def reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None = None,
               dry_run: bool = False, runner: Runner | None = None,
               guard: PlanGuard | None = None, quick: bool = False,

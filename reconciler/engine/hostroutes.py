@@ -70,6 +70,8 @@ def route_conflicts(new_routes: Iterable[str], host: Iterable[HostRoute],
     return tuple(found)
 
 
+# Called by engine.cycle under the lock with the plan and what it was planned against, before
+# anything is applied; a returned reason refuses the plan (failed_step "guard").
 PlanGuard = Callable[[Plan, ObservedState], "str | None"]
 
 
