@@ -180,7 +180,8 @@ class ServiceHarness:
         return proc
 
     def status(self) -> dict[str, Any]:
-        status: dict[str, Any] = json.loads(self.cli("status", "-o", "json").stdout)
+        # status exits 1 whenever the service is not Ready and current: read it all the same.
+        status: dict[str, Any] = json.loads(self.cli("status", "-o", "json", check=False).stdout)
         return status
 
     # -- the host --------------------------------------------------------------------------

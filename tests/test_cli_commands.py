@@ -33,7 +33,7 @@ def test_help_lists_every_command() -> None:
 
 def test_plan_base_head_needs_both() -> None:
     res = CliRunner().invoke(main, ["plan", "--base", "HEAD", str(ROOT / "tenants")])
-    assert res.exit_code == 2 and "--base and --head go together" in res.output
+    assert res.exit_code == 64 and "--base and --head go together" in res.output
 
 
 def test_validate_does_not_import_the_engine() -> None:

@@ -260,12 +260,12 @@ def test_cli_writes_private_files(secret_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "hq.conf"
     res = runner.invoke(main, ["customer-config", "acme-voip/hq", "--repo", str(TENANTS),
-                               "--secret-dir", str(secret_dir), "--output", str(out)])
+                               "--secret-dir", str(secret_dir), "--out-file", str(out)])
     assert res.exit_code == 0, res.output
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and "[Peer]" in out.read_text()
     png_path = tmp_path / "hq.png"
-    res = runner.invoke(main, ["customer-config", "acme-voip/hq", "--format", "qr", "--repo",
-                               str(TENANTS), "--secret-dir", str(secret_dir), "-o", str(png_path)])
+    res = runner.invoke(main, ["customer-config", "acme-voip/hq", "-o", "qr", "--repo",
+                               str(TENANTS), "--secret-dir", str(secret_dir), "-f", str(png_path)])
     assert res.exit_code == 0, res.output
     assert png_path.read_bytes().startswith(b"\x89PNG") and "█" in res.output
     assert stat.S_IMODE(png_path.stat().st_mode) == 0o600

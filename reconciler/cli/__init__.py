@@ -7,14 +7,17 @@ The top layer: may import every other package of reconciler; none of them import
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
+
+from reconciler.cli.common import EXIT_USAGE
 
 # Command name -> the module that defines it (each exposes `register(group)`). Modules are
 # imported only when one of their commands runs, so `tunnelctl validate` does not pay for
 # importing the engine, lab and service (about half a second).
 COMMANDS: dict[str, str] = {
-    "validate": "repo", "new": "repo", "schema": "repo",
+    "init": "repo", "validate": "repo", "new": "repo", "schema": "repo",
     "plan": "engine", "apply": "engine",
     "lab": "lab",
     "run": "service", "reconcile": "service", "suspend": "service", "resume": "service",
@@ -24,6 +27,25 @@ COMMANDS: dict[str, str] = {
 
 
 class LazyGroup(click.Group):
+    """Loads a command's module on first use. Every usage error exits 64, never click's 2,
+    which is "there are changes" under --detailed-exitcode."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            setattr(exc, "exit_code", EXIT_USAGE)  # noqa: B010 (a ClassVar to mypy)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Subcommands parse their arguments (and may raise UsageError) inside this call.
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            setattr(exc, "exit_code", EXIT_USAGE)  # noqa: B010 (a ClassVar to mypy)
+            raise
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from reconciler.cli.common import pick_path, repo_option, repo_root
 from reconciler.engine.runner import CommandError, Runner
 from reconciler.lab import (
     RUN_ROOT,
@@ -46,15 +47,14 @@ def _routers_option(value: str) -> int | str:
 
 @lab.command("up")
 @click.option("--name", default="demo", show_default=True, help="1-6 lowercase letters/digits")
-@click.option("--repo", "repo_path", type=click.Path(path_type=Path), default=Path("tenants"),
-              show_default=True, help="config repo to build routers for")
+@repo_option
 @click.option("--tenants", "generate", type=click.IntRange(min=1),
               help="generate a repo with N tenants instead of using --repo")
 @click.option("--routers", default="all", show_default=True,
               help="'all' (every tunnel with a known key, disabled ones included) or a number")
 @click.option("--gateway", help="gateway name when the repo has several")
 @click.option("--interface", help="cloud interface name (default: the gateway's, if free)")
-def up(name: str, repo_path: Path, generate: int | None, routers: str, gateway: str | None,
+def up(name: str, repo: Path | None, generate: int | None, routers: str, gateway: str | None,
        interface: str | None) -> None:
     """Build a lab and print the `tunnelctl apply` command that converges its cloud."""
     selection = _routers_option(routers)
@@ -63,8 +63,8 @@ def up(name: str, repo_path: Path, generate: int | None, routers: str, gateway: 
         raise click.ClickException(f"lab {name!r} is already up; see 'tunnelctl lab status --name "
                                    f"{name}' or remove it with 'tunnelctl lab down --name {name}'")
     keys: dict[str, str] | None = None
+    repo_path = repo_root(pick_path(repo, None)) if not generate else run_dir / "repo"
     if generate:
-        repo_path = run_dir / "repo"
         shutil.rmtree(repo_path, ignore_errors=True)
         run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
         keys = generate_repo(repo_path, generate).private_keys

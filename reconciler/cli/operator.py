@@ -8,48 +8,66 @@ from pathlib import Path
 
 import click
 
+from reconciler.cli.common import (
+    EXIT_ERROR,
+    banner,
+    config_option,
+    host_settings,
+    out_file_option,
+    output_option,
+    pick_path,
+    repo_option,
+    repo_root,
+)
 from reconciler.engine.runner import Runner
 from reconciler.operator import bootstrap as bs
 from reconciler.operator import customer_config as cc
 from reconciler.repo.state import GatewayChoiceError, load_repo
 
-DEFAULT_REPO = Path("tenants")
-
 
 @click.command("customer-config")
 @click.argument("tunnel", metavar="ORG/NAME")
-@click.option("--format", "fmt", type=click.Choice(cc.FORMATS), default="wg-quick", show_default=True,
-              help="wg-quick file, MikroTik RouterOS script, Grandstream GDMS steps, or QR code")
-@click.option("--repo", "repo_path", type=click.Path(path_type=Path, file_okay=False),
-              default=DEFAULT_REPO, show_default=True, help="config repository root")
-@click.option("--gateway", help="refuse unless the tunnel belongs to this gateway")
+@output_option(*cc.FORMATS, help="wg-quick file, MikroTik RouterOS script, Grandstream GDMS "
+               "steps, or QR code (a PNG file)")
+@click.option("--format", "old_fmt", type=click.Choice(cc.FORMATS), hidden=True)
+@out_file_option("write to this file (mode 0600) instead of stdout; qr default: ORG-NAME.png")
+@repo_option
+@config_option
+@click.option("--gateway", help="refuse unless the tunnel belongs to this gateway "
+              "[default: settings]")
 @click.option("--secret-dir", type=click.Path(path_type=Path, file_okay=False),
-              default=cc.DEFAULT_SECRET_DIR, show_default=True,
-              help="holds psk.secret (and private.key, read only when gateway.yaml lacks public_key)")
-@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
-              help="write to this file (mode 0600) instead of stdout; qr default: ORG-NAME.png")
-def customer_config_cmd(tunnel: str, fmt: str, repo_path: Path, gateway: str | None,
-                        secret_dir: Path, output: Path | None) -> None:
-    """Print the customer-side config of a tunnel (contains its preshared key: run on the host)."""
+              help="holds psk.secret (and private.key, read only when gateway.yaml lacks "
+              "public_key) [default: settings, /etc/tunnelctl]")
+def customer_config_cmd(tunnel: str, fmt: str, old_fmt: str | None, out_file: Path | None,
+                        repo: Path | None, config: Path | None, gateway: str | None,
+                        secret_dir: Path | None) -> None:
+    """Print the customer-side config of a tunnel (contains its preshared key: run on the host).
+
+    Exit 0 written, 1 error."""
+    fmt = old_fmt or fmt  # --format: the spelling before -o/--output
+    root = repo_root(pick_path(repo, None))
+    settings, source = host_settings(config, gateway=gateway, secret_dir=secret_dir)
     try:
-        config = cc.load(repo_path, tunnel, gateway=gateway, secret_dir=secret_dir)
+        config_ = cc.load(root, tunnel, gateway=settings.gateway, secret_dir=settings.secret_dir)
+        click.echo(f"tunnelctl: {config_.ident} of repo {root}; secrets {settings.secret_dir}; "
+                   f"settings {source}", err=True)
         if fmt == "qr":
-            qr = cc.render_qr(config)
-            target = output or Path(f"{config.org}-{config.name}.png")
+            qr = cc.render_qr(config_)
+            target = out_file or Path(f"{config_.org}-{config_.name}.png")
             cc.write_private_file(target, qr.png)
             click.echo(qr.terminal, nl=False)
-            click.echo(f"QR code of the wg-quick config of {config.ident} written to {target} "
+            click.echo(f"QR code of the wg-quick config of {config_.ident} written to {target} "
                        "(mode 0600; it holds the preshared key). The customer adds the router's "
                        "own private key after importing it.", err=True)
             return
-        text = cc.render(config, fmt)
+        text = cc.render(config_, fmt)
     except cc.CustomerConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if output is None:
+    if out_file is None:
         click.echo(text, nl=False)
     else:
-        cc.write_private_file(output, text.encode())
-        click.echo(f"{fmt} config of {config.ident} written to {output} (mode 0600)", err=True)
+        cc.write_private_file(out_file, text.encode())
+        click.echo(f"{fmt} config of {config_.ident} written to {out_file} (mode 0600)", err=True)
 
 
 LEVEL_STYLE = {"ok": ("ok", "green"), "missing": ("missing", "yellow"),
@@ -72,21 +90,30 @@ def _bootstrap_target(repo_path: Path, gateway: str | None, secret_dir: Path,
 @click.command("bootstrap")
 @click.option("--check", is_flag=True, help="report what is missing or conflicting; change nothing")
 @click.option("--dry-run", is_flag=True, help="print the steps it would take; change nothing")
+@repo_option
+@config_option
+@click.option("--gateway", help="gateway to prepare [default: settings, or the repo's only one]")
 @click.option("--netns", help="network namespace of the host (lab)")
-@click.option("--repo", "repo_path", type=click.Path(path_type=Path, file_okay=False),
-              default=DEFAULT_REPO, show_default=True, help="config repository root")
-@click.option("--gateway", help="gateway to prepare (default: the repository's only gateway)")
+@click.option("--interface", help="interface name [default: settings, or the gateway file's]")
 @click.option("--secret-dir", type=click.Path(path_type=Path, file_okay=False),
-              default=cc.DEFAULT_SECRET_DIR, show_default=True,
-              help="where private.key and psk.secret live (0600, never overwritten)")
-@click.option("--interface", help="interface name (default: the gateway file's)")
-def bootstrap_cmd(check: bool, dry_run: bool, netns: str | None, repo_path: Path,
-                  gateway: str | None, secret_dir: Path, interface: str | None) -> None:
+              help="where private.key and psk.secret live (0600, never overwritten) "
+              "[default: settings, /etc/tunnelctl]")
+def bootstrap_cmd(check: bool, dry_run: bool, repo: Path | None, config: Path | None,
+                  gateway: str | None, netns: str | None, interface: str | None,
+                  secret_dir: Path | None) -> None:
     """Prepare a fresh host: gateway keys, PSK host secret, interface, firewall table.
 
-    Safe to run again: what exists is left alone. Exit 1 when a conflict is found."""
-    target = _bootstrap_target(repo_path, gateway, secret_dir, interface, netns)
+    Safe to run again: what exists is left alone. Exit 0 done (or nothing to do), 1 when a
+    conflict or an error is found."""
+    root = repo_root(pick_path(repo, None))
+    settings, source = host_settings(config, gateway=gateway, netns=netns, interface=interface,
+                                     secret_dir=secret_dir)
+    netns = settings.netns
+    target = _bootstrap_target(root, settings.gateway, settings.secret_dir, settings.interface,
+                               netns)
     gw = target.gateway
+    banner(settings=source, gateway=gw.name, interface=target.interface, netns=netns, repo=root,
+           extra=f"secrets {settings.secret_dir}")
     where = f" in netns {netns}" if netns else ""
     click.echo(f"Bootstrap of gateway {gw.name}: interface {target.interface}, UDP "
                f"{gw.listen_port}, pool {gw.pool}{where}")
@@ -115,7 +142,7 @@ def bootstrap_cmd(check: bool, dry_run: bool, netns: str | None, repo_path: Path
     elif not report.executed:
         click.echo("Gateway public key: generated on the real run")
     if report.conflicts or report.error:
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
 
 
 @click.command("demo")

@@ -1,5 +1,6 @@
-"""Repository commands: `validate`, `new`, `schema`. Argument parsing and output only; the work
-is done by reconciler.repo.state, reconciler.operator.provision and reconciler.repo.schema."""
+"""Repository commands: `init`, `validate`, `new`, `schema`. Argument parsing and output only;
+the work is done by reconciler.operator.scaffold, reconciler.repo.state,
+reconciler.operator.provision and reconciler.repo.schema."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ from pathlib import Path
 
 import click
 
+from reconciler.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    output_option,
+    pick_path,
+    repo_option,
+    repo_root,
+)
 from reconciler.operator.provision import ProvisionError, create_tunnel
-from reconciler.repo.discovery import find_root, git_toplevel
+from reconciler.repo.discovery import git_toplevel
 from reconciler.repo.problem_output import (
     display_path,
     format_github,
@@ -25,26 +34,22 @@ from reconciler.repo.schema import outdated_schemas, write_schemas
 from reconciler.repo.state import load_repo
 
 
-def _root_or_exit(path: Path) -> Path:
-    root = find_root(path)
-    if root is None:
-        raise click.ClickException(f"no gateway.yaml (or gateways/) found in {path} or above; "
-                                   "point at a config repo root, an org folder or a tunnel file")
-    return root
-
-
 @click.command()
-@click.argument("path", default=".", type=click.Path(exists=True, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["text", "github", "json"]), default="text",
-              show_default=True, help="github prints workflow annotations for pull requests")
-def validate(path: Path, fmt: str) -> None:
+@click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
+@repo_option
+@output_option("text", "github", "json",
+               help="github prints workflow annotations for pull requests")
+@click.option("--format", "old_fmt", type=click.Choice(["text", "github", "json"]), hidden=True)
+def validate(path: Path | None, repo: Path | None, fmt: str, old_fmt: str | None) -> None:
     """Check a config repo: every file and every rule across files.
 
-    PATH is the repo root (the folder with gateway.yaml), an org folder or one tunnel file; the
-    whole repo is always checked (cross-file rules need it) but only problems under PATH, and
-    gateway problems, are shown. Exit status 0 when valid, 1 when not.
+    PATH (or --repo) is the repo root (the folder with gateway.yaml), an org folder or one
+    tunnel file; the whole repo is always checked (cross-file rules need it) but only problems
+    under PATH, and gateway problems, are shown. Exit 0 when valid, 1 when not.
     """
-    root = _root_or_exit(path)
+    fmt = old_fmt or fmt  # --format: the spelling before -o/--output
+    path = pick_path(repo, path)
+    root = repo_root(path)
     state = load_repo(root, jobs=os.cpu_count() or 1)
     resolved = path.resolve()
     scope = "" if resolved == root else resolved.relative_to(root).as_posix() \
@@ -60,7 +65,7 @@ def validate(path: Path, fmt: str) -> None:
         for line in lines:
             click.echo(line)
         click.echo(summary(state, shown), err=fmt == "github")
-    sys.exit(1 if shown else 0)
+    sys.exit(EXIT_ERROR if shown else EXIT_OK)
 
 
 @click.command()
@@ -75,12 +80,14 @@ def validate(path: Path, fmt: str) -> None:
 @click.option("--keepalive", type=int, default=25, show_default=True,
               help="persistent keepalive in seconds (0 = off)")
 @click.option("--notes", default="", help="free text for operators")
-@click.option("--repo", "repo_path", type=click.Path(exists=True, path_type=Path), default=".",
-              show_default=True, help="config repo (or a folder inside it)")
+@repo_option
 def new(org: str, name: str, pubkey: str, lans: tuple[str, ...], services: str | None,
-        gateway: str | None, keepalive: int, notes: str, repo_path: Path) -> None:
-    """Add tunnel ORG/NAME with the first free subnet of the gateway's pool."""
-    root = _root_or_exit(repo_path)
+        gateway: str | None, keepalive: int, notes: str, repo: Path | None) -> None:
+    """Add tunnel ORG/NAME with the first free subnet of the gateway's pool.
+
+    The file is checked with every rule `validate` applies before it is written. Exit 0 when
+    written, 1 when refused (nothing written)."""
+    root = repo_root(pick_path(repo, None))
     wanted = None if services is None else [s.strip() for s in services.split(",") if s.strip()]
     try:
         made = create_tunnel(root, org, name, pubkey, lans=lans, services=wanted,
@@ -101,19 +108,28 @@ def new(org: str, name: str, pubkey: str, lans: tuple[str, ...], services: str |
 
 @click.command()
 @click.option("--check", is_flag=True, help="exit 1 if the files differ instead of writing them")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("schemas"),
-              show_default=True, help="folder for gateway.schema.json and tunnel.schema.json")
-def schema(check: bool, out_dir: Path) -> None:
-    """Write JSON Schema (draft-07) for gateway and tunnel files, for editors and CI."""
+@repo_option
+@click.option("--out-dir", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="folder for gateway.schema.json and tunnel.schema.json "
+              "[default: schemas/ of the config repo]")
+@click.option("--out", "old_out", type=click.Path(path_type=Path, file_okay=False), hidden=True)
+def schema(check: bool, repo: Path | None, out_dir: Path | None, old_out: Path | None) -> None:
+    """Write JSON Schema (draft-07) for gateway and tunnel files, for editors and CI.
+
+    The modelines that `init` and `new` write point at them. Exit 0 when current (or written),
+    1 when --check finds one out of date."""
+    out_dir = out_dir or old_out or repo_root(pick_path(repo, None)) / "schemas"
     if check:
         stale = outdated_schemas(out_dir)
         for path in stale:
             click.echo(f"{path} is out of date; run 'tunnelctl schema' and commit it", err=True)
-        sys.exit(1 if stale else 0)
+        sys.exit(EXIT_ERROR if stale else EXIT_OK)
     for path in write_schemas(out_dir):
         click.echo(f"wrote {path}")
 
 
 def register(group: click.Group) -> None:
-    for command in (validate, new, schema):
+    from reconciler.cli.scaffold import init
+
+    for command in (init, validate, new, schema):
         group.add_command(command)

@@ -5,34 +5,30 @@ Argument parsing and output only; the work is in reconciler.service.loop / contr
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
-from reconciler.service.settings import Settings, SettingsError, load_settings
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, config_option, host_settings, output_option
+from reconciler.service.settings import Settings
 
-CONFIG_HELP = "host config file (default $TUNNELCTL_CONFIG or /etc/tunnelctl/tunnelctl.toml)"
+if TYPE_CHECKING:
+    from reconciler.service.status import StatusReport
 
-
-def _config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
-                        default=None, help=CONFIG_HELP)(fn)
+_config_option = config_option
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    return host_settings(config, **overrides)[0]
 
 
 @click.command("run")
@@ -93,7 +89,7 @@ def _wait_for_cycle(s: Settings, since: float, timeout: float) -> list[dict[str,
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="wait for the running service to finish the cycle")
 @click.option("--timeout", type=float, default=120.0, show_default=True)
-@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text")
+@output_option("text", "json")
 def reconcile_cmd(config: Path | None, approve_removal: bool, wait: bool, timeout: float,
                   fmt: str) -> None:
     """Run a cycle now: signal the running service, or do one cycle here if none runs."""
@@ -136,7 +132,7 @@ def reconcile_cmd(config: Path | None, approve_removal: bool, wait: bool, timeou
             click.echo(line + (f" ({counts})" if counts else "")
                        + (f" - {r['reason']}" if r.get("reason") else ""))
     if any(r["result"] in ("refused", "failed", "busy") for r in results[-1:]):
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
 
 
 @click.command("suspend")
@@ -172,20 +168,52 @@ def resume_cmd(config: Path | None) -> None:
 
 @click.command("status")
 @_config_option
-@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@output_option("text", "json")
 @click.option("--live/--no-live", default=True, show_default=True,
               help="read handshakes and bytes from the live interface")
 def status_cmd(config: Path | None, fmt: str, live: bool) -> None:
-    """Service state and every tunnel of this gateway (works without the service running)."""
+    """Service state and every tunnel of this gateway (works without the service running).
+
+    Exit 0 when the service runs, is Ready and has applied the remote head; 1 otherwise (not
+    running, never ran, degraded, stalled, suspended or behind), with the reasons."""
+    from reconciler.service.state import StateStore
     from reconciler.service.status import collect_status, render_status
 
-    report = collect_status(_settings(config), live=live)
+    settings, source = host_settings(config)
+    report = collect_status(settings, live=live)
+    if report.running_pid is None and (report.state.phase == "Starting"
+                                       or not StateStore(settings.state_dir).path.exists()):
+        # "Starting" is what the state file says before a first cycle; nothing is starting.
+        report = dataclasses.replace(report, phase="NotStarted", message=(
+            f"the service has not run a cycle on this host (no state in {settings.state_dir})"))
+    problems = unhealthy(report)
     if fmt == "json":
-        click.echo(json.dumps(report.to_json(), indent=2, default=str))
+        data = {**report.to_json(), "healthy": not problems, "problems": problems,
+                "settings": source}
+        click.echo(json.dumps(data, indent=2, default=str))
     else:
         # Piped output (scripts, CI logs) gets a wide table instead of 80 squeezed columns.
         render_status(report, Console(width=None if sys.stdout.isatty() else 200))
+        click.echo(f"settings {source}", err=True)
+        for problem in problems:
+            click.echo(f"not healthy: {problem}", err=True)
+    sys.exit(EXIT_ERROR if problems else EXIT_OK)
+
+
+def unhealthy(report: StatusReport) -> list[str]:
+    """Why a monitoring script should not be content; empty when all is well."""
+    st = report.state
+    problems = []
+    if report.running_pid is None:
+        problems.append("the service is not running")
+    if report.phase not in ("Ready", "Reconciling"):
+        problems.append(f"state is {report.phase}: {report.message}")
+    if st.applied is None:
+        problems.append("nothing applied yet")
+    elif st.remote_head and st.remote_head != st.applied.commit:
+        problems.append(f"behind: applied {st.applied.commit[:12]}, remote head "
+                        f"{st.remote_head[:12]}")
+    return problems
 
 
 def register(group: click.Group) -> None:
