@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -91,21 +92,31 @@ def test_new_then_validate(cli: click.Group, tmp_path: Path,
     assert "subnet            10.20.0.20/30" in made.output
     assert "customer address  10.20.0.22/30" in made.output
     text = (project / "tenants" / "delta-dial" / "office.yaml").read_text()
-    assert text.startswith("# yaml-language-server: $schema=../../schemas/tunnel.schema.json\n")
+    # tenants/ is a config repo of its own: its schemas/ sit beside the org folders.
+    assert text.startswith("# yaml-language-server: $schema=../schemas/tunnel.schema.json\n")
     assert "services: [sip]" in text and "notes: 'New customer: Delta'" in text
     assert run(cli, "validate", "tenants").exit_code == 0
     second = run(cli, "new", "delta-dial", "branch", "--pubkey", key("delta2"))
     assert "10.20.0.24/30" in second.output
 
 
-def test_new_in_this_projects_layout_points_at_schemas(cli: click.Group, tmp_path: Path) -> None:
+def test_new_points_at_the_nearest_schemas_and_omits_a_dangling_modeline(
+        cli: click.Group, tmp_path: Path) -> None:
     project = copy_project(tmp_path)
     made = run(cli, "new", "echo", "x", "--pubkey", key("echo"), "--repo",
                str(project / "tenants"))
     assert made.exit_code == 0, made.output
     header = (project / "tenants" / "echo" / "x.yaml").read_text().splitlines()[0]
-    assert header == "# yaml-language-server: $schema=../../schemas/tunnel.schema.json"
-    assert (project / "tenants" / "echo" / ".." / ".." / "schemas" / "tunnel.schema.json").exists()
+    assert header == "# yaml-language-server: $schema=../schemas/tunnel.schema.json"
+    assert (project / "tenants" / "echo" / ".." / "schemas" / "tunnel.schema.json").exists()
+    # Without schemas anywhere in the work tree: no modeline to a missing file, and a hint.
+    shutil.rmtree(project / "tenants" / "schemas")
+    shutil.rmtree(project / "schemas")
+    (project / ".git").mkdir()
+    made = run(cli, "new", "echo", "y", "--pubkey", key("echo-y"), "--repo",
+               str(project / "tenants"))
+    assert made.exit_code == 0 and "run 'tunnelctl schema'" in made.output
+    assert not (project / "tenants" / "echo" / "y.yaml").read_text().startswith("#")
 
 
 @pytest.mark.parametrize("args,words", [

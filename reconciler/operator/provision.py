@@ -55,16 +55,16 @@ def tunnel_path(root: Path, org: str, name: str) -> Path:
 
 def schema_header(root: Path, target: Path) -> str:
     """`# yaml-language-server: $schema=...` pointing from the new file's folder to the nearest
-    schemas/tunnel.schema.json at or above the repo root (root/schemas when there is none)."""
-    schema = root / "schemas" / SCHEMA_NAME
+    schemas/tunnel.schema.json at or above the repo root, within its git work tree; "" when
+    there is none (a modeline to a missing file only misleads the editor)."""
     for folder in (root, *root.parents):
-        if (folder / "schemas" / SCHEMA_NAME).is_file():
-            schema = folder / "schemas" / SCHEMA_NAME
-            break
+        schema = folder / "schemas" / SCHEMA_NAME
+        if schema.is_file():
+            rel = Path(os.path.relpath(schema, target.parent)).as_posix()
+            return f"# yaml-language-server: $schema={rel}\n"
         if (folder / ".git").exists():
             break
-    rel = Path(os.path.relpath(schema, target.parent)).as_posix()
-    return f"# yaml-language-server: $schema={rel}\n"
+    return ""
 
 
 def choose_gateway(state: RepoState, name: str | None) -> Gateway:
@@ -119,7 +119,8 @@ def create_tunnel(root: Path, org: str, name: str, public_key: str, *,
     values.update({"persistent_keepalive": keepalive, "psk_rotation": 0})
     if notes:
         values["notes"] = notes
-    text = schema_header(root, target) + dump_document(values)
+    header = schema_header(root, target)
+    text = header + dump_document(values)
     # Same rules as `tunnelctl validate`, on the repo as it would be after writing.
     after = load_files([*files, SourceFile(rel, text.encode())], cache, today)
     mine = [p for p in after.problems if p.file == rel]
@@ -127,11 +128,14 @@ def create_tunnel(root: Path, org: str, name: str, public_key: str, *,
         raise ProvisionError("the new tunnel would not be valid; nothing was written", mine)
     if write:
         write_atomic(target, text)
-    warnings: tuple[str, ...] = ()
+    warnings: list[str] = []
     if state.problems:
-        warnings = ((f"the repo has {len(state.problems)} other problem(s); files that do not "
-                     "load may hold addresses this allocation could not see; run "
-                     "'tunnelctl validate'"),)
+        warnings.append(f"the repo has {len(state.problems)} other problem(s); files that do not "
+                        "load may hold addresses this allocation could not see; run "
+                        "'tunnelctl validate'")
+    if not header:
+        warnings.append(f"no schemas/{SCHEMA_NAME} in the repo, so no editor modeline was "
+                        "written; run 'tunnelctl schema' to add the schemas")
     customer = subnet.network_address + 2
     return NewTunnel(target, subnet, f"{customer}/{subnet.prefixlen}", str(gw.address.ip),
-                     warnings)
+                     tuple(warnings))
