@@ -60,7 +60,11 @@ def render_text(diff: RepoDiff) -> str:
         lines.append("Validation problems at head (this change cannot be applied):")
         lines.extend(f"  x {p}" for p in diff.problems)
         lines.append("")
-    if diff.has_changes:
+    if not diff.ok:
+        # Never a tunnel count or "to remove" for a head that does not load: nothing applies.
+        lines.append(f"Invalid, not applied: {diff.head.name} does not validate; hosts keep "
+                     f"{diff.base.name} ({diff.base_tunnels} tunnels).")
+    elif diff.has_changes:
         lines.append(f"Plan: {diff.summary()}.")
     else:
         lines.append(f"No changes: the desired state is identical ({diff.head_tunnels} tunnels).")
