@@ -12,11 +12,15 @@ import click
 from reconciler.cli.common import EXIT_ERROR
 
 
+def interactive() -> bool:
+    return sys.stdin.isatty()
+
+
 def _ask(value: Any, flag: str, text: str, default: Any = None) -> Any:
     """A value the flags left out: asked for on a terminal, a usage error (64) in a script."""
     if value is not None:
         return value
-    if sys.stdin.isatty():
+    if interactive():
         return click.prompt(text, default=default)
     if default is not None:
         return default
