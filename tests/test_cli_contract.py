@@ -212,3 +212,11 @@ def test_service_controls(host: Path) -> None:
     assert cli("reconcile", "--no-wait").exit_code == 1
     assert cli("run", "--interval", "-1", env={"TUNNELCTL_REPO_URL": "/x"}).exit_code == 1
     assert cli("lab", "status", "--name", "nosuch").exit_code == 1
+
+
+def test_the_readme_table_lists_every_command() -> None:
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Everyday commands"):text.index("## Running the service")]
+    for name in COMMANDS:
+        assert f"`tunnelctl {name}" in table or f"`{name}`" in table, name
+    assert "`-o text\\|json`" in table and "-f FILE" in table and "64" in table
