@@ -115,12 +115,13 @@ def test_routed_ranges_are_added_and_the_endpoint_never(secret_dir: Path, tmp_pa
     assert "AllowedIPs = 10.20.0.1/32, 172.31.5.0/24" in wg
     rsc = cc.render(config, "mikrotik")
     assert "allowed-address=10.20.0.1/32,172.31.5.0/24" in rsc
-    assert '/ip route add dst-address=172.31.5.0/24 gateway="wg-cloud-1"' in rsc
+    assert ('/ip route add dst-address=172.31.5.0/24 comment="tunnelctl cloud-1" '
+            'gateway="wg-cloud-1"') in rsc
     gdms = cc.render(config, "gdms")
     values = [*re.findall(r"^AllowedIPs = (.*)$", wg, re.MULTILINE),
               *re.findall(r"allowed-address=(\S+)", rsc),
               *re.findall(r"Allowed IPs: (.*)$", gdms, re.MULTILINE)]
-    assert len(values) == 3
+    assert len(values) == 4  # the RouterOS script's add and its re-run set
     for value in values:
         assert value.replace(" ", "") == "10.20.0.1/32,172.31.5.0/24"  # never 203.0.113.10
 
@@ -186,18 +187,19 @@ def test_unknown_tunnel_and_missing_secret_are_clear(secret_dir: Path, tmp_path:
 def test_mikrotik_script(secret_dir: Path) -> None:
     config = cc.load(TENANTS, "bluebird-telecom/main", secret_dir=secret_dir)
     rsc = cc.render(config, "mikrotik")
-    commands = [ln for ln in rsc.splitlines() if ln and not ln.startswith("#")]
-    assert commands[0].startswith(':if ([:len [/interface wireguard find name="wg-cloud-1"]] = 0)')
-    assert f'public-key] != "{config.customer_public_key}"' in commands[1]
-    assert commands[2] == (
-        '/interface wireguard peers add interface="wg-cloud-1" '
+    adds = [ln.split(" add ", 1)[1].split(" } else={")[0] for ln in rsc.splitlines()
+            if " add " in ln and not ln.startswith("#")]
+    assert adds[0] == 'name="wg-cloud-1" mtu=1420 comment="tunnelctl bluebird-telecom/main"'
+    assert f'public-key] != "{config.customer_public_key}"' in rsc
+    assert adds[1] == (
+        'interface="wg-cloud-1" comment="tunnelctl cloud-1" '
         f'public-key="{config.cloud_public_key}" preshared-key="{config.preshared_key}" '
         'endpoint-address="203.0.113.10" endpoint-port=51821 allowed-address=10.20.0.1/32 '
-        'persistent-keepalive=25s comment="tunnelctl cloud-1"')
-    assert commands[3].startswith('/ip address add address=10.20.0.10/30 interface="wg-cloud-1"')
-    assert commands[4].startswith('/ip route add dst-address=10.20.0.1/32 gateway="wg-cloud-1"')
+        'persistent-keepalive=25s')
+    assert adds[2].endswith("address=10.20.0.10/30")
+    assert adds[3].startswith("dst-address=10.20.0.1/32 ")
     # no routed LAN: the router must masquerade its LAN into the tunnel
-    assert commands[5].startswith('/ip firewall nat add chain=srcnat out-interface="wg-cloud-1"')
+    assert adds[4].startswith('chain=srcnat out-interface="wg-cloud-1" action=masquerade')
     routed = cc.render(cc.load(TENANTS, "acme-voip/hq", secret_dir=secret_dir), "mikrotik")
     assert "masquerade" not in routed.replace("do not masquerade", "")
 

@@ -53,7 +53,7 @@ from reconciler.engine.parsers import firewall_from_elements
 from reconciler.engine.psk import psk_deriver, psk_digest
 from reconciler.engine.templates import template_dir
 from reconciler.engine.wgkeys import public_key
-from reconciler.repo.model import Gateway, PortRange, Tunnel, TunnelStatus
+from reconciler.repo.model import AmneziaWG, Gateway, PortRange, Tunnel, TunnelStatus
 
 CONFIG_TEMPLATE = "wg-interface.conf.j2"
 
@@ -315,11 +315,19 @@ def _proto(proto: str) -> Literal["udp", "tcp"]:
 # ----------------------------------------------------------------- interface and config
 
 
-def render_config(interface: InterfaceConfig, peers: Mapping[str, Peer], secrets: Secrets) -> str:
-    """The wg-quick file text. Contains the private key and PSKs: write it 0600, never log it."""
+def render_config(interface: InterfaceConfig, peers: Mapping[str, Peer], secrets: Secrets,
+                  amneziawg: AmneziaWG | None = None) -> str:
+    """The wg-quick file text. Contains the private key and PSKs: write it 0600, never log it.
+
+    With `amneziawg` it is an awg-quick file: the obfuscation keys under [Interface], printed
+    from AmneziaWG.config_lines(), the source the customer configs print from too. Plain
+    wg-quick refuses those keys, so a host without AmneziaWG fails loudly at boot instead of
+    running unobfuscated.
+    """
     ordered = sorted(peers.values(), key=lambda p: (p.owner or "", p.public_key))
     return _env().get_template(CONFIG_TEMPLATE).render(
-        interface=interface, private_key=secrets.private_key, peers=ordered, psks=secrets.psks)
+        interface=interface, private_key=secrets.private_key, peers=ordered, psks=secrets.psks,
+        obfuscation=amneziawg.config_lines() if amneziawg is not None else ())
 
 
 def render_host(gateway: Gateway, tunnels: Iterable[Tunnel], *, interface: str | None,
@@ -361,7 +369,7 @@ def _render_host(gateway: Gateway, tunnels: Sequence[Tunnel], *, interface: str 
                             str(gateway.address), gateway.mtu, True)
     config = None
     if config_path is not None:
-        text = render_config(iface, peers, secrets)
+        text = render_config(iface, peers, secrets, gateway.amneziawg)
         secrets = Secrets(private_key, psks, text)  # kept for apply: rendered once per cycle
         config = ConfigFile(str(config_path), ConfigFile.digest_of(text.encode()))
     global _tenant_memo

@@ -10,6 +10,11 @@ Two production bugs of the hand-built system this project replaces shaped this m
 - the cloud's public IP in the customer's AllowedIPs makes routers (GWN7002) loop, so AllowedIPs is
   the cloud address /32 plus the gateway's routed ranges, and `customer_allowed_ips` refuses any
   set that would cover the endpoint.
+
+AmneziaWG parameters that differ between the two sides drop data while handshakes may still
+succeed, so both sides print the gateway model's one `AmneziaWG.config_lines()`, and `render`
+parses them back out of the customer text and out of the gateway's interface template and
+refuses to return a text whose values differ.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from pathlib import Path
 import jinja2
 
 from reconciler.engine import psk, wgkeys
+from reconciler.engine.hoststate import InterfaceConfig, Secrets
+from reconciler.engine.render import render_config
 from reconciler.engine.templates import template_dir
-from reconciler.repo.model import Gateway, Tunnel, TunnelStatus
+from reconciler.operator.customer_keys import CustomerKeyError, check_belongs_to
+from reconciler.repo.model import AmneziaWG, Gateway, Tunnel, TunnelStatus
 from reconciler.repo.state import RepoState, load_repo
 
 TEXT_FORMATS = ("wg-quick", "mikrotik", "gdms")
@@ -70,6 +78,7 @@ class CustomerConfig:
     mtu: int
     lans: tuple[IPv4Network, ...]
     services: tuple[ServiceLine, ...]
+    amneziawg: AmneziaWG | None = None  # the gateway's block itself, never a copy of its values
 
     @property
     def ident(self) -> str:
@@ -187,6 +196,7 @@ def build(tunnel: Tunnel, gateway: Gateway, host_secret: bytes, cloud_key: str) 
         mtu=gateway.mtu,
         lans=tuple(tunnel.lans),
         services=services,
+        amneziawg=gateway.amneziawg,
     )
 
 
@@ -243,14 +253,92 @@ def _step_counter() -> Callable[[], int]:
     return step
 
 
-def render(config: CustomerConfig, fmt: str, *, compact: bool = False) -> str:
-    """Render one text format. `compact` drops the explanatory comments (for the QR code)."""
+def render(config: CustomerConfig, fmt: str, *, compact: bool = False,
+           private_key: str | None = None) -> str:
+    """Render one text format. `compact` drops the explanatory comments (for the QR code).
+
+    `private_key` is the customer's own key, for this one render only (the WireGuard apps
+    refuse a config without it): wg-quick only, and it must belong to the tunnel's registered
+    public key. It is never stored; the returned text holds it, so treat it as a secret.
+    """
     if fmt not in TEMPLATE_FILES:
         raise CustomerConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if private_key is not None:
+        if fmt != "wg-quick":
+            raise CustomerConfigError(f"a private key goes only into the wg-quick and qr formats, "
+                                      f"not {fmt} (that router makes its own key)")
+        try:
+            check_belongs_to(private_key, config.customer_public_key, config.ident)
+        except CustomerKeyError as exc:
+            raise CustomerConfigError(str(exc)) from None
     template = _environment().get_template(TEMPLATE_FILES[fmt])
-    text = template.render(c=config, compact=compact, step=_step_counter())
+    text = template.render(c=config, compact=compact, step=_step_counter(),
+                           private_key=private_key)
     _assert_endpoint_not_allowed(text, config)
+    check_obfuscation_matches(text, fmt, config)
     return text
+
+
+# AmneziaWG keys as every format prints them: `Key = value`, in a wg-quick section, a RouterOS
+# comment or a GDMS text line.
+AWG_KEYS = ("Jc", "Jmin", "Jmax", "S1", "S2", "H1", "H2", "H3", "H4")
+_AWG_LINE_RE = re.compile(r"^[#\s]*(" + "|".join(AWG_KEYS) + r")\s*=\s*(\S+)\s*$")
+
+
+def interface_section(text: str) -> dict[str, str]:
+    """`Key = value` lines of a wg-quick/awg-quick file's [Interface] section (comments and
+    other sections ignored), as awg-quick reads them. A key given twice is an error there, so
+    it is one here."""
+    values: dict[str, str] = {}
+    section = None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif section == "Interface" and "=" in line:
+            key, _, value = line.partition("=")
+            if key.strip() in values:
+                raise ValueError(f"{key.strip()} is given twice in [Interface]")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def obfuscation_values(text: str, fmt: str) -> dict[str, str]:
+    """The AmneziaWG values a rendered text carries, parsed back: from [Interface] for wg-quick
+    files (what awg-quick reads), from the `Key = value` lines for the formats a person reads."""
+    if fmt == "wg-quick":
+        return {k: v for k, v in interface_section(text).items() if k in AWG_KEYS}
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _AWG_LINE_RE.match(line)
+        if m:
+            if m.group(1) in out:
+                raise ValueError(f"{m.group(1)} is given twice")
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def gateway_obfuscation(amneziawg: AmneziaWG | None) -> dict[str, str]:
+    """What the gateway's own interface file carries: rendered by the engine's template (no
+    peers, no key) and parsed back the way awg-quick reads it."""
+    iface = InterfaceConfig("gateway", 1, None, None, None, True)
+    text = render_config(iface, {}, Secrets(None, {}), amneziawg)
+    return {k: v for k, v in interface_section(text).items() if k in AWG_KEYS}
+
+
+def check_obfuscation_matches(text: str, fmt: str, config: CustomerConfig) -> None:
+    """Refuse a customer text whose AmneziaWG values differ from the gateway's: a mismatch is
+    silent on the wire, so it must never leave this module."""
+    try:
+        customer = obfuscation_values(text, fmt)
+    except ValueError as exc:
+        raise CustomerConfigError(f"{config.ident} ({fmt}): {exc}; not rendered") from None
+    gateway = gateway_obfuscation(config.amneziawg)
+    if customer != gateway:
+        raise CustomerConfigError(
+            f"{config.ident} ({fmt}): the AmneziaWG values in the customer config "
+            f"{customer or 'none'} differ from the gateway's {gateway or 'none'}; not rendered "
+            "(the tunnel would drop data)")
 
 
 _CIDR_RE = re.compile(r"\b(\d{1,3}(?:\.\d{1,3}){3})(/\d{1,2})?\b")
@@ -282,13 +370,17 @@ class QrCode:
     terminal: str  # half-block text drawing, printable on any UTF-8 terminal
 
 
-def render_qr(config: CustomerConfig) -> QrCode:
-    """QR code of the compact wg-quick config, as PNG bytes and as a terminal drawing."""
+def render_qr(config: CustomerConfig, *, private_key: str | None = None) -> QrCode:
+    """QR code of the compact wg-quick config, as PNG bytes and as a terminal drawing.
+
+    The WireGuard mobile apps import only a config with a PrivateKey: pass the customer's key
+    (for this render only) to make one they accept. Without it the code documents the config
+    but the apps refuse it."""
     import qrcode
     from qrcode.image.pure import PyPNGImage
 
     qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_L, border=2)
-    qr.add_data(render(config, "wg-quick", compact=True))
+    qr.add_data(render(config, "wg-quick", compact=True, private_key=private_key))
     qr.make(fit=True)
     png = io.BytesIO()
     qr.make_image(image_factory=PyPNGImage).save(png)
