@@ -20,7 +20,7 @@ from reconciler.engine.hoststate import Peer
 from reconciler.engine.plan import AddPeer, Plan
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> Result:
+def cli(*args: str, env: dict[str, str | None] | None = None) -> Result:
     return CliRunner().invoke(main, list(args), env=env)
 
 
@@ -161,7 +161,7 @@ def test_customer_config(host: Path, tmp_path: Path) -> None:
     toml = tmp_path / "t.toml"
     toml.write_text(f'secret_dir = "{tmp_path / "elsewhere"}"\n')
     res = cli("customer-config", "acme-voip/hq", "--config", str(toml),
-              env={"TUNNELCTL_SECRET_DIR": ""})
+              env={"TUNNELCTL_SECRET_DIR": None})  # None: unset
     assert res.exit_code == 1 and "elsewhere" in res.output
     assert cli("customer-config", "acme-voip/hq", "--config", str(tmp_path / "no.toml")
                ).exit_code == 1
