@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "run": "service", "reconcile": "service", "suspend": "service", "resume": "service",
     "status": "service",
     "customer-config": "operator", "bootstrap": "operator", "demo": "operator",
+    "firewall": "host", "interface": "host",
 }
 
 

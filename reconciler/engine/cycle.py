@@ -1,9 +1,17 @@
 """The reconcile orchestrator: render -> observe -> plan -> snapshot -> apply -> verify.
 
-The only function that calls the stages in order. On any failed step, or when the host still
-differs after apply, it restores the snapshot taken before apply and reports which step
-failed. A non-dry-run cycle holds an exclusive flock per interface, so the CLI and the
-service never apply at once; the kernel drops the lock when its holder dies.
+The only function that calls the stages in order. On any failed step, any exception after
+the first write (a timeout included), or when the host still differs after apply, it restores
+the snapshot taken before apply and reports which step failed. A non-dry-run cycle holds an
+exclusive flock per interface (in the state directory, which no service restart removes), so
+the CLI and the service never apply at once; the kernel drops the lock when its holder and
+the children it started are gone.
+
+Before the first write the snapshot is also written to disk as an "apply pending" checkpoint
+(reconciler.engine.checkpoint); a process killed mid-apply leaves it, and the next cycle on
+that interface restores it under the lock before anything else, then converges as usual.
+After every verified cycle the table it verified is persisted (reconciler.engine.hostboot),
+so the boot and nftables-restart units load exactly what the service last checked.
 """
 
 from __future__ import annotations
@@ -19,10 +27,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from reconciler.engine import checkpoint
 from reconciler.engine import verified_cache as knownstate
 from reconciler.engine.apply import ApplyTarget, StepFailed, apply_plan
 from reconciler.engine.commands import Step, commands_for
+from reconciler.engine.conntrack import flush_prefixes, shrunk_sources
 from reconciler.engine.files import LockHeld, pid_lock
+from reconciler.engine.hostboot import (
+    DEFAULT_STATE_DIR,
+    firewall_path,
+    persist_firewall,
+    persisted_text,
+)
 from reconciler.engine.hostroutes import PlanGuard, lan_owners, with_host_routes
 from reconciler.engine.hoststate import HostState, ObservedState, Secrets
 from reconciler.engine.observe import (
@@ -34,7 +50,7 @@ from reconciler.engine.observe import (
     read_snapshot,
 )
 from reconciler.engine.plan import Plan, WriteConfig, plan
-from reconciler.engine.psk import read_host_secret
+from reconciler.engine.psk import psk_digest, read_host_secret
 from reconciler.engine.render import RenderError, render_config, render_host
 from reconciler.engine.runner import CommandError, Runner
 from reconciler.repo.model import Gateway
@@ -60,8 +76,13 @@ class HostTarget:
     interface: str | None = None  # overrides gateway.interface (labs use unique names)
     secret_dir: Path = Path("/etc/tunnelctl")  # private.key (base64), psk.secret (host secret)
     config_dir: Path = Path("/etc/wireguard")  # <interface>.conf is written here
-    lock_dir: Path = Path("/run/tunnelctl")
+    # Not a RuntimeDirectory: systemd removes that when the service stops, and a CLI apply
+    # holding the old file could then run beside the restarted service.
+    lock_dir: Path = DEFAULT_STATE_DIR / "locks"
     lock_timeout: float = 30.0  # seconds to wait for another apply to finish
+    # Checkpoints and the persisted table. Default: /var/lib/tunnelctl on the host, and
+    # <secret_dir>/../state for a namespace (a lab keeps its files in its own folder).
+    state_dir: Path | None = None
 
     def config_path(self, interface: str) -> Path:
         return self.config_dir / f"{interface}.conf"
@@ -69,6 +90,23 @@ class HostTarget:
     def lock_path(self, interface: str) -> Path:
         return self.lock_dir / (f"{self.netns}.{interface}.lock" if self.netns
                                 else f"{interface}.lock")
+
+    @property
+    def state_root(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        return DEFAULT_STATE_DIR if self.netns is None else self.secret_dir.parent / "state"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.state_root / "checkpoints"
+
+    def checkpoint_path(self, interface: str) -> Path:
+        return checkpoint.marker_path(self.checkpoint_dir, self.netns, interface)
+
+    @property
+    def firewall_path(self) -> Path:
+        return firewall_path(self.state_root, self.netns)
 
 
 @dataclass(frozen=True)
@@ -81,6 +119,9 @@ class ReconcileResult:
     timings: Mapping[str, float]
     writes: int  # host-changing calls, including any rollback
     rolled_back: bool = False  # the failed apply was undone and the host matches its snapshot
+    # An apply a killed process left half done, restored before this cycle planned: what
+    # happened ("restored" or why not), None when there was none.
+    recovered: str | None = None
     observed: ObservedState | None = field(default=None, compare=False, repr=False)
     # A dry run asked for them: what apply would run. Payloads hold secrets: show redacted().
     commands: tuple[Step, ...] | None = field(default=None, compare=False, repr=False)
@@ -210,13 +251,15 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
     runner = runner or Runner(netns=target.netns)
     writes0 = runner.writes
     clock = _Clock()
+    recovered: list[str] = []
 
     def result(p: Plan, *, applied: bool = False, verified: bool = False, error: str | None = None,
                step: str | None = None, rolled_back: bool = False,
                observed: ObservedState | None = None,
                commands: tuple[Step, ...] | None = None) -> ReconcileResult:
         return ReconcileResult(p, applied, verified, error, step, clock.done(),
-                               runner.writes - writes0, rolled_back, observed, commands)
+                               runner.writes - writes0, rolled_back,
+                               "; ".join(recovered) or None, observed, commands)
 
     if repo.problems:
         first = "; ".join(str(p) for p in repo.problems[:3])
@@ -236,10 +279,57 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
         lock = nullcontext() if dry_run else host_lock(target, interface)
         with lock:
             clock.lap("lock")
+            if not dry_run:
+                done = _recover(target, runner, interface)
+                if done is not None:
+                    recovered.append(done)
+                    knownstate.take((runner.netns, interface, str(config_path)))
+                    clock.lap("recover")
             return _cycle(desired, secrets, runner, interface, config_path, dry_run, clock, result,
-                          guard, quick, show_commands)
+                          guard, quick, show_commands, target)
     except LockBusy as exc:
         return result(Plan(), error=str(exc), step="lock")
+
+
+def _recover(target: HostTarget, runner: Runner, interface: str) -> str | None:
+    """Under the lock: restore the checkpoint a killed apply on this interface left behind.
+    Returns what happened, None when nothing was pending. The marker goes either way: the
+    cycle that follows converges the host whatever the restore managed."""
+    path = target.checkpoint_path(interface)
+    try:
+        pending = checkpoint.load(path)
+    except ValueError as exc:
+        checkpoint.clear(path)
+        log.error("%s", exc)
+        return f"checkpoint unreadable, discarded: {exc}"
+    if pending is None:
+        return None
+    log.warning("an apply on %s by pid %d was interrupted at %.0f; restoring its checkpoint",
+                interface, pending.pid, pending.started)
+    error = restore(pending.snapshot, runner, interface, pending.config_path,
+                    fallback_firewall=target.firewall_path)
+    checkpoint.clear(path)
+    if error:
+        log.error("restoring the interrupted apply's checkpoint on %s: %s", interface, error)
+        return f"interrupted apply of pid {pending.pid}: restore incomplete ({error})"
+    return f"interrupted apply of pid {pending.pid}: host restored to its checkpoint"
+
+
+def recover_interrupted(target: HostTarget, runner: Runner | None = None) -> list[str]:
+    """Every checkpoint left for this target's namespace, restored under its interface's lock
+    (the service calls this at start, before anything else). Returns what happened."""
+    runner = runner or Runner(netns=target.netns)
+    out = []
+    for path in checkpoint.pending_in(target.checkpoint_dir, target.netns):
+        interface = path.name.removesuffix(".pending").rsplit(".", 1)[-1]
+        try:
+            with host_lock(target, interface):
+                done = _recover(target, runner, interface)
+        except LockBusy as exc:
+            done = f"{interface}: not recovered yet ({exc})"
+        if done is not None:
+            out.append(done)
+    return out
 
 
 class ResultFactory(Protocol):  # the shape of reconcile's local `result` helper
@@ -252,7 +342,7 @@ class ResultFactory(Protocol):  # the shape of reconcile's local `result` helper
 def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
            config_path: Path, dry_run: bool, clock: _Clock, result: ResultFactory,
            guard: PlanGuard | None = None, quick: bool = False,
-           show_commands: bool = False) -> ReconcileResult:
+           show_commands: bool = False, target: HostTarget | None = None) -> ReconcileResult:
     # Quick: a changed desired state is planned against the state the last cycle verified,
     # when that is recent and the plan small (see knownstate); else the host is observed in
     # full. Every verified cycle leaves what it verified for the next quick one.
@@ -283,6 +373,7 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     if dry_run or changes.empty:
         if changes.empty and not dry_run:
             knownstate.remember(key, desired, observed, full_at)
+            _persist(target, desired)
         return result(changes, verified=changes.empty, observed=observed)
     refusal = guard(changes, observed) if guard is not None else None
     if refusal is not None:
@@ -290,6 +381,11 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     log.info("applying on %s: %s", interface, changes.summary_line())
     try:
         snapshot = read_snapshot(runner, interface, observed, config_path, changes)
+        snapshot = with_desired_secrets(snapshot, desired, secrets)
+        marker = target.checkpoint_path(interface) if target is not None else None
+        if marker is not None:  # before the first write: a kill from here on is recovered
+            checkpoint.write(marker, snapshot, interface=interface, netns=runner.netns,
+                             config_path=config_path)
     except (CommandError, OSError, ValueError) as exc:  # nothing changed yet: just report
         return result(changes, error=f"cannot snapshot the host before apply: {exc}",
                       step="snapshot", observed=observed)
@@ -297,33 +393,88 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     failed_step, error = None, None
     after: ObservedState | None = None
     try:
-        apply_plan(changes, ApplyTarget(runner, interface, secrets,
-                                        _config_text(changes, desired, secrets)))
-    except StepFailed as exc:
-        failed_step, error = exc.step, str(exc.cause)
-    clock.lap("apply")
-    if failed_step is None:
         try:
-            after = (observe_changes(runner, interface, changes, observed, config_path) if fast
-                     else observe(runner, interface, config_path=config_path))
-            residue = plan(desired, after)
-        except (InterfaceMissing, NotWireGuard, CommandError, OSError, ValueError) as exc:
-            residue, error = None, f"cannot observe the host after apply: {exc}"
-        clock.lap("verify")
-        if residue is not None and residue.empty:
-            assert after is not None
-            knownstate.remember(key, desired, after, full_at if fast else time.monotonic())
-            return result(changes, applied=True, verified=True, observed=after)
-        failed_step = "verify"
-        if residue is not None:
-            error = ("host still differs after apply: " + residue.summary_line() + " "
-                     + "; ".join(residue.render_text().splitlines()[:5]))
+            apply_plan(changes, ApplyTarget(runner, interface, secrets,
+                                            _config_text(changes, desired, secrets)))
+        except StepFailed as exc:
+            failed_step, error = exc.step, f"{exc.cause}"
+        clock.lap("apply")
+        if failed_step is None:
+            try:
+                after = (observe_changes(runner, interface, changes, observed, config_path)
+                         if fast else observe(runner, interface, config_path=config_path))
+                residue = plan(desired, after)
+            except Exception as exc:  # noqa: BLE001 - a timeout too: restore, then report
+                residue = None
+                error = f"cannot observe the host after apply: {type(exc).__name__}: {exc}"
+            clock.lap("verify")
+            if residue is not None and residue.empty:
+                assert after is not None
+                knownstate.remember(key, desired, after, full_at if fast else time.monotonic())
+                _after_verified(target, desired, changes, runner, marker)
+                return result(changes, applied=True, verified=True, observed=after)
+            failed_step = "verify"
+            if residue is not None:
+                error = ("host still differs after apply: " + residue.summary_line() + " "
+                         + "; ".join(residue.render_text().splitlines()[:5]))
+    except Exception as exc:  # noqa: BLE001 - whatever fails after the first write restores
+        failed_step = failed_step or "apply"
+        error = f"{error + '; ' if error else ''}{type(exc).__name__}: {exc}"
     log.warning("apply failed at %s: %s; restoring the snapshot", failed_step, error)
-    rollback_error = restore(snapshot, runner, interface, config_path)
+    rollback_error = restore(snapshot, runner, interface, config_path,
+                             fallback_firewall=target.firewall_path if target else None)
     clock.lap("rollback")
     if rollback_error:
         error = f"{error}; ROLLBACK INCOMPLETE: {rollback_error}"
+    elif marker is not None:
+        checkpoint.clear(marker)  # restored: nothing left for a next start to undo
     return result(changes, error=error, step=failed_step, rolled_back=rollback_error is None)
+
+
+def _persist(target: HostTarget | None, desired: HostState) -> None:
+    """The verified table, persisted for the boot and nftables-restart units (only when it
+    changed). A failure is logged: the host is right, only the next boot would lag."""
+    if target is None or desired.firewall is None or not desired.firewall.text:
+        return
+    try:
+        if persist_firewall(target.firewall_path, desired.firewall.text):
+            log.info("persisted the table %s to %s", desired.firewall.fingerprint,
+                     target.firewall_path)
+    except OSError as exc:
+        log.error("cannot persist the table to %s: %s", target.firewall_path, exc)
+
+
+def _after_verified(target: HostTarget | None, desired: HostState, changes: Plan,
+                    runner: Runner, marker: Path | None) -> None:
+    """A verified apply: persist its table, drop the conntrack entries of tenants that lost
+    services or went away, then remove the checkpoint."""
+    _persist(target, desired)
+    prefixes = shrunk_sources(changes)
+    if prefixes:
+        failed = flush_prefixes(runner, prefixes)
+        if failed:
+            log.error("conntrack entries of %d prefix(es) not dropped: %s", len(failed),
+                      "; ".join(failed[:3]))
+    if marker is not None:
+        checkpoint.clear(marker)
+
+
+def with_desired_secrets(snapshot: Snapshot, desired: HostState, secrets: Secrets) -> Snapshot:
+    """The snapshot's keys completed from the desired ones wherever they are the same key
+    (same PSK digest, same public key): read_snapshot reads keys only for what the plan
+    touches, but a restore may have to re-add any peer (wireguard-go restarted meanwhile)."""
+    st = snapshot.state
+    psks = dict(snapshot.secrets.psks)
+    for key, peer in st.peers.items():
+        if key not in psks and peer.psk_digest is not None:
+            want = secrets.psk(key)
+            if want is not None and psk_digest(want) == peer.psk_digest:
+                psks[key] = want
+    priv = snapshot.secrets.private_key
+    if (priv is None and st.interface is not None and desired.interface is not None
+            and st.interface.public_key == desired.interface.public_key):
+        priv = secrets.private_key
+    return replace(snapshot, secrets=Secrets(priv, psks))
 
 
 def _config_text(changes: Plan, desired: HostState, secrets: Secrets) -> str | None:
@@ -340,9 +491,18 @@ def snapshot_state(snapshot: Snapshot) -> HostState:
     return HostState(st.interface, st.peers, st.routes, fw, st.config)
 
 
-def restore(snapshot: Snapshot, runner: Runner, interface: str, config_path: Path) -> str | None:
+def restore(snapshot: Snapshot, runner: Runner, interface: str, config_path: Path | None,
+            *, fallback_firewall: Path | None = None) -> str | None:
     """Converge the host back to the snapshot (peers with their PSKs, routes, firewall text,
-    config file). Returns None when the host matches the snapshot again, else why not."""
+    config file). Returns None when the host matches the snapshot again, else why not.
+
+    A snapshot without the table's text (an element-only change) that must load the whole
+    table (it vanished meanwhile) takes the persisted table when that is the same table."""
+    if (snapshot.firewall_text is None and snapshot.state.firewall is not None
+            and fallback_firewall is not None):
+        text = persisted_text(fallback_firewall, snapshot.state.firewall.fingerprint)
+        if text is not None:
+            snapshot = replace(snapshot, firewall_text=text)
     want = snapshot_state(snapshot)
     content = snapshot.config_content.decode() if snapshot.config_content is not None else None
     try:

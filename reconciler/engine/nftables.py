@@ -99,6 +99,22 @@ class CtState:
 
 
 @dataclass(frozen=True)
+class CtDirection:
+    """`ct direction reply`: a packet that answers a connection the other side opened. With
+    it, `established` accepts only replies: a tenant's own packets on a connection opened while
+    our table was missing, or on a service since removed, are checked again like new ones."""
+
+    direction: Literal["original", "reply"]
+
+    def text(self) -> str:
+        return f"ct direction {self.direction}"
+
+    def json(self) -> dict[str, Any]:
+        return {"match": {"op": "==", "left": {"ct": {"key": "direction"}},
+                          "right": self.direction}}
+
+
+@dataclass(frozen=True)
 class DaddrIs:
     addr: ipaddress.IPv4Address
 
@@ -199,7 +215,7 @@ class Verdict:
         return {self.kind: None}
 
 
-Statement = (IfMatch | CtState | DaddrIs | DaddrInSet | IcmpEchoRequest | DportIn | SaddrVmap
+Statement = (IfMatch | CtDirection | CtState | DaddrIs | DaddrInSet | IcmpEchoRequest | DportIn | SaddrVmap
              | Counter | Verdict)
 
 

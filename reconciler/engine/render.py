@@ -35,6 +35,7 @@ from reconciler.engine.hoststate import (
 from reconciler.engine.nftables import (
     Chain,
     Counter,
+    CtDirection,
     CtState,
     DaddrInSet,
     DaddrIs,
@@ -285,20 +286,22 @@ def _chains(interface: str, address: ipaddress.IPv4Address,
     """
     accept, drop = Verdict("accept"), Verdict("drop")
     iif_in, oif_out = IfMatch("iifname", "==", interface), IfMatch("oifname", "==", interface)
-    est = CtState(("established", "related"))
+    # Established only for replies: a connection a tenant opened is judged packet by packet,
+    # so one opened while the table was missing, or to a service since removed, stops.
+    reply, est = CtDirection("reply"), CtState(("established", "related"))
     svc = tuple(Chain(p.chain, tuple(
         Rule((DportIn(_proto(proto), ports), accept), "services: " + ", ".join(p.services))
         for proto, ports in p.ports)) for p in profiles)
     inp = Chain("input", (
         Rule((IfMatch("iifname", "!=", interface), accept), "not from tenants: other tables"),
-        Rule((est, accept), "replies"),
+        Rule((reply, est, accept), "replies"),
         Rule((DaddrIs(address), IcmpEchoRequest(), accept), "ping the cloud address"),
         Rule((DaddrIs(address), SaddrVmap(TENANT_MAP)), "tenant services by source"),
         Rule((Counter(), drop), "tenant isolation: drop the rest"),
     ), Hook("input", -5, "accept"))
     fwd: list[Rule] = []
     if routed:
-        fwd += [Rule((oif_out, est, accept), "replies from routed ranges"),
+        fwd += [Rule((oif_out, reply, est, accept), "replies from routed ranges"),
                 Rule((iif_in, DaddrInSet(ROUTED_SET), SaddrVmap(TENANT_MAP)),
                      "routed ranges: tenant services by source")]
     fwd += [Rule((iif_in, Counter(), drop), "no forwarding from tenants"),

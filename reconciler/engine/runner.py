@@ -3,20 +3,62 @@
 Everything else builds argument lists and hands them here, so dry runs, tests and network
 namespaces are all a matter of which runner is passed. Tenant input never reaches a shell:
 commands are argument lists, and secrets travel on stdin or in 0600 files, never in argv.
+
+Crash safety: every child dies with the thread that started it (PR_SET_PDEATHSIG, SIGKILL), and
+inherits the locks this process holds (files.held_lock_fds), so a `kill -9` of tunnelctl never
+leaves an `nft -f` committing behind a lock that looks free. A transaction nft reports as busy
+(another nft's commit still in the kernel: ENOBUFS / EBUSY) changed nothing and is retried.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.engine.files import atomic_write
+from reconciler.engine.files import atomic_write, held_lock_fds
 
 UAPI_DIR = Path("/var/run/wireguard")
+
+PR_SET_PDEATHSIG = 1
+# nft's messages for a transaction the kernel could not take now; it was not applied at all.
+NFT_BUSY = ("No buffer space available", "Device or resource busy")
+NFT_BUSY_RETRIES = 6  # 0.1, 0.2, 0.4, 0.8, 1.6, 3.2 s: longer than a 16k-tenant commit
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    fn: Callable[..., int] = libc.prctl
+    return fn
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """preexec_fn of every child: SIGKILL when the thread that forked it dies; exits at once
+    if the parent is already gone (it died between fork and prctl)."""
+    def setup() -> None:
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(137)
+    return setup
+
+
+def nft_busy(argv: Sequence[str], returncode: int, stderr: str) -> bool:
+    """A failed nft write the kernel refused as busy: nothing applied, safe to run again."""
+    return returncode != 0 and "nft" in argv[:6] and any(m in stderr for m in NFT_BUSY)
 
 
 class CommandError(RuntimeError):
@@ -58,19 +100,57 @@ class Runner:
         check: bool = True,
         write: bool = False,
         timeout: float = 60.0,
+        detach: bool = False,
     ) -> Result:
-        """Run argv (in the namespace, if any). `write=True` marks a host-changing call."""
+        """Run argv (in the namespace, if any). `write=True` marks a host-changing call.
+
+        The child dies with us and holds our locks while it runs; `detach=True` is for a
+        command that leaves a daemon behind (wireguard-go forking itself into the background):
+        neither, or the daemon would hold the lock for good."""
         full = self._wrap(argv)
         if write:
             self.writes += 1
         self.log.append(tuple(full))
         data = stdin.encode() if isinstance(stdin, str) else stdin
-        proc = subprocess.run(full, input=data, capture_output=True, timeout=timeout, check=False)
-        res = Result(tuple(full), proc.returncode, proc.stdout.decode(errors="replace"),
-                     proc.stderr.decode(errors="replace"))
+        extra: dict[str, object] = {} if detach else {
+            "preexec_fn": _die_with_parent(os.getpid()), "pass_fds": held_lock_fds()}
+        delay = 0.1
+        for attempt in range(NFT_BUSY_RETRIES + 1):
+            proc = subprocess.run(full, input=data, capture_output=True, timeout=timeout,
+                                  check=False, **extra)  # type: ignore[call-overload]
+            res = Result(tuple(full), proc.returncode, proc.stdout.decode(errors="replace"),
+                         proc.stderr.decode(errors="replace"))
+            if not (write and attempt < NFT_BUSY_RETRIES
+                    and nft_busy(full, proc.returncode, res.stderr)):
+                break
+            self.log.append(("retry", *full[:4]))
+            time.sleep(delay)
+            delay *= 2
         if check and proc.returncode != 0:
             raise CommandError(full, proc.returncode, res.stderr)
         return res
+
+    def spawn(self, argv: Sequence[str], *, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        """Start a long-lived child (wireguard-go in the foreground) that dies with this
+        thread; it inherits no lock. stdin from /dev/null, output to ours (the journal)."""
+        full = self._wrap(argv)
+        self.log.append(("spawn", *full))
+        # preexec_fn with threads: the hook is one prctl through a function resolved at
+        # import and a getppid; it takes no Python lock and imports nothing.
+        return subprocess.Popen(full, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509
+
+    @staticmethod
+    def stop(child: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        """SIGTERM a spawned child, SIGKILL it after `grace` seconds; reaps it."""
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(grace)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
     def uapi(self, interface: str, request: str, *, write: bool = False) -> str:
         """One request on wireguard-go's control socket (the cross-platform UAPI protocol).

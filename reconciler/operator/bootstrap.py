@@ -22,6 +22,7 @@ from pathlib import Path
 
 from reconciler.engine import psk, wgkeys
 from reconciler.engine.commands import firewall_transaction
+from reconciler.engine.hostboot import DEFAULT_STATE_DIR, firewall_path, persist_firewall
 from reconciler.engine.hoststate import FIREWALL_FAMILY, FIREWALL_TABLE
 from reconciler.engine.render import render_firewall
 from reconciler.engine.runner import CommandError, Runner
@@ -40,6 +41,14 @@ class BootstrapTarget:
     secret_dir: Path
     expected_peers: frozenset[str]  # public keys of every tunnel of this gateway in the repo
     netns: str | None = None
+    # Where the table is persisted for the boot unit (as the engine's HostTarget.state_root).
+    state_dir: Path | None = None
+
+    @property
+    def firewall_file(self) -> Path:
+        root = self.state_dir or (DEFAULT_STATE_DIR if self.netns is None
+                                  else self.secret_dir.parent / "state")
+        return firewall_path(root, self.netns)
 
     @property
     def private_key_path(self) -> Path:
@@ -294,6 +303,13 @@ def plan_steps(facts: HostFacts, target: BootstrapTarget) -> tuple[Step, ...]:
     if not facts.psk_secret.exists:
         steps.append(Step(f"generate the PSK host secret: {target.psk_secret_path} (0600)",
                           partial(_create_host_secret, path=target.psk_secret_path)))
+    # The table first, persisted for the boot unit: the interface never exists without it.
+    if not facts.firewall_table:
+        steps.append(Step(f"create the nftables table {FIREWALL_FAMILY} {FIREWALL_TABLE} "
+                          f"(tenant traffic on {iface} dropped until the first apply) and "
+                          f"persist it to {target.firewall_file}",
+                          partial(_load_firewall, text=render_firewall(gw, (), iface).text,
+                                  path=target.firewall_file)))
     if not facts.link_exists:
         how = ("kernel WireGuard, else wireguard-go" if facts.kernel_wireguard
                else "wireguard-go: no kernel WireGuard module")
@@ -313,16 +329,16 @@ def plan_steps(facts: HostFacts, target: BootstrapTarget) -> tuple[Step, ...]:
         steps.append(Step(f"set {iface} mtu {gw.mtu} and up",
                           partial(_run, argv=("ip", "link", "set", iface, "mtu", str(gw.mtu),
                                               "up"))))
-    if not facts.firewall_table:
-        steps.append(Step(f"create the nftables table {FIREWALL_FAMILY} {FIREWALL_TABLE} "
-                          f"(tenant traffic on {iface} dropped until the first apply)",
-                          partial(_run, argv=("nft", "-f", "-"),
-                                  stdin=firewall_text(gw, iface))))
     return tuple(steps)
 
 
 def _run(runner: Runner, argv: tuple[str, ...], stdin: str | None = None) -> None:
     runner.run(argv, stdin=stdin, write=True)
+
+
+def _load_firewall(runner: Runner, text: str, path: Path) -> None:
+    runner.run(("nft", "-f", "-"), stdin=firewall_transaction(text), write=True)
+    persist_firewall(path, text)
 
 
 def firewall_text(gateway: Gateway, interface: str) -> str:
@@ -354,7 +370,9 @@ def create_interface(runner: Runner, interface: str) -> None:
     if res.returncode == 0:
         return
     # wireguard-go daemonises itself (stdio on /dev/null) and returns once the socket is up.
-    runner.run(["env", *WIREGUARD_GO_ENV, "wireguard-go", interface], write=True)
+    # Detached: the daemon must neither die with us nor inherit our locks. On a systemd host
+    # the interface unit (tunnelctl-interface@.service) supervises it instead.
+    runner.run(["env", *WIREGUARD_GO_ENV, "wireguard-go", interface], write=True, detach=True)
 
 
 # ---- orchestration -----------------------------------------------------------------------------

@@ -98,7 +98,7 @@ class Controller:
                                 ssh_command=settings.git_ssh_command)
         self.target = HostTarget(netns=settings.netns, interface=settings.interface,
                                  secret_dir=settings.secret_dir, config_dir=settings.config_dir,
-                                 lock_timeout=settings.lock_timeout)
+                                 lock_timeout=settings.lock_timeout, state_dir=settings.state_dir)
         self.cache = ParseCache()
         self.state: ServiceState = ServiceState()
         self.enforced: RepoState | None = None  # the last good (composite) state

@@ -51,8 +51,9 @@ class KillAfterFirstWrite(Runner):
     """The runner of the `apply` kill point: dies right after the first host-changing call."""
 
     def run(self, argv: Sequence[str], *, stdin: str | bytes | None = None, check: bool = True,
-            write: bool = False, timeout: float = 60.0) -> Result:
-        res = super().run(argv, stdin=stdin, check=check, write=write, timeout=timeout)
+            write: bool = False, timeout: float = 60.0, detach: bool = False) -> Result:
+        res = super().run(argv, stdin=stdin, check=check, write=write, timeout=timeout,
+                          detach=detach)
         if self.writes:
             kill_self("apply")
         return res

@@ -4,7 +4,13 @@ A cycle runs every interval, and at once on SIGHUP (also what `tunnelctl reconci
 `systemctl reload` send) or when watchfiles sees the refs of a local remote change. The loop,
 and only the loop, pings the systemd watchdog: a cycle that hangs stops the pings and systemd
 restarts the service. One service per state directory, enforced by an flock on
-<runtime_dir>/service.lock that also holds the pid for `tunnelctl reconcile`.
+<state_dir>/locks/service.lock that also holds the pid for `tunnelctl reconcile` (not in the
+runtime directory: systemd removes that when the service stops, while a process holding the
+old file may still run).
+
+Start-up order: take the service lock; restore any apply a killed process left half done
+(engine checkpoints) before anything else; then load state and rebuild the applied commit;
+then the first cycle, and READY=1 only after it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from reconciler.engine.cycle import recover_interrupted
 from reconciler.engine.files import LockHeld, pid_lock
 from reconciler.service.controller import Controller, CycleReport
 from reconciler.service.logs import event, without_credentials
@@ -40,7 +47,7 @@ class AlreadyRunning(RuntimeError):
 
 
 def lock_path(settings: Settings) -> Path:
-    return settings.runtime_dir / LOCK_NAME
+    return settings.state_dir / "locks" / LOCK_NAME
 
 
 @contextmanager
@@ -176,6 +183,7 @@ class Service:
             signal.signal(sig, self._on_signal)
         with service_lock(s, wait=60.0):
             controller = self.controller = Controller(s)
+            recover(controller)
             metrics = ServiceMetrics(controller.tunnel_stats)
             controller.metrics = metrics
             if s.metrics_bind is not None:
@@ -248,10 +256,23 @@ class Service:
             return []
 
 
+def recover(controller: Controller) -> None:
+    """Before anything else: an apply a killed process left half done is restored (the
+    first cycle then converges the host as usual)."""
+    try:
+        done = recover_interrupted(controller.target)
+    except Exception as exc:  # noqa: BLE001 - the first cycle converges the host anyway
+        event(log, "recover_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+        return
+    for what in done:
+        event(log, "recovered", logging.WARNING, detail=what)
+
+
 def run_once(settings: Settings) -> list[CycleReport]:
     """One cycle without a service (`tunnelctl reconcile` when none runs)."""
     with service_lock(settings, wait=30.0):
         controller = Controller(settings)
+        recover(controller)
         controller.start()
         try:
             return controller.cycle(force=True)
