@@ -450,12 +450,14 @@ class Controller:
             self.metrics.observe_cycle(main.result, duration)
             self.metrics.suspended.set(1 if self.state.phase == "Suspended" else 0)
             self.metrics.ready.set(1 if self.state.phase == "Ready" else 0)
+            self.metrics.set_phase(self.state.phase)
             self.metrics.audit_pending.set(self.state.audit_pending)
             att = self.state.attempted
             self.metrics.set_revisions(Revisions(
                 applied=self.applied_commit,
                 applied_at=self.state.applied.at if self.state.applied else 0.0,
-                attempted=att.commit if att else None, attempted_result=att.result if att else ""))
+                attempted=att.commit if att else None, attempted_result=att.result if att else "",
+                remote_head=head))
             self.metrics.set_tunnel_counts(self.tunnel_counts())
         event(log, "cycle", result=main.result, commit=main.commit, phase=self.state.phase,
               duration=round(duration, 3), **main.summary)

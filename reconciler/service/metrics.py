@@ -2,7 +2,8 @@
 
 Revision and per-tunnel series come from custom collectors that read the current snapshot at
 scrape time, so a removed tunnel or a superseded commit disappears instead of lingering as a
-stale label set. Per-tunnel names follow prometheus_wireguard_exporter.
+stale label set. Per-tunnel names follow prometheus_wireguard_exporter. deploy/prometheus/ holds
+alerting rules and deploy/grafana/ a dashboard over exactly these names (a test checks both).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 RESULTS = ("applied", "repaired", "noop", "refused", "failed", "suspended", "busy")
+PHASES = ("Starting", "Reconciling", "Ready", "Degraded", "Stalled", "Suspended")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -36,6 +38,7 @@ class Revisions:
     applied_at: float = 0.0
     attempted: str | None = None
     attempted_result: str = ""
+    remote_head: str | None = None  # the fetched head of the branch; None before a fetch
 
 
 class _RevisionCollector(Collector):
@@ -57,6 +60,17 @@ class _RevisionCollector(Collector):
         yield attempted
         yield GaugeMetricFamily("tunnelctl_last_applied_timestamp_seconds",
                                 "When the applied commit was applied", value=rev.applied_at)
+        head = GaugeMetricFamily("tunnelctl_remote_head_info",
+                                 "Head of the config branch as last fetched (value 1)",
+                                 labels=["commit"])
+        if rev.remote_head:
+            head.add_metric([rev.remote_head], 1)
+        yield head
+        # One number an alert can hold for a while: "the host does not enforce the head".
+        behind = rev.remote_head is not None and rev.remote_head != rev.applied
+        yield GaugeMetricFamily("tunnelctl_applied_behind_remote",
+                                "1 while the fetched head is not the applied commit",
+                                value=1 if behind else 0)
 
 
 class _TunnelCollector(Collector):
@@ -107,6 +121,10 @@ class ServiceMetrics:
                            registry=r)
         self.tunnels = Gauge("tunnelctl_tunnels", "Tunnels of this gateway in the enforced state "
                              "by status", ["status"], registry=r)
+        # Every phase always present (0 or 1), so "Degraded for 15m" needs no absent() guard.
+        self.phase = Gauge("tunnelctl_phase", "1 for the service's current status word",
+                           ["phase"], registry=r)
+        self.set_phase("Starting")
         self._revisions = _RevisionCollector()
         r.register(self._revisions)
         r.register(_TunnelCollector(tunnel_stats))
@@ -118,6 +136,10 @@ class ServiceMetrics:
 
     def set_revisions(self, revisions: Revisions) -> None:
         self._revisions.current = revisions  # one reference swap: scrapes see old or new
+
+    def set_phase(self, phase: str) -> None:
+        for name in PHASES:
+            self.phase.labels(name).set(1 if name == phase else 0)
 
     def set_tunnel_counts(self, counts: dict[str, int]) -> None:
         for status in ("active", "disabled", "revoked"):
