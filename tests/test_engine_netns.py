@@ -611,6 +611,35 @@ def test_cli_plan_apply_exit_codes_and_json(host: EngineHost) -> None:
                                                            before.firewall)
 
 
+def test_a_hand_apply_has_the_services_guards(host: EngineHost, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    state_dir = tmp_path / "state"
+    monkeypatch.setenv("TUNNELCTL_STATE_DIR", str(state_dir))
+    populate(host, 4)
+    t = host.target
+    args = [str(host.repo.root), "--netns", host.ns, "--interface", host.ifname,
+            "--secret-dir", str(t.secret_dir), "--config-dir", str(t.config_dir)]
+    cli = CliRunner()
+    assert cli.invoke(cli_main, ["apply", *args]).exit_code == 0  # no service state yet
+    for i in (1, 2, 3):  # 3 of 4 tunnels: more than the default share of 0.5
+        host.repo.remove(i)
+    res = cli.invoke(cli_main, ["apply", *args])
+    assert res.exit_code == 1 and "removal" in res.output.lower(), res.output
+    assert len(host.observe().peers) == 4
+    res = cli.invoke(cli_main, ["apply", *args, "--force"])
+    assert res.exit_code == 0 and len(host.observe().peers) == 1, res.output
+    # The service applied a commit: this tree (not even a git checkout) may not undo it.
+    state_dir.mkdir(exist_ok=True)
+    (state_dir / "state.json").write_text(json.dumps(
+        {"applied": {"commit": "a" * 40, "at": 0.0, "subject": "newer"}}))
+    host.repo.put(7)
+    res = cli.invoke(cli_main, ["apply", *args])
+    assert res.exit_code == 1 and "not in a git checkout" in res.output, res.output
+    assert len(host.observe().peers) == 1
+    assert cli.invoke(cli_main, ["apply", *args, "--force"]).exit_code == 0
+    assert len(host.observe().peers) == 2
+
+
 class NoUapi(Runner):
     """Pretends the interface has no control socket (as with kernel WireGuard): `wg set` path."""
 

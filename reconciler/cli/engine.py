@@ -35,6 +35,7 @@ from reconciler.engine.commands import render_commands
 from reconciler.engine.cycle import HostTarget, ReconcileResult, reconcile
 from reconciler.repo.discovery import find_root
 from reconciler.repo.state import GatewayChoiceError, load_repo
+from reconciler.service.handapply import ancestry_refusal, hand_apply_guard
 
 STYLE = {"+": "green", "~": "yellow", "-": "red"}
 # Steps that fail before a plan exists: printing the (empty) plan would say "No changes".
@@ -65,7 +66,7 @@ def _target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run(path: Path, config: Path | None, flags: dict[str, Any], fmt: str, detailed: bool,
-         dry_run: bool, show_commands: bool = False) -> None:
+         dry_run: bool, show_commands: bool = False, force: bool = False) -> None:
     root = repo_root(path)
     settings, source = host_settings(config, **flags)
     # A one-shot process with no threads yet: parsing may fork onto every core (as `validate`).
@@ -90,7 +91,14 @@ def _run(path: Path, config: Path | None, flags: dict[str, Any], fmt: str, detai
     target = HostTarget(netns=settings.netns, interface=settings.interface,
                         secret_dir=settings.secret_dir, config_dir=settings.config_dir,
                         lock_timeout=settings.lock_timeout)
-    result = reconcile(repo, target, gateway=gw.name, dry_run=dry_run,
+    guard = None
+    if not dry_run and not force:  # the service's guards, for a hand apply too
+        refusal = ancestry_refusal(root, settings.state_dir)
+        if refusal is not None:
+            click.echo(f"error: {refusal}; the host was not touched", err=True)
+            sys.exit(EXIT_ERROR)
+        guard = hand_apply_guard(settings)
+    result = reconcile(repo, target, gateway=gw.name, dry_run=dry_run, guard=guard,
                        show_commands=show_commands)
     if fmt == "json":
         click.echo(json.dumps({"target": where, **_result_json(result, dry_run)}, indent=2))
@@ -185,18 +193,23 @@ def run_commit_plan(repo_path: Path, base: str, head: str, output: str) -> int:
 @output_option("text", "json")
 @click.option("--dry-run", is_flag=True,
               help="print the plan and the exact commands (secrets redacted); change nothing")
+@click.option("--force", is_flag=True,
+              help="apply even a tree that does not contain the commit the service applied, "
+                   "and even a plan removing more than max_removal_share of the tunnels")
 def apply_cmd(path: Path | None, repo: Path | None, config: Path | None, gateway: str | None,
               netns: str | None, interface: str | None, secret_dir: Path | None,
               config_dir: Path | None, detailed_exitcode: bool, fmt: str,
-              dry_run: bool) -> None:
+              dry_run: bool, force: bool) -> None:
     """Converge the host to the repo: firewall, interface, peers, routes, config file.
 
-    Verifies by observing again and rolls back to the previous state on any failure. Exit 0
+    Verifies by observing again and rolls back to the previous state on any failure. Like the
+    service, refuses a checkout behind the service's applied commit and a plan removing too
+    many tunnels, unless --force. Exit 0
     done, 2 changes made or (with --dry-run) to make, with --detailed-exitcode; 1 error."""
     flags = {"gateway": gateway, "netns": netns, "interface": interface,
              "secret_dir": secret_dir, "config_dir": config_dir}
     _run(pick_path(repo, path), config, flags, fmt, detailed_exitcode, dry_run,
-         show_commands=dry_run)
+         show_commands=dry_run, force=force)
 
 
 def register(group: click.Group) -> None:
