@@ -276,6 +276,35 @@ def test_cli_writes_private_files(secret_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "is disabled" in res.output
 
 
+def test_cli_qr_with_the_customers_key_from_stdin_and_nothing_written_by_default(
+        secret_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.lab import demo_private_keys
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    key = demo_private_keys()["acme-voip/hq"]
+    png = tmp_path / "qr.png"
+    res = CliRunner().invoke(main, ["customer-config", "acme-voip/hq", "-o", "qr", "--repo",
+                                    str(TENANTS), "--secret-dir", str(secret_dir),
+                                    "--private-key-file", "-", "-f", str(png)],
+                             input=key + "\n")
+    assert res.exit_code == 0, res.output
+    decoded = subprocess.run(["zbarimg", "-q", "--raw", str(png)], capture_output=True,
+                             text=True, check=True).stdout
+    assert f"PrivateKey = {key}" in decoded and key not in res.output
+    png.unlink()
+    res = CliRunner().invoke(main, ["customer-config", "acme-voip/hq", "-o", "qr", "--repo",
+                                    str(TENANTS), "--secret-dir", str(secret_dir)])
+    assert res.exit_code == 0 and "mobile apps refuse it" in res.output
+    assert list(cwd.iterdir()) == []  # no secret dropped into the current directory
+    res = CliRunner().invoke(main, ["customer-config", "bluebird-telecom/main", "--repo",
+                                    str(TENANTS), "--secret-dir", str(secret_dir),
+                                    "--private-key-file", "-"], input=key + "\n")
+    assert res.exit_code == 1 and "does not belong to bluebird-telecom/main" in res.output
+    assert key not in res.output
+
+
 # ---- a real customer router configured from the generated file ------------------------------
 
 

@@ -154,3 +154,27 @@ def test_schema_check(cli: click.Group, tmp_path: Path, monkeypatch: pytest.Monk
 def test_validate_outside_any_repo_says_what_to_do(cli: click.Group, tmp_path: Path) -> None:
     result = run(cli, "validate", str(tmp_path))
     assert result.exit_code != 0 and "no gateway.yaml" in result.output
+
+
+def test_new_generate_key_stores_only_the_public_key(cli: click.Group, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.engine import psk, wgkeys
+
+    project = copy_project(tmp_path)
+    monkeypatch.chdir(project)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    psk.create_host_secret(secrets / "psk.secret")
+    listing = sorted(p.name for p in project.iterdir())
+    made = run(cli, "new", "delta-dial", "phone", "--generate-key", "--secret-dir", str(secrets))
+    assert made.exit_code == 0, made.output
+    private = re.search(r"private key\s+(\S+)", made.output)
+    assert private is not None and "█" in made.output  # the QR code, drawn once
+    text = (project / "tenants" / "delta-dial" / "phone.yaml").read_text()
+    assert private.group(1) not in text
+    assert f"public_key: {wgkeys.public_key(private.group(1))}" in text
+    assert sorted(p.name for p in project.iterdir()) == listing  # no key file dropped here
+    both = CliRunner().invoke(cli, ["new", "x", "y", "--generate-key", "--pubkey", key("x")])
+    neither = CliRunner().invoke(cli, ["new", "x", "y"])
+    assert "exactly one of them" in both.output and "exactly one of them" in neither.output
+    assert both.exit_code != 0 and neither.exit_code != 0

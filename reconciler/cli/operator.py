@@ -22,6 +22,7 @@ from reconciler.cli.common import (
 from reconciler.engine.runner import Runner
 from reconciler.operator import bootstrap as bs
 from reconciler.operator import customer_config as cc
+from reconciler.operator.customer_keys import CustomerKeyError, read_private_key
 from reconciler.repo.state import GatewayChoiceError, load_repo
 
 
@@ -38,30 +39,40 @@ from reconciler.repo.state import GatewayChoiceError, load_repo
 @click.option("--secret-dir", type=click.Path(path_type=Path, file_okay=False),
               help="holds psk.secret (and private.key, read only when gateway.yaml lacks "
               "public_key) [default: settings, /etc/tunnelctl]")
+@click.option("--private-key-file", metavar="PATH|-",
+              help="the customer's own private key for this one render (wg-quick, qr: the "
+              "mobile apps import only a config with one); '-' reads stdin; never stored")
 def customer_config_cmd(tunnel: str, fmt: str, old_fmt: str | None, out_file: Path | None,
                         repo: Path | None, config: Path | None, gateway: str | None,
-                        secret_dir: Path | None) -> None:
+                        secret_dir: Path | None, private_key_file: str | None) -> None:
     """Print the customer-side config of a tunnel (contains its preshared key: run on the host).
 
-    Exit 0 written, 1 error."""
+    The qr format draws the code on the terminal; a PNG is written only with -f. Exit 0
+    written, 1 error."""
     fmt = old_fmt or fmt  # --format: the spelling before -o/--output
     root = repo_root(pick_path(repo, None))
     settings, source = host_settings(config, gateway=gateway, secret_dir=secret_dir)
     try:
+        key = None
+        if private_key_file is not None:
+            key = read_private_key(sys.stdin if private_key_file == "-"
+                                   else Path(private_key_file))
         config_ = cc.load(root, tunnel, gateway=settings.gateway, secret_dir=settings.secret_dir)
         click.echo(f"tunnelctl: {config_.ident} of repo {root}; secrets {settings.secret_dir}; "
                    f"settings {source}", err=True)
         if fmt == "qr":
-            qr = cc.render_qr(config_)
-            target = out_file or Path(f"{config_.org}-{config_.name}.png")
-            cc.write_private_file(target, qr.png)
+            qr = cc.render_qr(config_, private_key=key)
             click.echo(qr.terminal, nl=False)
-            click.echo(f"QR code of the wg-quick config of {config_.ident} written to {target} "
-                       "(mode 0600; it holds the preshared key). The customer adds the router's "
-                       "own private key after importing it.", err=True)
+            if out_file is not None:  # a secret goes to disk only where asked
+                cc.write_private_file(out_file, qr.png)
+                click.echo(f"QR code of {config_.ident} written to {out_file} (mode 0600; it "
+                           "holds the preshared key)", err=True)
+            if key is None:
+                click.echo("Without --private-key-file the code has no PrivateKey: the mobile "
+                           "apps refuse it; routers add their own key after importing.", err=True)
             return
-        text = cc.render(config_, fmt)
-    except cc.CustomerConfigError as exc:
+        text = cc.render(config_, fmt, private_key=key)
+    except (cc.CustomerConfigError, CustomerKeyError) as exc:
         raise click.ClickException(str(exc)) from None
     if out_file is None:
         click.echo(text, nl=False)

@@ -71,7 +71,14 @@ def validate(path: Path | None, repo: Path | None, fmt: str, old_fmt: str | None
 @click.command()
 @click.argument("org")
 @click.argument("name")
-@click.option("--pubkey", required=True, help="the customer router's WireGuard public key")
+@click.option("--pubkey", help="the customer router's WireGuard public key")
+@click.option("--generate-key", is_flag=True,
+              help="make the customer's key pair here: the private key (and, on a host with "
+              "psk.secret, the QR code for the mobile apps) is printed once, only the public "
+              "key is stored")
+@click.option("--secret-dir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("/etc/tunnelctl"), show_default=True,
+              help="with --generate-key: where psk.secret is, for the QR code")
 @click.option("--lan", "lans", multiple=True, metavar="CIDR",
               help="a customer LAN routed through the tunnel (repeat for several)")
 @click.option("--services", default=None, metavar="LIST",
@@ -81,12 +88,23 @@ def validate(path: Path | None, repo: Path | None, fmt: str, old_fmt: str | None
               help="persistent keepalive in seconds (0 = off)")
 @click.option("--notes", default="", help="free text for operators")
 @repo_option
-def new(org: str, name: str, pubkey: str, lans: tuple[str, ...], services: str | None,
-        gateway: str | None, keepalive: int, notes: str, repo: Path | None) -> None:
+def new(org: str, name: str, pubkey: str | None, generate_key: bool, secret_dir: Path,
+        lans: tuple[str, ...], services: str | None, gateway: str | None, keepalive: int,
+        notes: str, repo: Path | None) -> None:
     """Add tunnel ORG/NAME with the first free subnet of the gateway's pool.
 
     The file is checked with every rule `validate` applies before it is written. Exit 0 when
-    written, 1 when refused (nothing written)."""
+    written, 1 when refused (nothing written), 64 for usage errors."""
+    if (pubkey is None) == (not generate_key):
+        raise click.UsageError("give the router's key with --pubkey, or --generate-key "
+                               "(exactly one of them)")
+    pair = None
+    if generate_key:
+        from reconciler.operator.customer_keys import new_customer_keypair
+
+        pair = new_customer_keypair()
+        pubkey = pair.public_key
+    assert pubkey is not None
     root = repo_root(pick_path(repo, None))
     wanted = None if services is None else [s.strip() for s in services.split(",") if s.strip()]
     try:
@@ -104,6 +122,26 @@ def new(org: str, name: str, pubkey: str, lans: tuple[str, ...], services: str |
     click.echo(f"  cloud address     {made.cloud_address}  (what the customer talks to)")
     for warning in made.warnings:
         click.echo(f"warning: {warning}", err=True)
+    if pair is not None:
+        _show_new_key(root, f"{org}/{name}", pair.private_key, secret_dir)
+
+
+def _show_new_key(root: Path, ident: str, private_key: str, secret_dir: Path) -> None:
+    """Shown once, on the terminal only: tunnelctl keeps no copy."""
+    from reconciler.operator import customer_config as cc
+
+    click.echo(f"  private key       {private_key}")
+    click.echo("  (shown once and stored nowhere: give it to the customer now; only the public "
+               "key is in the tunnel file)")
+    if not (secret_dir / "psk.secret").is_file():
+        click.echo(f"no {secret_dir}/psk.secret here: run `tunnelctl customer-config {ident} "
+                   "-o qr --private-key-file -` on the host for the QR code", err=True)
+        return
+    try:
+        config = cc.load(root, ident, secret_dir=secret_dir)
+        click.echo(cc.render_qr(config, private_key=private_key).terminal, nl=False)
+    except cc.CustomerConfigError as exc:
+        click.echo(f"no QR code: {exc}", err=True)
 
 
 @click.command()
