@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from git_remote import ConfigRemote, git
+from git_remote import GIT_ENV, ConfigRemote, git
 
 from reconciler.gitops.source import Ancestry, GitSource, SourceError, classify, org_of
 
@@ -200,3 +201,32 @@ def test_openpgp_signature_verification(remote: ConfigRemote, tmp_path: Path,
     other = tmp_path / "other-gnupg"
     other.mkdir(mode=0o700)
     assert make_source(remote, tmp_path, gnupg_home=other).verify(signed) is not None
+
+
+def test_the_mirror_refuses_malformed_objects_and_ignores_global_git_config(
+        remote: ConfigRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = remote.commit({"gateway.yaml": "name: g\n"})
+    # A global config of root's that would rewrite the remote URL must change nothing.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(f'[url "{tmp_path}/nowhere"]\n\tinsteadOf = {remote.bare}\n')
+    monkeypatch.setenv("HOME", str(home))
+    src = make_source(remote, tmp_path)
+    assert src.fetch() == good
+    mirror = tmp_path / "state" / "mirror.git"
+    assert git(mirror, "config", "transfer.fsckObjects") == "true"
+    # A tree entry named `..` is a path traversal: fsck refuses it, so the fetch fails and the
+    # mirror keeps the last good commit.
+    env = {**os.environ, **GIT_ENV, "GIT_CONFIG_GLOBAL": "/dev/null"}  # not the rewrite above
+
+    def plumbing(*args: str, stdin: str = "") -> str:
+        return subprocess.run(["git", *args], cwd=remote.work, env=env, input=stdin, text=True,
+                              check=True, capture_output=True).stdout.strip()
+
+    blob = plumbing("hash-object", "-w", "--stdin", stdin="x\n")
+    tree = plumbing("mktree", stdin=f"100644 blob {blob}\t..\n")
+    bad = plumbing("commit-tree", tree, "-p", good, "-m", "evil")
+    plumbing("push", "-q", "-f", "origin", f"{bad}:refs/heads/{remote.branch}")
+    with pytest.raises(SourceError):
+        src.fetch()
+    assert git(mirror, "rev-parse", f"refs/remotes/origin/{remote.branch}") == good

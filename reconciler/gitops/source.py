@@ -21,12 +21,19 @@ from reconciler.repo.state import SourceFile
 
 PIN_PREFIX = "refs/tunnelctl/"
 YAML_SUFFIXES = (".yaml", ".yml")
-# Never prompt for credentials or host keys: the service has no terminal.
+# Never prompt for credentials or host keys: the service has no terminal. No global or system
+# git config either: a hook, alias, url rewrite or credential helper set for root's own use
+# must not change what the service fetches.
 GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=10",
     "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
 }
+# Every fetched object is checked (malformed trees, bad paths such as `..`, broken headers)
+# before anything reads it.
+MIRROR_CONFIG = {("transfer", "fsckObjects"): "true", ("fetch", "fsckObjects"): "true",
+                 ("receive", "fsckObjects"): "true"}
 
 
 class SourceError(RuntimeError):
@@ -89,6 +96,10 @@ class GitSource:
         else:
             self.mirror_dir.parent.mkdir(parents=True, exist_ok=True)
             repo = git.Repo.init(self.mirror_dir, bare=True)
+        repo.git.update_environment(**self.env)  # gitpython's own git calls too
+        with repo.config_writer() as config:
+            for (section, option), value in MIRROR_CONFIG.items():
+                config.set_value(section, option, value)
         names = [r.name for r in repo.remotes]
         if "origin" not in names:
             repo.create_remote("origin", self.url)
