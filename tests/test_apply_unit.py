@@ -256,3 +256,15 @@ def test_a_step_that_cannot_be_built_fails_in_its_place() -> None:
         apply_plan(plan, ApplyTarget(r, "wg1", SECRETS))
     assert info.value.step == "peers" and isinstance(info.value.cause, KeyError)
     assert kinds(r) == ["nft"]  # the firewall ran first, as it would have
+
+
+def test_an_apply_target_never_shows_its_keys() -> None:
+    from reconciler.engine.apply import ApplyTarget
+    from reconciler.engine.hoststate import Secrets
+    from reconciler.engine.runner import Runner
+
+    secret = "PrivateKey = c2VjcmV0LXByaXZhdGUta2V5LW9mLXRoZS1nYXRld2F5PT0="
+    target = ApplyTarget(Runner(), "wg1", Secrets("priv-KEY", {"peer": "psk-KEY"}, secret),
+                         config_text=secret)
+    shown = repr(target) + str(target)
+    assert "c2VjcmV0" not in shown and "priv-KEY" not in shown and "psk-KEY" not in shown

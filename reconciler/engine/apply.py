@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.engine.commands import (
@@ -41,7 +41,9 @@ class ApplyTarget:
     runner: Runner
     interface: str
     secrets: Secrets
-    config_text: str | None = None  # what WriteConfig writes; None with digest None = delete
+    # What WriteConfig writes (None with digest None = delete). It holds the private key and
+    # every PSK, so it stays out of the repr (tracebacks, logs).
+    config_text: str | None = field(default=None, repr=False)
     use_uapi: bool | None = None  # None: use the control socket if the interface has one
 
     @property
