@@ -28,28 +28,49 @@ def directives() -> dict[str, list[str]]:
     return out
 
 
+# Every unit a host installs (deploy/README.md); the template as its wg1 instance.
+SHIPPED = ("tunnelctl.service", "tunnelctl-firewall.service", "tunnelctl-interface@.service")
+
+
 @needs_analyze
-def test_exposure_is_at_most_3() -> None:
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)],
-                          capture_output=True, text=True, check=False)
+@pytest.mark.parametrize("name", SHIPPED)
+def test_exposure_is_at_most_2(name: str) -> None:
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                           str(DEPLOY / name)], capture_output=True, text=True, check=False)
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout + proc.stderr)
     assert match, proc.stdout + proc.stderr
     score = float(match.group(1))
-    print(f"systemd-analyze exposure: {score}")
-    assert score <= 3.0
+    print(f"systemd-analyze exposure of {name}: {score}")
+    assert score <= 2.0
 
 
 @needs_analyze
-def test_unit_has_no_unknown_or_invalid_directives(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", SHIPPED)
+def test_unit_has_no_unknown_or_invalid_directives(tmp_path: Path, name: str) -> None:
     # verify insists ExecStart exists: point it at this checkout's console script.
     tunnelctl = Path(sys.executable).with_name("tunnelctl")
     assert tunnelctl.exists()
-    copy = tmp_path / "tunnelctl.service"
-    copy.write_text(UNIT.read_text().replace("/usr/local/bin/tunnelctl", str(tunnelctl)))
+    copy = tmp_path / name.replace("@.", "@wg1.")
+    copy.write_text((DEPLOY / name).read_text().replace("/usr/local/bin/tunnelctl",
+                                                        str(tunnelctl)))
     proc = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
                           text=True, check=False)
-    assert proc.returncode == 0 and proc.stdout.strip() == "" and proc.stderr.strip() == "", \
-        proc.stderr
+    # Units named in Wants=/After= but not installed on this machine are not the unit's fault.
+    errors = [line for line in proc.stderr.splitlines()
+              if line.strip() and "not found" not in line and "No such file" not in line]
+    assert proc.stdout.strip() == "" and not errors, proc.stderr
+
+
+def test_boot_order_is_fail_closed() -> None:
+    fw = (DEPLOY / "tunnelctl-firewall.service").read_text()
+    iface = (DEPLOY / "tunnelctl-interface@.service").read_text()
+    svc = UNIT.read_text()
+    assert "PartOf=nftables.service" in fw and "After=local-fs.target nftables.service" in fw
+    assert "ReloadPropagatedFrom=nftables.service" in fw
+    assert re.search(r"^Before=.*tunnelctl\.service", fw, re.M)
+    assert "After=tunnelctl-firewall.service" in iface and "Restart=always" in iface
+    assert re.search(r"^Before=.*tunnelctl\.service", iface, re.M)
+    assert "tunnelctl-firewall.service" in svc
 
 
 def test_unit_contract() -> None:
