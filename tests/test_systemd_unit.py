@@ -67,9 +67,9 @@ def test_boot_order_is_fail_closed() -> None:
     svc = UNIT.read_text()
     assert "PartOf=nftables.service" in fw and "After=local-fs.target nftables.service" in fw
     assert "ReloadPropagatedFrom=nftables.service" in fw
-    assert re.search(r"^Before=.*tunnelctl\.service", fw, re.M)
+    assert re.search(r"^Before=.*tunnelctl\.service", fw, re.MULTILINE)
     assert "After=tunnelctl-firewall.service" in iface and "Restart=always" in iface
-    assert re.search(r"^Before=.*tunnelctl\.service", iface, re.M)
+    assert re.search(r"^Before=.*tunnelctl\.service", iface, re.MULTILINE)
     assert "tunnelctl-firewall.service" in svc
 
 
