@@ -15,7 +15,7 @@ from pathlib import Path
 
 import git
 import pytest
-from repo_kit import key, tunnel_yaml
+from repo_kit import GATEWAY_YAML, key, tunnel_yaml
 from repo_kit import load as repo_load
 
 from reconciler.cli.engine import run_commit_plan
@@ -276,3 +276,15 @@ def test_an_invalid_head_is_never_shown_as_removals() -> None:
                               prplan.Ref("pr", "b" * 40))
     text = render_markdown(diff)
     assert "invalid, not applied" in text and "to remove" not in text
+
+
+def test_turning_on_amneziawg_warns_that_every_customer_must_reconfigure() -> None:
+    from test_amneziawg import block
+
+    base = repo_load(_bulk(1, 2, "ok"))
+    head = repo_load(_bulk(1, 2, "ok"), gateway=GATEWAY_YAML + block())
+    assert head.problems == ()
+    diff = prplan.diff_states(base, head, prplan.Ref("main", "a" * 40), prplan.Ref("pr", "b" * 40))
+    warning = next(w for w in diff.warnings if "amneziawg" in w.message)
+    assert "must be reconfigured" in warning.message
+    assert "Jc=" in render_markdown(diff)

@@ -29,9 +29,10 @@ TUNNEL_FIELDS = ("gateway", "subnet", "lans", "services", "status", "public_key"
                  "persistent_keepalive", "psk_rotation", "revoked_at", "notes")
 GATEWAY_FIELDS = ("interface", "listen_port", "address", "pool", "allocation_prefix", "reserved",
                   "infra_interfaces", "endpoint", "public_key", "mtu", "services",
-                  "default_services", "routed_ranges")
+                  "default_services", "routed_ranges", "amneziawg")
 # Gateway fields every customer router copies: changing one breaks every tunnel until reconfigured.
-CUSTOMER_FACING_GATEWAY_FIELDS = ("address", "endpoint", "public_key", "listen_port", "mtu")
+CUSTOMER_FACING_GATEWAY_FIELDS = ("address", "endpoint", "public_key", "listen_port", "mtu",
+                                  "amneziawg")
 
 
 class PlanInputError(Exception):
@@ -232,6 +233,8 @@ def _gateway_values(gw: Gateway) -> dict[str, str]:
         raw = getattr(gw, name)
         if name == "services":
             values[name] = services()
+        elif name == "amneziawg":
+            values[name] = "-" if raw is None else " ".join(f"{k}={v}" for k, v in raw.config_lines())
         elif isinstance(raw, tuple):
             values[name] = ", ".join(str(v) for v in raw) or "-"
         else:
