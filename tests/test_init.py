@@ -70,11 +70,8 @@ def test_a_config_repo_from_init_through_the_ops_workflow(tmp_path: Path) -> Non
     assert shutil.which("tunnelctl", path=PLAIN_PATH) is None  # only the hook envs have it
     hooks = tmp_path / "tunnelctl-src"
     rev = snapshot_of_this_checkout(hooks, env)
-    # pre-commit itself, in a throwaway venv (it is not a dependency of this project).
-    venv = tmp_path / "pc-venv"
-    sh([sys.executable, "-m", "venv", str(venv)], tmp_path, env)
-    sh([str(venv / "bin" / "pip"), "install", "-q", "pre-commit"], tmp_path, env, timeout=300)
-    pre_commit = str(venv / "bin" / "pre-commit")
+    # pre-commit as locked in requirements/dev.lock; called by path, PATH stays plain.
+    pre_commit = str(Path(sys.executable).with_name("pre-commit"))
 
     cfg = tmp_path / "cfg"
     flags = [*INIT_FLAGS[:-1], rev, "--hook-url", str(hooks)]
