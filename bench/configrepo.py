@@ -39,7 +39,7 @@ def git(cwd: Path, *args: str) -> str:
 @dataclass(frozen=True)
 class BenchRepo:
     n: int
-    keepalive: int  # the cloud-side persistent keepalive every generated tunnel carries
+    keepalive: int | None  # cloud_keepalive written into every file; None = the YAML as generated
     root: Path
     keys: dict[str, str]  # "org/name" -> router private key; "gateway/<name>" -> cloud key
     files: tuple[str, ...]  # repo-relative tunnel file paths, in generation order
@@ -85,9 +85,15 @@ class BenchRepo:
         return action, self.commit(rel, new, f"bench: {action} LAN {lan} on {rel}")
 
 
-def bench_repo(n: int, *, keepalive: int = 0, out: Path = OUT, fresh: bool = False) -> BenchRepo:
-    """The cached repo for (n, keepalive), generated (a few seconds at 16k) when missing."""
-    root = out / f"n{n}-ka{keepalive}"
+def bench_repo(n: int, *, keepalive: int | None = None, out: Path = OUT,
+               fresh: bool = False) -> BenchRepo:
+    """The cached repo for (n, keepalive), generated (a few seconds at 16k) when missing.
+
+    By default the tenants' files are exactly what the generator (like `tunnelctl new`)
+    writes: the customer side keeps its NAT open (persistent_keepalive: 25) and the cloud's
+    peers carry no keepalive, as in production. `keepalive` adds `cloud_keepalive: N` to
+    every file, to measure a host that does send them."""
+    root = out / (f"n{n}" if keepalive is None else f"n{n}-cka{keepalive}")
     meta = root / "meta.json"
     if not fresh and meta.exists():
         data = json.loads(meta.read_text())
@@ -100,9 +106,9 @@ def bench_repo(n: int, *, keepalive: int = 0, out: Path = OUT, fresh: bool = Fal
     gen = generate_repo(work, n, gateway=GATEWAY, interface=INTERFACE)
     files = []
     for t in gen.tunnels:
-        if keepalive != 25:  # the generator writes the model default, 25
+        if keepalive is not None:
             t.path.write_text(t.path.read_text().replace(
-                "persistent_keepalive: 25", f"persistent_keepalive: {keepalive}"))
+                "persistent_keepalive: 25", f"persistent_keepalive: 25\ncloud_keepalive: {keepalive}"))
         files.append(t.path.relative_to(work).as_posix())
     git(root, "init", "-q", "--bare", "-b", "main", str(root / "remote.git"))
     git(work, "init", "-q", "-b", "main")

@@ -36,7 +36,7 @@ NAIVE_FULL_UP_TO = 4096  # above this the naive baseline (~1 min) runs once, not
 
 
 def run_bench(sizes: Sequence[int], *, runs: int = 5, naive_runs: int | None = None,
-              loss_n: int | None = 1000, keepalive: int = 0, out: Path = OUT,
+              loss_n: int | None = 1000, keepalive: int | None = None, out: Path = OUT,
               log: Callable[[str], None] = print) -> list[SizeResult]:
     """Measure every size (raises BenchFailure when a run does not converge and verify)."""
     results = []
@@ -82,8 +82,11 @@ def markdown(results: Sequence[SizeResult], info: dict[str, str], args: argparse
         "",
         "## How it was measured",
         "",
-        (f"- Generated tenants: keys made in-process, a third with a routed /24 LAN, every fifth "
-        f"allowed only SIP; cloud-side persistent keepalive {args.keepalive} (see the analysis). "
+        ("- Generated tenants: keys made in-process, a third with a routed /24 LAN, every fifth "
+        "allowed only SIP; each file as the generator writes it (customer-side "
+        "persistent_keepalive 25, "
+        + ("no cloud-side keepalive, as in production" if args.keepalive is None
+           else f"cloud_keepalive {args.keepalive}") + "). "
         "A real git repository: a bare remote and a clone, cached under bench/out/."),
         ("- Cold converge: a fresh lab interface (wireguard-go in its own namespace, no peers, "
         "routes or table), then one child process that loads and validates the clone and runs "
@@ -125,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "is shared and noisy)")
     ap.add_argument("--naive-runs", type=int, default=None,
                     help=f"naive baseline runs (default: --runs up to {NAIVE_FULL_UP_TO:,}, then 1)")
-    ap.add_argument("--keepalive", type=int, default=0,
-                    help="cloud-side persistent keepalive of generated tunnels (default: 0)")
+    ap.add_argument("--keepalive", type=int, default=None,
+                    help="cloud_keepalive added to every generated tunnel (default: none, the "
+                         "files as production writes them)")
     ap.add_argument("--no-loss", action="store_true", help="skip the packet-loss run")
     ap.add_argument("--write", action="store_true", help="write bench/RESULTS.md even for a "
                     "partial run (a run with the default sizes always writes it)")

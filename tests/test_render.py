@@ -53,6 +53,16 @@ def tunnel(i: int, **over: Any) -> Tunnel:
     return Tunnel.model_validate(data)
 
 
+def test_cloud_keepalive_only_from_the_explicit_cloud_side_field() -> None:
+    gw = gateway()
+    plain = tunnel(1, persistent_keepalive=25)
+    asked = tunnel(2, persistent_keepalive=0, cloud_keepalive=15)
+    state, _ = render_host(gw, [plain, asked], interface=None, private_key=GW_PRIV,
+                           host_secret=SECRET, config_path=None)
+    assert state.peers[plain.public_key].keepalive == 0
+    assert state.peers[asked.public_key].keepalive == 15
+
+
 def test_example_peers_are_active_tunnels_with_derived_psk() -> None:
     gw, tunnels = example()
     state, secrets = render_host(gw, tunnels, interface=None, private_key=GW_PRIV,
@@ -61,7 +71,9 @@ def test_example_peers_are_active_tunnels_with_derived_psk() -> None:
     assert owners == {"acme-voip/hq", "bluebird-telecom/main", "carrot-dental/clinic"}
     hq = next(p for p in state.peers.values() if p.owner == "acme-voip/hq")
     assert hq.allowed_ips == ("10.20.0.6/32", "192.168.10.0/24")
-    assert hq.keepalive == 25
+    # The customer side keeps its NAT open (persistent_keepalive: 25 in its file); the cloud's
+    # peer sends none unless the file asks for one with cloud_keepalive.
+    assert hq.keepalive == 0
     psk = derive_psk(SECRET, "acme-voip", "hq", 0)
     assert hq.psk_digest == psk_digest(psk)
     assert secrets.psk(hq.public_key) == psk

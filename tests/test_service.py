@@ -456,7 +456,8 @@ def test_broken_org_does_not_block_valid_orgs(world: Callable[..., World]) -> No
     # rebuilds the same combined state from the mirror.
     other = added[0].path.relative_to(w.remote.work)
     c3 = w.remote.commit({str(other): added[0].path.read_text().replace(
-        "persistent_keepalive: 25", "persistent_keepalive: 15")}, "other org: keepalive 15")
+        "persistent_keepalive: 25", "persistent_keepalive: 25\ncloud_keepalive: 15")},
+        "other org: keepalive 15")
     svc.wait_applied(c3, timeout=8)
     assert svc.state()["held_orgs"] == {"gen00000": w.first}
     svc.stop()

@@ -42,7 +42,8 @@ def make_trees(root: Path) -> tuple[Any, Path, Path]:
     for f in files[:30]:
         f.unlink()
     for f in files[30:]:
-        text = f.read_text().replace("persistent_keepalive: 25", "persistent_keepalive: 20")
+        text = f.read_text().replace("persistent_keepalive: 25",
+                                     "persistent_keepalive: 25\ncloud_keepalive: 20")
         lines = ["lans: []" if line.startswith("lans:") else line for line in text.splitlines()]
         f.write_text("\n".join(lines) + "\n")
     add_generated_tunnels(b, 30, gateway=GATEWAY, org_prefix="bee", lan_every=0)

@@ -103,13 +103,14 @@ def test_conflict_holds_the_org_that_claimed_a_lan(tmp_path: Path,
         site0 = remote.work / "gen00000" / "site0.yaml"
         a_key = next(ln.split(":", 1)[1].strip() for ln in site0.read_text().splitlines()
                      if ln.startswith("public_key:"))
-        assert keepalive(svc)[a_key] == "25"
+        assert keepalive(svc)[a_key] == "off"  # the cloud sends none unless asked
         (c,) = add_generated_tunnels(remote.work, 1, gateway=GATEWAY, org_prefix="cee",
                                      lan_every=1)
         lines = ["lans: [172.16.0.0/24]" if ln.startswith("lans:") else ln
                  for ln in c.path.read_text().splitlines()]  # org A's LAN (gen00000/site2)
         c.path.write_text("\n".join(lines) + "\n")
-        site0.write_text(site0.read_text().replace("keepalive: 25", "keepalive: 15"))
+        site0.write_text(site0.read_text().replace("persistent_keepalive: 25",
+                                                   "persistent_keepalive: 25\ncloud_keepalive: 15"))
         head = remote.commit(None, "C claims A's LAN; A changes its site0")
         svc.signal(1)  # SIGHUP
         svc.wait_applied(head, timeout=20)

@@ -113,7 +113,7 @@ def render_peers(tunnels: Sequence[Tunnel], host_secret: bytes) -> tuple[dict[st
             derive = derive or psk_deriver(host_secret)
             psk = derive(t.org, t.name, t.psk_rotation)
             entry = (t, host_secret, Peer(t.public_key, tunnel_allowed_ips(t), psk_digest(psk),
-                                          t.persistent_keepalive, owner=t.ident), psk)
+                                          t.cloud_keepalive, owner=t.ident), psk)
         used[id(t)] = entry
         peers[t.public_key] = entry[2]
         psks[t.public_key] = entry[3]

@@ -26,7 +26,8 @@ MANY_REMOVALS_COUNT = 10
 MANY_REMOVALS_SHARE = 0.25
 
 TUNNEL_FIELDS = ("gateway", "subnet", "lans", "services", "status", "public_key",
-                 "persistent_keepalive", "psk_rotation", "revoked_at", "notes")
+                 "persistent_keepalive", "cloud_keepalive", "psk_rotation", "revoked_at",
+                 "notes")
 GATEWAY_FIELDS = ("interface", "listen_port", "address", "pool", "allocation_prefix", "reserved",
                   "infra_interfaces", "endpoint", "public_key", "mtu", "services",
                   "default_services", "routed_ranges", "amneziawg")
@@ -56,6 +57,7 @@ class TunnelView:
     psk_rotation: int
     revoked_at: str
     notes: str
+    cloud_keepalive: int = 0
 
     @property
     def ident(self) -> str:
@@ -218,7 +220,7 @@ def tunnel_view(tunnel: Tunnel, gateways: Mapping[str, Gateway]) -> TunnelView:
         address=str(tunnel.customer_address), lans=tuple(str(n) for n in tunnel.lans),
         services=tuple(sorted(services)), status=tunnel.status.value,
         public_key=tunnel.public_key, persistent_keepalive=tunnel.persistent_keepalive,
-        psk_rotation=tunnel.psk_rotation,
+        psk_rotation=tunnel.psk_rotation, cloud_keepalive=tunnel.cloud_keepalive,
         revoked_at=str(tunnel.revoked_at) if tunnel.revoked_at is not None else "",
         notes=tunnel.notes,
     )

@@ -473,7 +473,15 @@ class Tunnel(Strict):
         default=None, validate_default=True,
         description="the day the tunnel was revoked; its subnet stays reserved for 30 days")
     services: tuple[Name, ...] | None = Field(default=None, description="subset of the gateway catalog; default: the gateway's default_services")
-    persistent_keepalive: int = Field(default=25, ge=0, le=65535)
+    persistent_keepalive: int = Field(
+        default=25, ge=0, le=65535,
+        description="the customer router's keepalive in seconds (it keeps its NAT mapping "
+                    "open); printed in the customer config, never set on the cloud's peer")
+    cloud_keepalive: int = Field(
+        default=0, ge=0, le=65535,
+        description="keepalive the cloud sends to this peer, in seconds; 0 (default) = none. "
+                    "Only for a customer that cannot send its own: the cloud retries a "
+                    "handshake to every endpoint-less peer that has one")
     psk_rotation: int = Field(default=0, ge=0, description="bump to rotate the derived preshared key")
     notes: OneLineText = ""
 
