@@ -1,0 +1,186 @@
+"""Crash-safety pieces without a host (issue 11): lock re-check, lock inheritance, children
+dying with their parent, busy nft, checkpoint round trip, restore keys, conntrack filters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.engine import checkpoint
+from reconciler.engine.conntrack import matching_flows, shrunk_sources
+from reconciler.engine.cycle import HostTarget, with_desired_secrets
+from reconciler.engine.files import LockHeld, held_lock_fds, pid_lock
+from reconciler.engine.hostboot import closed_table, persist_firewall, persisted_text
+from reconciler.engine.hoststate import (
+    TENANT_MAP,
+    ConfigFile,
+    Firewall,
+    HostState,
+    InterfaceConfig,
+    ObservedState,
+    Peer,
+    Route,
+    Secrets,
+)
+from reconciler.engine.observe import Snapshot
+from reconciler.engine.plan import Plan, RemovePeer, ReplaceFirewall
+from reconciler.engine.psk import psk_digest
+from reconciler.engine.runner import Runner, nft_busy
+
+
+def test_lock_is_rechecked_when_its_file_was_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    with pid_lock(path, wait=1):
+        assert held_lock_fds()
+        path.unlink()  # a cleanup removed it while we hold it: a newcomer must not be fooled
+        with pid_lock(path, wait=1):
+            pass  # it locks the new file, which is what later holders will see
+    assert not held_lock_fds()
+
+
+def test_a_child_holds_the_lock_until_it_is_gone(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    code = ("import sys; from pathlib import Path; from reconciler.engine.files import pid_lock; "
+            "from reconciler.engine.runner import Runner\n"
+            f"with pid_lock(Path({str(path)!r}), wait=1):\n"
+            "    Runner().run(['sleep', '30'])\n")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while not path.exists() or not path.read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        parent.kill()  # kill -9 of tunnelctl: its sleep child dies with it (PDEATHSIG)
+        parent.wait()
+        with pid_lock(path, wait=5):  # ...and then the lock is free
+            pass
+    finally:
+        parent.kill()
+
+
+def test_lock_wait_times_out_with_the_holder(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with pid_lock(path, wait=1):
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    try:
+        with pytest.raises(LockHeld) as exc, pid_lock(path, wait=0.2):
+            pass
+        assert exc.value.holder == str(os.getpid())
+    finally:
+        release.set()
+        t.join()
+
+
+def test_busy_nft_is_recognised() -> None:
+    msg = "netlink: Error: Could not process rule: No buffer space available"
+    assert nft_busy(("ip", "netns", "exec", "ns", "nft", "-f", "-"), 1, msg)
+    assert nft_busy(("nft", "-f", "-"), 1, "Error: Device or resource busy")
+    assert not nft_busy(("nft", "-f", "-"), 1, "Error: syntax error")
+    assert not nft_busy(("ip", "-batch", "-"), 1, msg)
+
+
+def test_runner_retries_a_busy_command(tmp_path: Path) -> None:
+    marker = tmp_path / "tries"
+    script = tmp_path / "nft"
+    script.write_text("#!/bin/sh\necho x >> " + str(marker) + "\n"
+                      "[ $(wc -l < " + str(marker) + ") -ge 3 ] && exit 0\n"
+                      "echo 'Error: No buffer space available' >&2; exit 1\n")
+    script.chmod(0o755)
+    res = Runner().run([str(script), "nft", "-f", "-"], write=True)
+    assert res.returncode == 0 and len(marker.read_text().split()) == 3
+
+
+def _snapshot() -> Snapshot:
+    peer = Peer("K" * 43 + "=", ("10.20.0.6/32",), psk_digest("P" * 43 + "="), 25)
+    fw = Firewall("inet", "tunnelctl", "abc", frozenset({("elem", TENANT_MAP, "10.20.0.6/32",
+                                                          "jump svc_sip"), ("chain", "input")}))
+    state = ObservedState(InterfaceConfig("wg1", 51821, "PUB", "10.20.0.1/16", 1420, True),
+                          {peer.public_key: peer}, frozenset({Route("192.168.1.0/24", "wg1")}),
+                          fw, ConfigFile("/etc/wireguard/wg1.conf", "d1"))
+    return Snapshot(state, Secrets("PRIV", {}), None, b"old file")
+
+
+def test_checkpoint_round_trip_and_mode(tmp_path: Path) -> None:
+    path = checkpoint.marker_path(tmp_path / "cp", "ns1", "wg1")
+    snap = _snapshot()
+    checkpoint.write(path, snap, interface="wg1", netns="ns1", config_path=Path("/x/wg1.conf"))
+    assert path.stat().st_mode & 0o777 == 0o600
+    back = checkpoint.load(path)
+    assert back is not None and back.interface == "wg1" and back.netns == "ns1"
+    assert back.snapshot.state == snap.state and back.snapshot.config_content == b"old file"
+    assert back.snapshot.secrets.private_key == "PRIV"
+    assert checkpoint.pending_in(tmp_path / "cp", "ns1") == [path]
+    assert checkpoint.pending_in(tmp_path / "cp", None) == []
+    checkpoint.clear(path)
+    assert checkpoint.load(path) is None
+
+
+def test_restore_keys_are_completed_from_the_desired_ones() -> None:
+    snap = _snapshot()
+    key = next(iter(snap.state.peers))
+    desired = HostState(snap.state.interface, {}, frozenset(), None)
+    full = with_desired_secrets(snap, desired, Secrets("PRIV", {key: "P" * 43 + "="}))
+    assert full.secrets.psk(key) == "P" * 43 + "="
+    wrong = with_desired_secrets(snap, desired, Secrets("PRIV", {key: "Q" * 43 + "="}))
+    assert wrong.secrets.psk(key) is None  # a different PSK is never put back
+
+
+def test_host_target_keeps_locks_out_of_the_runtime_directory(tmp_path: Path) -> None:
+    t = HostTarget()
+    assert t.lock_path("wg1") == Path("/var/lib/tunnelctl/locks/wg1.lock")
+    assert t.firewall_path == Path("/var/lib/tunnelctl/firewall/host.nft")
+    lab = HostTarget(netns="ns", secret_dir=tmp_path / "secrets")
+    assert lab.state_root == tmp_path / "state"
+
+
+def test_persisted_table_is_written_once_and_read_back_by_fingerprint(tmp_path: Path) -> None:
+    text = closed_table("wg1")
+    path = tmp_path / "host.nft"
+    assert persist_firewall(path, text) and not persist_firewall(path, text)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert persisted_text(path, "0") == text and persisted_text(path, "f00") is None
+    assert "ct direction reply ct state established,related accept" in text
+
+
+def test_conntrack_sources_of_shrunk_and_removed_tenants() -> None:
+    def fw(*elems: tuple[str, str]) -> Firewall:
+        return Firewall("inet", "tunnelctl", "x", frozenset(("elem", TENANT_MAP, k, v)
+                                                            for k, v in elems))
+    old = fw(("10.20.0.6/32", "jump svc_rtp_sip"), ("10.20.0.10/32", "jump svc_sip"),
+             ("10.20.0.14/32", "jump svc_sip"))
+    new = fw(("10.20.0.6/32", "jump svc_sip"), ("10.20.0.10/32", "jump svc_rtp_sip"))
+    removed = RemovePeer(Peer("K", ("10.20.0.18/32", "192.168.5.0/24"), None, 0))
+    got = shrunk_sources(Plan((ReplaceFirewall(old, new), removed)))
+    # .6 lost rtp, .14 went away, .10 only grew; the removed peer's addresses.
+    assert got == ["10.20.0.6/32", "10.20.0.14/32", "10.20.0.18/32", "192.168.5.0/24"]
+
+
+def test_conntrack_listing_to_delete_filters() -> None:
+    listing = (
+        "udp      17 29 src=10.20.0.6 dst=10.20.0.1 sport=4000 dport=5060 [UNREPLIED] "
+        "src=10.20.0.1 dst=10.20.0.6 sport=5060 dport=4000 mark=0 use=1\n"
+        "tcp      6 431999 ESTABLISHED src=172.31.1.2 dst=172.31.1.1 sport=1 dport=22 "
+        "src=172.31.1.1 dst=172.31.1.2 sport=22 dport=1 [ASSURED] mark=0 use=1\n"
+        "icmp     1 29 src=10.10.10.5 dst=10.20.0.6 type=8 code=0 id=7 src=10.20.0.6 "
+        "dst=10.10.10.5 type=0 code=0 id=7 mark=0 use=1\n")
+    flows = matching_flows(listing, lambda a: a.startswith("10.20.0.6"))
+    assert flows == [
+        ("-f", "ipv4", "-p", "udp", "-s", "10.20.0.6", "-d", "10.20.0.1", "--sport", "4000",
+         "--dport", "5060"),
+        ("-f", "ipv4", "-p", "icmp", "-s", "10.10.10.5", "-d", "10.20.0.6")]
