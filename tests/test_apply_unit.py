@@ -55,7 +55,8 @@ class RecordingRunner(Runner):
         self.written: dict[str, str] = {}
 
     def run(self, argv: Sequence[str], *, stdin: str | bytes | None = None, check: bool = True,
-            write: bool = False, timeout: float = 60.0) -> Result:
+            write: bool = False, timeout: float = 60.0,
+            detach: bool = False) -> Result:
         if write:
             self.writes += 1
         self.calls.append(("run", (tuple(argv), stdin)))

@@ -456,12 +456,14 @@ class FailOnce(Runner):
         self.fired = False
 
     def run(self, argv: Sequence[str], *, stdin: str | bytes | None = None, check: bool = True,
-            write: bool = False, timeout: float = 60.0) -> Result:
+            write: bool = False, timeout: float = 60.0,
+            detach: bool = False) -> Result:
         text = " ".join(argv) + "\n" + (stdin if isinstance(stdin, str) else "")
         if not self.fired and write and self.needle in text:
             self.fired = True
             raise CommandError(list(argv), 2, "injected failure")
-        return super().run(argv, stdin=stdin, check=check, write=write, timeout=timeout)
+        return super().run(argv, stdin=stdin, check=check, write=write, timeout=timeout,
+                           detach=detach)
 
     def uapi(self, interface: str, request: str, *, write: bool = False) -> str:
         if not self.fired and write and self.needle in request:
@@ -474,11 +476,13 @@ class SkipRouteAdds(Runner):
     """Claims success for route additions without running them: only verify can notice."""
 
     def run(self, argv: Sequence[str], *, stdin: str | bytes | None = None, check: bool = True,
-            write: bool = False, timeout: float = 60.0) -> Result:
+            write: bool = False, timeout: float = 60.0,
+            detach: bool = False) -> Result:
         if write and isinstance(stdin, str) and "route replace" in stdin:
             self.writes += 1
             return Result(tuple(argv), 0, "", "")
-        return super().run(argv, stdin=stdin, check=check, write=write, timeout=timeout)
+        return super().run(argv, stdin=stdin, check=check, write=write, timeout=timeout,
+                           detach=detach)
 
 
 def _host_picture(host: EngineHost) -> tuple[Any, ...]:

@@ -202,11 +202,13 @@ class _DropsElementWrites(Runner):
     """Claims success for nft element transactions without running them."""
 
     def run(self, argv: Any, *, stdin: str | bytes | None = None, check: bool = True,
-            write: bool = False, timeout: float = 60.0) -> Result:
+            write: bool = False, timeout: float = 60.0,
+            detach: bool = False) -> Result:
         if write and isinstance(stdin, str) and stdin.startswith(("add element", "delete element")):
             self.writes += 1
             return Result(tuple(argv), 0, "", "")
-        return super().run(argv, stdin=stdin, check=check, write=write, timeout=timeout)
+        return super().run(argv, stdin=stdin, check=check, write=write, timeout=timeout,
+                           detach=detach)
 
 
 @pytest.mark.lab

@@ -430,6 +430,12 @@ def test_a_hung_cycle_is_killed_by_the_watchdog(host: Host) -> None:
 
 def test_reload_runs_one_extra_cycle(host: Host) -> None:
     host.converged(timeout=30)
+    # Right after an interval cycle, so the next one is a whole interval away.
+    first = host.cycles()
+    deadline = time.monotonic() + INTERVAL + 10
+    while host.cycles() == first:
+        assert time.monotonic() < deadline, "no interval cycle"
+        time.sleep(0.1)
     before = host.cycles()
     host.c.sh(["systemctl", "reload", "tunnelctl.service"])
     time.sleep(2.5)  # well inside the interval: only the reload can have caused a cycle

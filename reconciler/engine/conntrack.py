@@ -32,6 +32,11 @@ def _services(verdict: str) -> frozenset[str] | None:
     return frozenset(chain.removeprefix("svc_").split("_"))
 
 
+def _tenant_element(e: tuple[str | int, ...]) -> bool:
+    """An element of a tenant map (source prefix -> `jump svc_...`), whichever map holds it."""
+    return e[0] == "elem" and str(e[3]).startswith("jump ")
+
+
 def shrunk_sources(plan: Plan) -> list[str]:
     """Tenant prefixes whose access the plan narrows: a tenant-map element removed, or moved
     to a chain whose services are not a superset of the old ones, and every AllowedIP of a
