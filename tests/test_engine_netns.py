@@ -208,7 +208,8 @@ def fw_delta(result: ReconcileResult) -> tuple[set[Any], set[Any]]:
 def elems(data: dict[str, Any], chain: str = "svc_rtp_sip") -> set[Any]:
     base = 4 * (int(data["org"][3:]) + 1)
     addr = f"10.20.{base >> 8}.{(base & 255) + 2}/32"
-    return {("elem", "tenant_profiles", net, f"jump {chain}") for net in [addr, *data["lans"]]}
+    return {("elem", "tenant_hosts", addr, f"jump {chain}"),
+            *(("elem", "tenant_profiles", net, f"jump {chain}") for net in data["lans"])}
 
 
 # ------------------------------------------------------------------------------ tests
@@ -310,6 +311,10 @@ def test_hand_made_drift_is_repaired(host: EngineHost) -> None:
         (["nft", "delete", "table", "inet", "tunnelctl"], ReplaceFirewall),
         (["nft", "delete", "element", "inet", "tunnelctl", "tenant_profiles",
           "{ 192.168.6.0/24 }"], ReplaceFirewall),
+        (["nft", "delete", "element", "inet", "tunnelctl", "tenant_hosts",
+          "{ 10.20.0.10 }"], ReplaceFirewall),
+        (["nft", "add", "element", "inet", "tunnelctl", "tenant_hosts",
+          "{ 10.20.9.9 : jump svc_rtp_sip }"], ReplaceFirewall),
         # The kernel drops a down link's routes: both come back.
         (["ip", "link", "set", host.ifname, "down"], (SetInterface, AddRoute, AddRoute, AddRoute)),
         (["wg", "set", host.ifname, "listen-port", "40000"], SetInterface),

@@ -106,17 +106,19 @@ def test_example_firewall_text() -> None:
     assert 'iifname != "wg1" accept' in text
     assert "ct state established,related accept" in text
     assert "ip daddr 10.20.0.1 icmp type echo-request accept" in text
+    # Tenants' own /32s in a hash map, LANs in the interval map: two lookups, same verdicts.
+    assert "ip daddr 10.20.0.1 ip saddr vmap @tenant_hosts" in text
     assert "ip daddr 10.20.0.1 ip saddr vmap @tenant_profiles" in text
     assert re.search(r"chain svc_rtp_sip \{\n\s+udp dport \{ 5060, 5080, 10000-20000 \} accept", text)
     assert re.search(r"chain svc_sip \{\n\s+udp dport \{ 5060, 5080 \} accept", text)
-    assert "10.20.0.10/32 : jump svc_sip" in text  # bluebird has only sip
+    assert "\t10.20.0.10 : jump svc_sip" in text  # bluebird has only sip
     assert "192.168.10.0/24 : jump svc_rtp_sip" in text
     assert "10.20.0.18" not in text  # carrot-dental/branch is disabled
     assert 'iifname "wg1" counter drop' in text and 'oifname "wg1" counter drop' in text
     assert "flush" not in text  # never a flush: the whole table is replaced atomically
     # One set of elements, not one rule per tenant; every rule is compared by its body.
     rules = [ln for ln in text.splitlines() if ln.startswith("\t\t") and " comment " in ln]
-    assert len(rules) == fw.counts()["rule"] == 9
+    assert len(rules) == fw.counts()["rule"] == 10
     assert fw.counts()["elem"] == 5
 
 
@@ -124,7 +126,7 @@ def test_firewall_is_one_map_not_rules_per_tenant() -> None:
     gw = gateway()
     tunnels = [tunnel(i) for i in range(1, 200)]
     fw = render_firewall(gw, tunnels, "wg1")
-    assert fw.counts()["rule"] == 8  # independent of the tenant count
+    assert fw.counts()["rule"] == 9  # independent of the tenant count
     assert fw.counts()["elem"] == 199
 
 

@@ -356,8 +356,11 @@ def element_transaction(removed: Iterable[Element], added: Iterable[Element],
     for verb, items in (("delete", removed), ("add", added)):
         by_map: dict[str, list[str]] = {}
         for _, name, key, value in sorted(items, key=str):
+            # A /32 as a plain address: the tenant host map is a hash map, which takes no
+            # prefixes (an interval map reads the plain address as the /32).
+            text = str(key).removesuffix("/32")
             by_map.setdefault(str(name), []).append(
-                f"{key} : {value}" if verb == "add" and value != "" else str(key))
+                f"{text} : {value}" if verb == "add" and value != "" else text)
         lines += [f"{verb} element {family} {table} {name} {{ {', '.join(keys)} }}"
                   for name, keys in sorted(by_map.items())]
     return "\n".join(lines) + "\n"

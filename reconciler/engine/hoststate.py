@@ -23,7 +23,9 @@ ROUTE_PROTO_NAME = "tunnelctl"
 
 FIREWALL_FAMILY = "inet"
 FIREWALL_TABLE = "tunnelctl"
-TENANT_MAP = "tenant_profiles"  # our table's map from tenant source prefix to service chain
+TENANT_MAP = "tenant_profiles"  # our table's interval map from tenant LAN prefix to service chain
+TENANT_HOSTS = "tenant_hosts"  # its hash map from a tenant's own /32 address to service chain
+TENANT_MAPS = (TENANT_HOSTS, TENANT_MAP)  # both: the element drift a quick change reads back
 
 
 def _v4(text: str) -> tuple[int, int] | None:

@@ -295,8 +295,12 @@ def canonical_rule(expr: Any) -> str:
 
 @dataclass(frozen=True)
 class Table:
-    """The whole table. `elements` are the tenant map's (network int, prefix len, chain),
-    sorted by address; `routed` the forwardable cloud ranges."""
+    """The whole table. `elements` are the tenant interval map's (network int, prefix len,
+    chain), sorted by address; `routed` the forwardable cloud ranges. With `host_map`, the
+    tenants' own /32 addresses are `hosts` (address int, chain) in that plain hash map and
+    only LANs are in the interval map: nft 1.0.6 reads every element of every interval set
+    in the table before any element operation, so 16k /32s there made every one-tenant
+    change and every removal pay for all of them."""
 
     family: str
     name: str
@@ -306,6 +310,8 @@ class Table:
     routed_set: str
     routed: tuple[ipaddress.IPv4Network, ...]
     chains: tuple[Chain, ...]
+    host_map: str = ""  # "" = no hash map (the fail-closed boot table)
+    hosts: Sequence[tuple[int, str]] = ()
 
     def __post_init__(self) -> None:
         if self.family not in ("inet", "ip"):
@@ -313,22 +319,30 @@ class Table:
         set_name(self.name)
         set_name(self.tenant_map)
         set_name(self.routed_set)
+        if self.host_map:
+            set_name(self.host_map)
+        elif self.hosts:
+            raise NftValueError("host elements need a host map")
         ifname(self.interface)
         if any(not isinstance(n, ipaddress.IPv4Network) for n in self.routed):
             raise NftValueError(f"routed ranges must be IPv4 networks: {self.routed!r}")
         known = {c.name for c in self.chains}
-        if any(c not in known for c in {e[2] for e in self.elements}):
+        if any(c not in known for c in {e[2] for e in self.elements}
+               | {h[1] for h in self.hosts}):
             raise NftValueError("a tenant map element jumps to a chain the table lacks")
 
     # ---- canonical elements (what observe compares)
 
     def structure(self) -> frozenset[Element]:
         """Chains, rules and declarations; not the map and set elements."""
-        return _structure(self.chains, self.tenant_map, self.routed_set if self.routed else None)
+        return _structure(self.chains, self.tenant_map, self.routed_set if self.routed else None,
+                          self.host_map or None)
 
     def element_items(self) -> list[Element]:
         items: list[Element] = [("elem", self.tenant_map, _v4(v, n), "jump " + c)
                                 for v, n, c in self.elements]
+        if self.hosts:
+            items += [("elem", self.host_map, _v4(v, 32), "jump " + c) for v, c in self.hosts]
         items += [("elem", self.routed_set, str(n), "") for n in self.routed]
         return items
 
@@ -338,8 +352,14 @@ class Table:
         _check(FINGERPRINT_RE, fingerprint, "fingerprint")
         out = [f"table {self.family} {self.name} {{",
                (f'\tcomment "managed by tunnelctl for {self.interface}; edits are reverted; '
-                f'fp {fingerprint}"'), "",
-               f"\tmap {self.tenant_map} {{", "\t\ttype ipv4_addr : verdict", "\t\tflags interval"]
+                f'fp {fingerprint}"'), ""]
+        if self.host_map:
+            out += [f"\tmap {self.host_map} {{", "\t\ttype ipv4_addr : verdict"]
+            if self.hosts:
+                body = ",\n".join(f"\t\t\t{_v4(v, 32)[:-3]} : jump {c}" for v, c in self.hosts)
+                out += ["\t\telements = {", body, "\t\t}"]
+            out += ["\t}", ""]
+        out += [f"\tmap {self.tenant_map} {{", "\t\ttype ipv4_addr : verdict", "\t\tflags interval"]
         if self.elements:
             # The 16k-line hot loop: checked ints, chain names checked in __post_init__.
             body = ",\n".join(f"\t\t\t{_v4(v, n)} : jump {c}" for v, n, c in self.elements)
@@ -378,6 +398,13 @@ class Table:
                 chain.update(type="filter", hook=c.hook.hook, prio=c.hook.priority,
                              policy=c.hook.policy)
             cmds.append({"add": {"chain": chain}})
+        if self.host_map:
+            hmap: dict[str, Any] = {**base, "name": self.host_map, "type": "ipv4_addr",
+                                    "map": "verdict"}
+            if self.hosts:
+                hmap["elem"] = [[_json_prefix(v, 32), {"jump": {"target": c}}]
+                                for v, c in self.hosts]
+            cmds.append({"add": {"map": hmap}})
         tmap: dict[str, Any] = {**base, "name": self.tenant_map, "type": "ipv4_addr",
                                 "map": "verdict", "flags": ["interval"]}
         if self.elements:
@@ -399,10 +426,12 @@ class Table:
 
 @functools.lru_cache(maxsize=8)
 def _structure(chains: tuple[Chain, ...], tenant_map: str,
-               routed_set: str | None) -> frozenset[Element]:
+               routed_set: str | None, host_map: str | None = None) -> frozenset[Element]:
     # Once per distinct set of chains: 16k tenants only ever add map elements, never a
     # chain, rule or declaration, so a render does not rebuild the rule bodies.
     out: set[Element] = {("map", tenant_map, "ipv4_addr", "verdict", "interval")}
+    if host_map is not None:
+        out.add(("map", host_map, "ipv4_addr", "verdict", ""))
     if routed_set is not None:
         out.add(("set", routed_set, "ipv4_addr", "", "interval"))
     for c in chains:

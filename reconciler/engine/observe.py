@@ -10,15 +10,17 @@ by `read_snapshot`, into memory only.
 from __future__ import annotations
 
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.engine import nftgen
 from reconciler.engine.hoststate import (
     FIREWALL_FAMILY,
     FIREWALL_TABLE,
     ROUTE_PROTO,
-    TENANT_MAP,
+    TENANT_MAPS,
     ConfigFile,
     Firewall,
     InterfaceConfig,
@@ -130,8 +132,40 @@ def firewall_from_listing(res: Result, family: str = FIREWALL_FAMILY,
 
 def read_firewall(runner: Runner, family: str = FIREWALL_FAMILY,
                   table: str = FIREWALL_TABLE) -> Firewall | None:
-    return firewall_from_listing(runner.run(nft_list_argv(family, table), check=False),
-                                 family, table)
+    """Our table, listed and parsed, unless the ruleset generation says it is exactly the
+    table listed last time (reconciler.engine.nftgen): then that one, without running nft.
+    A listing is remembered only when the generation was the same before and after it."""
+    before = generation(runner)
+    key = (before[0], family, table) if before is not None else None
+    seen = _listed.get(key) if key is not None else None
+    if seen is not None and before is not None and seen[0] == before[1]:
+        return seen[1]
+    fw = firewall_from_listing(runner.run(nft_list_argv(family, table), check=False),
+                               family, table)
+    if key is not None and before is not None and generation(runner) == before:
+        _remember_listing(key, before[1], fw)
+    return fw
+
+
+def generation(runner: Runner) -> nftgen.Generation | None:
+    """The ruleset generation of the runner's namespace; None for a runner that does not run
+    commands as they are (a test double may claim writes it never made), or when unreadable."""
+    if not isinstance(runner, Runner) or type(runner).run is not Runner.run:
+        return None
+    return nftgen.probe(runner.netns)
+
+
+# (netns cookie, family, table) -> (generation, the table as listed at that generation)
+_listed: dict[tuple[int, str, str], tuple[int, Firewall | None]] = {}
+_listed_lock = threading.Lock()
+
+
+def _remember_listing(key: tuple[int, str, str], gen: int, fw: Firewall | None) -> None:
+    with _listed_lock:
+        _listed.pop(key, None)
+        if len(_listed) >= 16:
+            _listed.pop(next(iter(_listed)))
+        _listed[key] = (gen, fw)
 
 
 def read_config_digest(path: Path) -> str | None:
@@ -218,7 +252,9 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
     keys = {c.peer.public_key if isinstance(c, (AddPeer, RemovePeer)) else c.new.public_key
             for c in plan.changes if isinstance(c, (AddPeer, RemovePeer, UpdatePeer))}
     fw_change = plan.of(ReplaceFirewall)[-1] if plan.of(ReplaceFirewall) else None
-    map_keys = _changed_map_keys(fw_change) if fw_change is not None else set()
+    committed = _only_our_commit(runner, before.firewall, fw_change)
+    map_keys = (_changed_map_keys(fw_change) if fw_change is not None and committed is None
+                else set())
 
     def read_peers() -> WgDump:
         text = runner.run(["wg", "show", interface, "dump"]).stdout
@@ -235,7 +271,8 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
         peers_f = pool.submit(read_peers) if keys else None
         route_change = any(isinstance(c, (AddRoute, DeleteRoute)) for c in plan.changes)
         routes_f = pool.submit(read_routes) if route_change else None
-        elem_f = {key: pool.submit(read_map_element, runner, key) for key in sorted(map_keys)}
+        elem_f = {mk: pool.submit(read_map_element, runner, mk[1], mk[0])
+                  for mk in sorted(map_keys)}
         peers = dict(before.peers)
         status = dict(before.peer_status)
         if peers_f is not None:
@@ -249,7 +286,9 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
         routes = routes_f.result() if routes_f is not None else before.routes
         found = {key: f.result() for key, f in elem_f.items()}
     firewall = before.firewall
-    if fw_change is not None:
+    if committed is not None:
+        firewall = committed
+    elif fw_change is not None:
         firewall = _patched_firewall(before.firewall, fw_change, found)
     config = None
     if config_path is not None:
@@ -257,30 +296,57 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
     return ObservedState(before.interface, peers, routes, firewall, config, peer_status=status)
 
 
+def _only_our_commit(runner: Runner, before: Firewall | None,
+                     change: ReplaceFirewall | None) -> Firewall | None:
+    """The table now, known exactly without reading it, or None (then it is read back).
+
+    `before` was listed at generation g (or derived this way from such a listing). If the
+    generation now is g + 1, exactly one transaction committed since: the element
+    transaction apply just ran (its `nft -f` succeeded, or verify would not run), which
+    turned `change.old` (== before) into `change.new`. Anything else (another writer, a
+    write that did not commit) reads the changed elements back instead."""
+    if change is None or change.new is None or before is None:
+        return None
+    now = generation(runner)
+    if now is None:
+        return None
+    key = (now[0], change.new.family, change.new.table)
+    seen = _listed.get(key)
+    if seen is None or seen[1] is None or now[1] != seen[0] + 1:
+        return None
+    if not (seen[1] is before or seen[1] == before) or change.old != before:
+        return None
+    _remember_listing(key, now[1], change.new)
+    return change.new
+
+
 _GET_ELEMENT_RE = re.compile(r"elements = \{ ([0-9.]+)(?:/\d+)? : (\S+ \S+) \}")
 
 
-def _changed_map_keys(change: ReplaceFirewall) -> set[str]:
+def _changed_map_keys(change: ReplaceFirewall) -> set[tuple[str, str]]:
     delta = change.element_delta()
     assert delta is not None
-    return {str(e[2]) for e in delta[0] | delta[1]}
+    return {(str(e[1]), str(e[2])) for e in delta[0] | delta[1]}
 
 
 def fast_verifiable(change: ReplaceFirewall, limit: int = 16) -> bool:
-    """Whether observe_changes can read this firewall change back: tenant-map elements only,
-    at most `limit` keys (more are cheaper to read as one listing)."""
+    """Whether observe_changes can read this firewall change back: elements of the two
+    tenant maps only, at most `limit` keys (more are cheaper to read as one listing)."""
     delta = change.element_delta()
     if delta is None:
         return False
     items = delta[0] | delta[1]
-    return all(e[1] == TENANT_MAP for e in items) and len({e[2] for e in items}) <= limit
+    return all(e[1] in TENANT_MAPS for e in items) and \
+        len({(e[1], e[2]) for e in items}) <= limit
 
 
-def read_map_element(runner: Runner, key: str) -> str | None:
-    """The verdict the tenant map holds for the element starting at `key`'s address, or None
-    when there is none (`nft get element` of a single address)."""
+def read_map_element(runner: Runner, key: str, map_name: str = TENANT_MAPS[1]) -> str | None:
+    """The verdict the tenant map `map_name` holds for the element starting at `key`'s
+    address, or None when there is none (`nft get element` of a single address). In the
+    hash map of /32s this reads one element; in the interval map nft still fetches every
+    interval first, which is why that map holds only LANs."""
     addr = key.split("/", 1)[0]
-    res = runner.run(["nft", "get", "element", FIREWALL_FAMILY, FIREWALL_TABLE, TENANT_MAP,
+    res = runner.run(["nft", "get", "element", FIREWALL_FAMILY, FIREWALL_TABLE, map_name,
                       "{", addr, "}"], check=False)
     if res.returncode != 0:
         if "No such file or directory" in res.stderr:
@@ -293,12 +359,12 @@ def read_map_element(runner: Runner, key: str) -> str | None:
 
 
 def _patched_firewall(before: Firewall | None, change: ReplaceFirewall,
-                      found: dict[str, str | None]) -> Firewall | None:
+                      found: dict[tuple[str, str], str | None]) -> Firewall | None:
     assert before is not None and change.new is not None
     keys = set(found)
     kept = {e for e in before.elements
-            if not (e[0] == "elem" and e[1] == TENANT_MAP and e[2] in keys)}
-    kept.update(("elem", TENANT_MAP, key, verdict) for key, verdict in found.items()
+            if not (e[0] == "elem" and (e[1], e[2]) in keys)}
+    kept.update(("elem", name, key, verdict) for (name, key), verdict in found.items()
                 if verdict is not None)
     if kept == change.new.elements:  # read back as planned: same table, same fingerprint
         return Firewall(change.new.family, change.new.table, change.new.fingerprint,

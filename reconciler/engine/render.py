@@ -10,6 +10,7 @@ module does no I/O beyond loading its templates.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +24,7 @@ import jinja2
 from reconciler.engine.hoststate import (
     FIREWALL_FAMILY,
     FIREWALL_TABLE,
+    TENANT_HOSTS,
     TENANT_MAP,
     ConfigFile,
     Firewall,
@@ -249,7 +251,8 @@ def firewall_table(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
                    used: dict[int, _TenantParts] | None = None) -> Table:
     """The typed table (see reconciler.engine.nftables); render_firewall's source."""
     profiles: dict[tuple[str, ...], ServiceProfile] = {}
-    keyed: list[tuple[int, int, str]] = []  # (network as int, prefix length, chain)
+    keyed: list[tuple[int, int, str]] = []  # LANs: (network as int, prefix length, chain)
+    hosts: list[tuple[int, str]] = []  # /32 sources: (address as int, chain)
     used = {} if used is None else used
     for t in tunnels:
         part = _tenant(gateway, t, interface, used)
@@ -258,16 +261,46 @@ def firewall_table(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
         prof = profiles.get(part.services)
         if prof is None:
             prof = profiles[part.services] = _profile(gateway, part.services)
-        keyed.extend((v, n, prof.chain) for v, n in part.sources)
+        for v, n in part.sources:
+            if n == 32:
+                hosts.append((v, prof.chain))
+            else:
+                keyed.append((v, n, prof.chain))
     keyed.sort(key=lambda e: (e[0], e[1]))  # cidr_sort_key order of the prefixes
+    hosts.sort()
+    _check_disjoint(keyed, hosts)
     routed = tuple(ipaddress.collapse_addresses(gateway.routed_ranges))
     ordered = tuple(sorted(profiles.values(), key=lambda p: p.chain))
     try:
         chains = _chains(interface, gateway.address.ip, ordered, bool(routed))
         return Table(FIREWALL_FAMILY, FIREWALL_TABLE, interface, TENANT_MAP, keyed, ROUTED_SET,
-                     routed, chains)
+                     routed, chains, TENANT_HOSTS, hosts)
     except NftValueError as exc:
         raise RenderError(f"gateway {gateway.name}: {exc}") from None
+
+
+def _check_disjoint(intervals: Sequence[tuple[int, int, str]],
+                    hosts: Sequence[tuple[int, str]]) -> None:
+    """No source may be in both maps, nor in two elements of one: with one interval map nft
+    refused such a table, and the split must not turn that into a first-match-wins rule.
+    The crossfile rules already refuse overlapping tunnel claims; this keeps render exact."""
+    starts = [v for v, _, _ in intervals]
+    end = -1
+    for v, n, _ in intervals:
+        if v <= end:
+            raise RenderError(f"tenant sources overlap at {_v4_cidr(v, n)}")
+        end = v + (1 << (32 - n)) - 1
+    last = -1
+    for v, _ in hosts:
+        if v == last:
+            raise RenderError(f"tenant source {_v4_cidr(v, 32)} is claimed twice")
+        last = v
+        i = bisect.bisect_right(starts, v) - 1
+        if i >= 0:
+            lo, n, _ = intervals[i]
+            if v <= lo + (1 << (32 - n)) - 1:
+                raise RenderError(f"tenant source {_v4_cidr(v, 32)} lies in the LAN "
+                                  f"{_v4_cidr(lo, n)} of another tenant")
 
 
 ROUTED_SET = "routed_ranges"
@@ -296,14 +329,17 @@ def _chains(interface: str, address: ipaddress.IPv4Address,
         Rule((IfMatch("iifname", "!=", interface), accept), "not from tenants: other tables"),
         Rule((reply, est, accept), "replies"),
         Rule((DaddrIs(address), IcmpEchoRequest(), accept), "ping the cloud address"),
-        Rule((DaddrIs(address), SaddrVmap(TENANT_MAP)), "tenant services by source"),
+        Rule((DaddrIs(address), SaddrVmap(TENANT_HOSTS)), "tenant services by source address"),
+        Rule((DaddrIs(address), SaddrVmap(TENANT_MAP)), "tenant services by source lan"),
         Rule((Counter(), drop), "tenant isolation: drop the rest"),
     ), Hook("input", -5, "accept"))
     fwd: list[Rule] = []
     if routed:
         fwd += [Rule((oif_out, reply, est, accept), "replies from routed ranges"),
+                Rule((iif_in, DaddrInSet(ROUTED_SET), SaddrVmap(TENANT_HOSTS)),
+                     "routed ranges: tenant services by source address"),
                 Rule((iif_in, DaddrInSet(ROUTED_SET), SaddrVmap(TENANT_MAP)),
-                     "routed ranges: tenant services by source")]
+                     "routed ranges: tenant services by source lan")]
     fwd += [Rule((iif_in, Counter(), drop), "no forwarding from tenants"),
             Rule((oif_out, Counter(), drop), "no forwarding to tenants")]
     return (*svc, inp, Chain("forward", tuple(fwd), Hook("forward", -5, "accept")))
