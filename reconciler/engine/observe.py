@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,12 @@ from reconciler.engine.hoststate import (
     Firewall,
     InterfaceConfig,
     ObservedState,
+    PeerStatus,
     Route,
     Secrets,
 )
 from reconciler.engine.parsers import (
+    LazyStatus,
     LinkInfo,
     WgDump,
     firewall_from_elements,
@@ -260,7 +263,7 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
         text = runner.run(["wg", "show", interface, "dump"]).stdout
         lines = text.split("\n")
         wanted = [ln for ln in lines[1:] if ln.split("\t", 1)[0] in keys]
-        return parse_wg_dump("\n".join([lines[0], *wanted]), psk_digest)
+        return parse_wg_dump("\n".join([lines[0], *wanted]), psk_digest, remember=False)
 
     def read_routes() -> frozenset[Route]:
         argv = ["ip", "-json", "route", "show", "table", "all", "dev", interface,
@@ -274,15 +277,23 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
         elem_f = {mk: pool.submit(read_map_element, runner, mk[1], mk[0])
                   for mk in sorted(map_keys)}
         peers = dict(before.peers)
-        status = dict(before.peer_status)
+        status: Mapping[str, PeerStatus] = before.peer_status
         if peers_f is not None:
             dump = peers_f.result()
+            if isinstance(status, LazyStatus) and isinstance(dump.status, LazyStatus):
+                status = status.updated(dump.status, keys)
+            else:
+                status = dict(status)
+                for key in keys:
+                    if key in dump.status:
+                        status[key] = dump.status[key]
+                    else:
+                        status.pop(key, None)
             for key in keys:
                 if key in dump.peers:
-                    peers[key], status[key] = dump.peers[key], dump.status[key]
+                    peers[key] = dump.peers[key]
                 else:
                     peers.pop(key, None)
-                    status.pop(key, None)
         routes = routes_f.result() if routes_f is not None else before.routes
         found = {key: f.result() for key, f in elem_f.items()}
     firewall = before.firewall

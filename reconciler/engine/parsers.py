@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,41 @@ class WgInterfaceLine:
 class WgDump:
     interface: WgInterfaceLine
     peers: dict[str, Peer]
-    status: dict[str, PeerStatus]
+    status: Mapping[str, PeerStatus]
+
+
+class LazyStatus(Mapping[str, PeerStatus]):
+    """Live counters by public key, built from the dump's fields only when one is read: a
+    no-op cycle on 16k peers plans on the peers and never needs 16k PeerStatus objects."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: dict[str, tuple[str, str, str, str]]) -> None:
+        self._rows = rows  # key -> (endpoint, latest handshake, rx bytes, tx bytes), as printed
+
+    def __getitem__(self, key: str) -> PeerStatus:
+        endpoint, handshake, rx, tx = self._rows[key]
+        return PeerStatus(key, None if endpoint == NONE else endpoint, int(handshake), int(rx),
+                          int(tx))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def updated(self, other: LazyStatus, keys: Iterable[str]) -> LazyStatus:
+        """This status with `keys` taken from `other` (dropped where `other` lacks them)."""
+        rows = dict(self._rows)
+        for key in keys:
+            if key in other._rows:
+                rows[key] = other._rows[key]
+            else:
+                rows.pop(key, None)
+        return LazyStatus(rows)
 
 
 def _wg_lines(text: str) -> list[list[str]]:
@@ -64,11 +98,19 @@ def _wg_lines(text: str) -> list[list[str]]:
     return rows
 
 
-def parse_wg_dump(text: str, psk_digest: Callable[[str], str]) -> WgDump:
+def parse_wg_dump(text: str, psk_digest: Callable[[str], str], *,
+                  remember: bool = True) -> WgDump:
     """`wg show <if> dump`: first line interface, then one line per peer.
 
     Preshared keys are reduced to `psk_digest(key)` at once; the key is never kept.
+
+    Fast path: a peer whose line has the same allowed IPs, keepalive and PSK as in the last
+    full dump parsed (`remember`) is the very same Peer object, found by one dict lookup
+    instead of canonicalising its IPs and hashing its PSK again. The PSK is compared by
+    Python's per-process keyed 64-bit string hash, as strong as the 64-bit digest kept for it
+    anyway; the key itself is never stored.
     """
+    global _peer_memo
     rows = _wg_lines(text)
     priv, pub, port, fwmark = rows[0]
     iface = WgInterfaceLine(
@@ -78,17 +120,31 @@ def parse_wg_dump(text: str, psk_digest: Callable[[str], str]) -> WgDump:
         has_private_key=priv != NONE,
     )
     peers: dict[str, Peer] = {}
-    status: dict[str, PeerStatus] = {}
+    status: dict[str, tuple[str, str, str, str]] = {}
+    memo = _peer_memo
+    seen: dict[str, tuple[str, str, int, Peer]] = {}
     for key, psk, endpoint, allowed, handshake, rx, tx, keepalive in rows[1:]:
-        peers[key] = Peer(
-            public_key=key,
-            allowed_ips=() if allowed == NONE else canonical_ips(allowed.split(",")),
-            psk_digest=None if psk == NONE else psk_digest(psk),
-            keepalive=0 if keepalive == "off" else int(keepalive),
-        )
-        status[key] = PeerStatus(key, None if endpoint == NONE else endpoint, int(handshake),
-                                 int(rx), int(tx))
-    return WgDump(iface, peers, status)
+        psk_hash = hash(psk)
+        m = memo.get(key)
+        if m is not None and m[0] == allowed and m[1] == keepalive and m[2] == psk_hash:
+            peer = m[3]
+        else:
+            peer = Peer(
+                public_key=key,
+                allowed_ips=() if allowed == NONE else canonical_ips(allowed.split(",")),
+                psk_digest=None if psk == NONE else psk_digest(psk),
+                keepalive=0 if keepalive == "off" else int(keepalive),
+            )
+        seen[key] = (allowed, keepalive, psk_hash, peer)
+        peers[key] = peer
+        status[key] = (endpoint, handshake, rx, tx)
+    if remember:
+        _peer_memo = seen
+    return WgDump(iface, peers, LazyStatus(status))
+
+
+# Peers of the last full dump by public key: (allowed ips, keepalive, hash(psk), Peer).
+_peer_memo: dict[str, tuple[str, str, int, Peer]] = {}
 
 
 def parse_wg_dump_secrets(text: str) -> tuple[str | None, dict[str, str]]:
@@ -154,6 +210,22 @@ def _proto_number(value: Any) -> int:
 
 
 def parse_routes(text: str, *, dev: str | None = None, proto: int | None = None) -> frozenset[Route]:
+    """`ip -json route show [table all] [dev D] [proto P]`; the same text as last time (our
+    routes carry no counters, so every no-op cycle) is not parsed again."""
+    key = (text, dev, proto)
+    last = _last_routes
+    if last is not None and last[0] == key:
+        return last[1]
+    out = _parse_routes(text, dev=dev, proto=proto)
+    globals()["_last_routes"] = (key, out)
+    return out
+
+
+_last_routes: tuple[tuple[str, str | None, int | None], frozenset[Route]] | None = None
+
+
+def _parse_routes(text: str, *, dev: str | None = None,
+                  proto: int | None = None) -> frozenset[Route]:
     """`ip -json route show [table all] [dev D] [proto P]`.
 
     `ip` leaves out the keys it filtered on (dev, protocol) and `table` for main, so the filter

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from itertools import compress
+from operator import is_not
 from typing import Any, TypeVar
 
 from .hoststate import (
@@ -199,21 +201,61 @@ def plan(desired: HostState, observed: HostState) -> Plan:
 
 
 def plan_peers(desired: HostState, observed: HostState) -> list[Change]:
-    # Only the differing peers are sorted (display order: owner, key), not all 16k.
+    # Only the differing peers are sorted (display order: owner, key), not all 16k. Pairs of
+    # peer objects already found equal are recognised by identity, in C loops (map, compress):
+    # a no-op plan of 16k peers costs a few dict lookups per peer, no dataclass comparison.
+    global _equal_by_have
     have_peers, want_peers = observed.peers, desired.peers
-    differ = [k for k, want in want_peers.items() if have_peers.get(k) != want]
+    wants = list(want_peers.values())
+    haves = list(map(have_peers.get, want_peers))
+    known = _equal_by_have
+    mapped = list(map(known.get, map(id, haves)))
+    suspects = list(compress(range(len(wants)), map(is_not, mapped, wants)))
+    differ = []
+    if suspects:
+        equal_now = []
+        for i in suspects:
+            have, want = haves[i], wants[i]
+            if have is not None and have == want:
+                equal_now.append(i)
+            else:
+                differ.append(want.public_key)
+        if len(suspects) > 64 or len(known) < len(wants) // 2 \
+                or len(_keep_alive) > 2 * len(wants) + 1024:
+            # Remember every equal pair (the first plan, or after a big change); the pairs
+            # hold their objects, so an id cannot be reused while it is a key.
+            bad = set(differ)
+            _equal_by_have = {id(h): w for h, w in zip(haves, wants)
+                              if h is not None and w.public_key not in bad}
+            _keep_alive[:] = [h for h in haves if h is not None]
+        elif equal_now:
+            _equal_by_have = {**known, **{id(haves[i]): wants[i] for i in equal_now}}
+            _keep_alive.extend(h for h in (haves[i] for i in equal_now) if h is not None)
     out: list[Change] = []
     for key in sorted(differ, key=lambda k: (want_peers[k].owner or "", k)):
         want = want_peers[key]
         have = have_peers.get(key)
         out.append(AddPeer(want, want.owner) if have is None else UpdatePeer(have, want))
-    out.extend(RemovePeer(have_peers[k]) for k in sorted(k for k in have_peers
-                                                         if k not in want_peers))
+    out.extend(RemovePeer(have_peers[k]) for k in sorted(have_peers.keys() - want_peers.keys()))
     return out
 
 
+# Observed peer objects found equal to a desired one by an earlier plan: id(observed) ->
+# desired. Render returns the same Peer objects for unchanged tunnels and parse_wg_dump the
+# same ones for unchanged dump lines, so a no-op plan is identity checks. _keep_alive holds
+# every observed object named here, so no id is reused while it is a key.
+_equal_by_have: dict[int, Peer] = {}
+_keep_alive: list[Peer] = []
+_equal_routes: tuple[frozenset[Route], frozenset[Route]] | None = None
+
+
 def plan_routes(desired: frozenset[Route], observed: frozenset[Route]) -> list[Change]:
+    global _equal_routes
+    last = _equal_routes
+    if last is not None and last[0] is desired and last[1] is observed:
+        return []  # the same two sets found equal last time (parse_routes reuses its result)
     if desired == observed:  # the common case, one set comparison
+        _equal_routes = (desired, observed)
         return []
     ours = {r.key: r for r in observed if r.proto == ROUTE_PROTO}
     want = {r.key: r for r in desired}
