@@ -12,7 +12,9 @@ is checked in tens of milliseconds.
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -311,3 +313,148 @@ def check_tunnels(tunnels: Sequence[TunnelFile], gateways: Mapping[str, GatewayF
                                f"in {gateway_keys[tf.tunnel.public_key]}; use the customer "
                                "router's public key"))
     return out
+
+
+# ------------------------------------------------------------------------ incremental
+
+
+def _claims(tf: TunnelFile, today: date) -> list[tuple[int, int]]:
+    """The address ranges a tunnel holds (as _overlap_rules counts them), as (lo, hi)."""
+    t = tf.tunnel
+    out = []
+    if holds_subnet(t, today):
+        out.append(_span(t.subnet))
+    if t.lans and t.status is not TunnelStatus.revoked:
+        out.extend(_span(lan) for lan in t.lans)
+    return out
+
+
+class CleanIndex:
+    """What the cross-file rules need to know about a repo that passed them all, kept so
+    that the next load checks only the files that changed (the service loads every new
+    commit; at 16k tunnels a full sweep costs ~0.2 s, one changed file microseconds).
+
+    Exactness: it is used only while the previous load had no cross-file finding at all,
+    with the same gateways and the same day. A changed file is then checked against the
+    others; if it raises any finding at all, the caller runs the full check_tunnels, so the
+    problems reported are always exactly those of a full load. Per gateway, the claims of a
+    clean repo are pairwise disjoint, so sorted by start their ends are sorted too, and one
+    claim can only overlap the one that starts last at or before its end.
+    """
+
+    def __init__(self, signature: object, today: date) -> None:
+        self.signature = signature
+        self.today = today
+        self.keys: dict[str, str] = {}  # path -> content key
+        self.files: dict[str, TunnelFile] = {}
+        self.public_keys: dict[str, str] = {}  # public key -> path
+        self.idents: dict[str, str] = {}  # org/name -> path
+        self.starts: dict[str, list[int]] = {}  # gateway -> claim starts, sorted
+        self.ends: dict[str, list[int]] = {}
+        self.owners: dict[str, list[str]] = {}
+
+    @classmethod
+    def build(cls, tunnels: Sequence[TunnelFile], signature: object,
+              today: date) -> CleanIndex | None:
+        idx = cls(signature, today)
+        claims: dict[str, list[tuple[int, int, str]]] = {}
+        for tf in tunnels:
+            if not idx._add_names(tf):
+                return None
+            claims.setdefault(tf.tunnel.gateway, []).extend(
+                (lo, hi, tf.path) for lo, hi in _claims(tf, today))
+        for gw, items in claims.items():
+            items.sort()
+            end = -1
+            for lo, hi, _ in items:
+                if lo <= end:
+                    return None  # overlapping claims (same file): not the clean case
+                end = hi
+            idx.starts[gw] = [c[0] for c in items]
+            idx.ends[gw] = [c[1] for c in items]
+            idx.owners[gw] = [c[2] for c in items]
+        return idx
+
+    def _add_names(self, tf: TunnelFile) -> bool:
+        t = tf.tunnel
+        if self.public_keys.setdefault(t.public_key, tf.path) != tf.path:
+            return False
+        if self.idents.setdefault(t.ident, tf.path) != tf.path:
+            return False
+        self.keys[tf.path] = tf.key
+        self.files[tf.path] = tf
+        return True
+
+    def remove(self, path: str) -> None:
+        tf = self.files.pop(path)
+        self.keys.pop(path, None)
+        self.public_keys.pop(tf.tunnel.public_key, None)
+        self.idents.pop(tf.tunnel.ident, None)
+        gw = tf.tunnel.gateway
+        starts, ends, owners = self.starts.get(gw, []), self.ends.get(gw, []), self.owners.get(gw, [])
+        for lo, _ in _claims(tf, self.today):
+            i = bisect.bisect_left(starts, lo)
+            while i < len(starts) and starts[i] == lo and owners[i] != path:
+                i += 1
+            if i < len(starts) and starts[i] == lo:
+                del starts[i], ends[i], owners[i]
+
+    def add(self, tf: TunnelFile) -> bool:
+        """Index one tunnel; False when it clashes with another (then use a full check)."""
+        if not self._add_names(tf):
+            return False
+        gw = tf.tunnel.gateway
+        starts = self.starts.setdefault(gw, [])
+        ends = self.ends.setdefault(gw, [])
+        owners = self.owners.setdefault(gw, [])
+        mine = sorted(_claims(tf, self.today))
+        for (_, hi), (lo2, _) in itertools.pairwise(mine):
+            if lo2 <= hi:
+                return False  # its own claims overlap: leave that to a full check
+        for lo, hi in mine:
+            i = bisect.bisect_right(starts, hi)
+            if i > 0 and ends[i - 1] >= lo:
+                return False
+        for lo, hi in mine:
+            i = bisect.bisect_right(starts, lo)
+            starts.insert(i, lo)
+            ends.insert(i, hi)
+            owners.insert(i, tf.path)
+        return True
+
+
+def check_changed(index: CleanIndex, changed: Sequence[TunnelFile], removed: Sequence[str],
+                  gateways: Mapping[str, GatewayFile], memo: RuleMemo) -> bool:
+    """Update `index` for the changed and removed files of a clean repo; True when the repo
+    is still clean (no finding at all), False when a full check_tunnels must run (the index
+    is then stale and must be dropped)."""
+    facts: dict[str, _GatewayFacts] = {}
+    gateway_keys = {gf.gateway.public_key for gf in gateways.values()
+                    if gf.gateway.public_key is not None}
+    for path in removed:
+        index.remove(path)
+    for tf in changed:
+        if tf.path in index.files:
+            index.remove(tf.path)
+    for tf in changed:
+        t = tf.tunnel
+        if t.org != tf.folder or t.name != tf.stem or t.public_key in gateway_keys:
+            return False
+        gf = gateways.get(t.gateway)
+        if gf is None:
+            return False
+        if tf.key and gf.key:
+            found = memo.get((tf.key, gf.key))
+            if found is None:
+                f = facts.get(t.gateway) or facts.setdefault(t.gateway, _GatewayFacts(gf))
+                found = memo[(tf.key, gf.key)] = tuple((x.loc, x.message)
+                                                      for x in _gateway_rules(tf, f))
+            if found:
+                return False
+        else:
+            f = facts.get(t.gateway) or facts.setdefault(t.gateway, _GatewayFacts(gf))
+            if _gateway_rules(tf, f):
+                return False
+        if not index.add(tf):
+            return False
+    return True

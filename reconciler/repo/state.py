@@ -19,7 +19,7 @@ import functools
 import gc
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -28,10 +28,12 @@ from yaml.nodes import Node
 
 from reconciler.repo import yamlio
 from reconciler.repo.crossfile import (
+    CleanIndex,
     Finding,
     GatewayFile,
     RuleMemo,
     TunnelFile,
+    check_changed,
     check_gateways,
     check_tunnels,
 )
@@ -111,6 +113,8 @@ class ParseCache:
         self._checks: dict[tuple[str, str], FileCheck] = {}
         self._positions: dict[tuple[str, Loc], tuple[int, int]] = {}
         self.rule_memo: RuleMemo = {}
+        # The last load's tunnels when it had no cross-file finding (see _tunnel_findings).
+        self.clean_index: CleanIndex | None = None
         self.hits = 0
         self.misses = 0
 
@@ -274,7 +278,7 @@ def _load_placed(sources: list[SourceFile], tenants_dir: bool, cache: ParseCache
             gateway_files.append(GatewayFile(sf.path, result.model, key))
         elif kind is Gateway:
             gateways_complete = False
-    if not any(kind is Gateway for *_, kind in entries):
+    if not gateway_files and gateways_complete:  # no gateway file at all (none failed either)
         problems.append(Problem("gateway.yaml", 1, 1, "no gateway file: add gateway.yaml "
                                 "(or gateways/<name>.yaml) at the repo root"))
         gateways_complete = False
@@ -287,8 +291,8 @@ def _load_placed(sources: list[SourceFile], tenants_dir: bool, cache: ParseCache
 
     gateways = {gf.gateway.name: gf for gf in gateway_files}
     findings: list[Finding] = check_gateways(gateway_files)
-    findings += check_tunnels(tunnel_files, gateways, locate, today,
-                              gateways_complete=gateways_complete, memo=cache.rule_memo)
+    findings += _tunnel_findings(tunnel_files, gateways, locate, today, gateways_complete,
+                                 cache, clean_so_far=not findings)
     for f in findings:
         line, col = locate(f.path, f.loc)
         problems.append(Problem(f.path, line, col, f.message, org_of.get(f.path)))
@@ -310,6 +314,36 @@ def _load_placed(sources: list[SourceFile], tenants_dir: bool, cache: ParseCache
         all_tunnels=all_tunnels,
         paths={tf.tunnel.ident: tf.path for tf in tunnel_files},
     )
+
+
+INCREMENTAL_MAX_FILES = 256  # more changed files than this: one full sweep is as cheap
+
+
+def _tunnel_findings(tunnel_files: list[TunnelFile], gateways: dict[str, GatewayFile],
+                     locate: Callable[[str, Loc], tuple[int, int]], today: date,
+                     gateways_complete: bool, cache: ParseCache,
+                     clean_so_far: bool) -> list[Finding]:
+    """check_tunnels, or, when the last load through this cache was clean with the same
+    gateways and day, only the changed tunnel files checked against an index of the rest
+    (crossfile.CleanIndex); any finding there falls back to the full check, so the result
+    is always exactly a full load's. Changed files are found by their blob ids."""
+    signature = (today, gateways_complete,
+                 tuple(sorted((name, gf.key) for name, gf in gateways.items())))
+    index, cache.clean_index = cache.clean_index, None  # taken: put back only when clean
+    if index is not None and clean_so_far and gateways_complete and index.signature == signature:
+        now = {tf.path: tf for tf in tunnel_files}
+        keys = index.keys
+        changed = [tf for tf in tunnel_files if keys.get(tf.path) != tf.key or not tf.key]
+        removed = [p for p in keys if p not in now]
+        if len(changed) + len(removed) <= INCREMENTAL_MAX_FILES and \
+                check_changed(index, changed, removed, gateways, cache.rule_memo):
+            cache.clean_index = index
+            return []
+    findings = check_tunnels(tunnel_files, gateways, locate, today,
+                             gateways_complete=gateways_complete, memo=cache.rule_memo)
+    if not findings and clean_so_far and gateways_complete:
+        cache.clean_index = CleanIndex.build(tunnel_files, signature, today)
+    return findings
 
 
 def _capped(problems: list[Problem]) -> list[Problem]:
