@@ -88,9 +88,12 @@ def _run(path: Path, config: Path | None, flags: dict[str, Any], fmt: str, detai
     if fmt != "json":  # JSON carries it as "target": stdout stays one document
         banner(settings=source, gateway=gw.name, interface=interface, netns=settings.netns,
                repo=root, extra=f"secrets {settings.secret_dir}")
+    # The service's checkpoints and persisted table when state_dir is configured; otherwise the
+    # engine's default (the host's, or a lab's own folder for a namespace).
+    state_dir = settings.state_dir if "state_dir" in settings.model_fields_set else None
     target = HostTarget(netns=settings.netns, interface=settings.interface,
                         secret_dir=settings.secret_dir, config_dir=settings.config_dir,
-                        lock_timeout=settings.lock_timeout)
+                        lock_timeout=settings.lock_timeout, state_dir=state_dir)
     guard = None
     if not dry_run and not force:  # the service's guards, for a hand apply too
         refusal = ancestry_refusal(root, settings.state_dir)
