@@ -49,18 +49,23 @@ def gateway_lab(repo: BenchRepo) -> Lab:
                private_keys={f"gateway/{GATEWAY}": repo.keys[f"gateway/{GATEWAY}"]})
 
 
-def wireguard_go_hwm_kb(lab: Lab) -> int:
-    """Peak RSS of the lab's cloud wireguard-go (its pid is recorded in the lab state)."""
+def wireguard_go_pid(lab: Lab) -> int:
     for state in find_labs():
         if state.name != lab.name:
             continue
         for proc in state.processes:
             if proc.role == f"wireguard-go {lab.interface}":
-                with open(f"/proc/{proc.pid}/status") as fh:
-                    for line in fh:
-                        if line.startswith("VmHWM:"):
-                            return int(line.split()[1])
+                return int(proc.pid)
     raise BenchFailure(f"no wireguard-go process recorded for lab {lab.name}")
+
+
+def wireguard_go_hwm_kb(lab: Lab) -> int:
+    """Peak RSS of the lab's cloud wireguard-go (its pid is recorded in the lab state)."""
+    with open(f"/proc/{wireguard_go_pid(lab)}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise BenchFailure(f"no VmHWM for wireguard-go of lab {lab.name}")
 
 
 def run_worker(command: str, args: dict[str, Any]) -> tuple[dict[str, Any], float]:
@@ -173,7 +178,7 @@ def measure_service(repo: BenchRepo, result: SizeResult, runs: int) -> None:
     with gateway_lab(repo) as lab, tempfile.TemporaryDirectory(prefix="tunnelctl-bench-") as tmp:
         args = {**_lab_args(lab), "bare": str(repo.bare), "state_dir": str(Path(tmp) / "state"),
                 "repo_root": str(repo.root), "runs": runs, "change_file": change_file,
-                "change_lan": CHANGE_LAN}
+                "change_lan": CHANGE_LAN, "wg_pid": wireguard_go_pid(lab)}
         out, _ = run_worker("service", args)
         result.add("rss_wg_service_kb", wireguard_go_hwm_kb(lab))
     result.raw["service"] = out
@@ -181,12 +186,23 @@ def measure_service(repo: BenchRepo, result: SizeResult, runs: int) -> None:
     if cold["results"][:1] != ["applied"] or not cold["engine"]["verified"]:
         raise BenchFailure(f"service cold cycle: {cold}")
     result.add("service_cold", cold["cycle"])
+    rec = out["recovery"]
+    result.add("recovery", rec["to_verified"])
+    result.add("recovery_wg_rss_kb", rec["wg_rss_kb"])
     for item in [*out["noop"], out["noop_after"]]:
         if item["results"] != ["noop"] or item["writes"] != 0 or not item["engine"]["verified"]:
             raise BenchFailure(f"no-op cycle was not a verified zero-write no-op: {item}")
     for item in out["noop"]:
         result.add("noop", item["cycle"])
         result.add("noop_writes", item["writes"])
+        eng = item["engine"]["timings"]
+        result.add("noop_engine", eng.get("total", 0.0))
+        result.add("noop_observe", eng.get("observe", 0.0))
+        result.add("noop_plan", eng.get("plan", 0.0))
+        result.add("noop_lock", eng.get("lock", 0.0))
+        result.add("noop_outside_engine", item["cycle"] - eng.get("total", 0.0))
+        for name, seconds in item.get("reads", {}).items():
+            result.add(f"noop_read_{name}", seconds)
     for item in out["change"]:
         eng = item["engine"]
         if item["results"][:1] != ["applied"] or not eng["verified"] \
@@ -200,6 +216,30 @@ def measure_service(repo: BenchRepo, result: SizeResult, runs: int) -> None:
     result.add("rss_service_kb", out["maxrss_kb"])
 
 
+BULK_COUNT = 2000
+
+
+def measure_bulk(repo: BenchRepo, result: SizeResult, runs: int) -> None:
+    """Removing 2,000 tunnels and all of them against adding them (the engine, one lab per
+    run): removals must be as fast as additions."""
+    count = min(BULK_COUNT, repo.n)
+    for _ in range(runs):
+        with gateway_lab(repo) as lab:
+            out, _ = run_worker("bulk", {"repo": str(repo.work), "count": count,
+                                         **_lab_args(lab)})
+            result.add("rss_wg_bulk_kb", wireguard_go_hwm_kb(lab))
+        for step, key in ((f"remove {count}", "bulk_remove"), (f"add {count}", "bulk_add"),
+                          ("remove all", "bulk_remove_all"), ("add all", "bulk_add_all")):
+            item = out[step]
+            result.add(key, item["timings"]["total"])
+            for stage in ("apply", "verify"):
+                result.add(f"{key}_{stage}", item["timings"].get(stage, 0.0))
+            result.facts.setdefault(f"{key}_plans", []).append(item["summary"])
+        if out["remove all"]["peers"] != 0 or out["add all"]["peers"] != repo.n:
+            raise BenchFailure(f"bulk steps left the wrong peers: {out}")
+    result.facts["bulk_count"] = count
+
+
 def measure_size(repo: BenchRepo, *, runs: int, naive_runs: int,
                  log: Callable[[str], None]) -> SizeResult:
     result = SizeResult(repo.n)
@@ -208,6 +248,7 @@ def measure_size(repo: BenchRepo, *, runs: int, naive_runs: int,
         ("cold converge and floor (pairs), naive baseline",
          lambda: measure_cold_and_floor(repo, result, runs, naive_runs)),
         ("service: cold, no-op and one-change cycles", lambda: measure_service(repo, result, runs)),
+        ("bulk removal and addition (2,000 and all)", lambda: measure_bulk(repo, result, runs)),
     ]
     for name, step in steps:
         t0 = time.perf_counter()

@@ -265,3 +265,28 @@ def test_a_no_op_cycle_lists_the_table_only_when_the_ruleset_generation_moved(be
                "{ " + str(bed.gen.tunnels[1].subnet.network_address + 2) + " }")
     fixed = bed.apply(quick=False)
     assert fixed.verified and [type(c) for c in fixed.plan] == [ReplaceFirewall]
+
+
+def test_many_lan_removals_load_the_table_whole_host_removals_stay_element_deletes() -> None:
+    from reconciler.engine.commands import INTERVAL_DELETE_LIMIT, firewall_commands
+
+    chain = ("chain", "input", "filter", "input", -5, "accept")
+    hosts = {("elem", "tenant_hosts", f"10.20.{i >> 6}.{(i & 63) * 4 + 2}/32", "jump svc_sip")
+             for i in range(200)}
+    lans = {("elem", "tenant_profiles", f"172.16.{i}.0/24", "jump svc_sip")
+            for i in range(INTERVAL_DELETE_LIMIT + 1)}
+    old = _fw({chain, *hosts, *lans})
+    text = "table inet tunnelctl {\n}\n"
+
+    def stdin(new: Firewall) -> str:
+        (cmd,) = firewall_commands(ReplaceFirewall(old, new))
+        assert isinstance(cmd.stdin, str)  # type: ignore[union-attr]
+        return cmd.stdin  # type: ignore[union-attr]
+
+    # 200 host-map deletions: one element transaction (a hash map deletes fast).
+    assert stdin(dataclasses.replace(_fw({chain, *lans}), text=text)).startswith("delete element")
+    # One LAN past the limit: the whole table, in one atomic transaction.
+    whole = stdin(dataclasses.replace(_fw({chain, *hosts}), text=text))
+    assert whole.startswith("table inet tunnelctl {}\ndelete table inet tunnelctl\n")
+    # Without text to load (a rollback's snapshot of an element change), elements it is.
+    assert stdin(_fw({chain, *hosts})).startswith("delete element")

@@ -24,6 +24,7 @@ from reconciler.engine.hoststate import (
     FIREWALL_FAMILY,
     FIREWALL_TABLE,
     ROUTE_PROTO,
+    TENANT_HOSTS,
     Peer,
     Route,
     Secrets,
@@ -366,15 +367,29 @@ def element_transaction(removed: Iterable[Element], added: Iterable[Element],
     return "\n".join(lines) + "\n"
 
 
+# nft 1.0.6 deletes an element of an interval set by walking the set: ~4 ms per LAN at 5.4k
+# LANs (666 deletions took 2.1-2.9 s), while deleting 2,000 elements of the tenant host
+# hash map takes ~0.06 s and loading the whole 16k-tenant table ~0.15 s. Beyond this many
+# interval deletions one `nft -f` replacing the table (as atomic) is the faster transaction.
+INTERVAL_DELETE_LIMIT = 16
+
+
+def interval_deletes(removed: Iterable[Element]) -> int:
+    """Deleted elements that live in an interval set (everything but the host hash map)."""
+    return sum(1 for e in removed if e[0] == "elem" and e[1] != TENANT_HOSTS)
+
+
 def firewall_commands(change: ReplaceFirewall) -> tuple[Command, ...]:
     """One atomic `nft -f` transaction. When only map/set elements differ (a tenant added,
     removed or given a LAN), it deletes and adds just those elements: on 16k tenants that is
     ~10 ms instead of ~0.2 s for loading the whole table, and nothing else is rewritten. A
     refused transaction (an element changed by hand since observe) changes nothing and fails
-    the step like any other; the next cycle observes again."""
+    the step like any other; the next cycle observes again. Many LAN removals load the
+    table whole instead (see INTERVAL_DELETE_LIMIT)."""
     new = change.new
     delta = change.element_delta()
-    if delta is not None and new is not None:
+    if delta is not None and new is not None and (
+            interval_deletes(delta[0]) <= INTERVAL_DELETE_LIMIT or not new.text):
         return (Exec(("nft", "-f", "-"), element_transaction(*delta, new.family, new.table)),)
     if new is not None and not new.text:
         raise ValueError("firewall has no loadable text")

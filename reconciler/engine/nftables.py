@@ -59,8 +59,6 @@ def set_name(value: str) -> str:
     return _check(SET_RE, value, "set name")
 
 
-# The same 21.8k prefixes on every render of 16k tenants; typed, so True never passes as 1.
-@functools.lru_cache(maxsize=1 << 17, typed=True)
 def _v4(value: int, length: int) -> str:
     """(network as int, prefix length) -> 'a.b.c.d/len', checked; host bits must be clear."""
     if not (type(value) is int and type(length) is int and 0 <= length <= 32

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -80,26 +81,54 @@ def observe(runner: Runner, interface: str, *, config_path: Path | None = None) 
     """
     routes_argv = ["ip", "-json", "route", "show", "table", "all", "dev", interface,
                    "proto", str(ROUTE_PROTO)]
+    reads: dict[str, float] = {}
+
+    def timed(name: str, started: float) -> None:
+        reads[name] = time.perf_counter() - started
 
     def read_link() -> LinkInfo | None:
+        t0 = time.perf_counter()
         res = runner.run(["ip", "-json", "addr", "show", "dev", interface], check=False)
-        return parse_ip_addr(res.stdout) if res.returncode == 0 else None
+        out = parse_ip_addr(res.stdout) if res.returncode == 0 else None
+        timed("ip addr", t0)
+        return out
 
     def read_wg() -> Result | WgDump:
+        t0 = time.perf_counter()
         res = runner.run(["wg", "show", interface, "dump"], check=False)
-        return res if res.returncode != 0 else parse_wg_dump(res.stdout, psk_digest)
+        timed("wg show dump", t0)
+        t1 = time.perf_counter()
+        out = res if res.returncode != 0 else parse_wg_dump(res.stdout, psk_digest)
+        timed("wg dump parse", t1)
+        return out
 
     def read_routes() -> frozenset[Route]:
-        return parse_routes(runner.run(routes_argv).stdout, dev=interface, proto=ROUTE_PROTO)
+        t0 = time.perf_counter()
+        out = parse_routes(runner.run(routes_argv).stdout, dev=interface, proto=ROUTE_PROTO)
+        timed("ip route", t0)
+        return out
+
+    def read_fw() -> Firewall | None:
+        t0 = time.perf_counter()
+        out = read_firewall(runner, reads=reads)
+        timed("nft table", t0)
+        return out
 
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="observe") as pool:
-        # Slowest first, so it starts first.
-        fw_future = pool.submit(read_firewall, runner)
+        # Slowest first, so it starts first: the wg dump (wireguard-go lists every peer; there
+        # is no per-peer read and no generation counter), then the nft table (usually only
+        # its ruleset generation, see read_firewall).
         wg_future = pool.submit(read_wg)
+        fw_future = pool.submit(read_fw)
         routes_future = pool.submit(read_routes)
         link = read_link()
         if link is None:
             raise InterfaceMissing(interface, runner.netns)
+        config = None
+        if config_path is not None:  # while the others still run
+            t0 = time.perf_counter()
+            config = ConfigFile(str(config_path), read_config_digest(config_path))
+            timed("config digest", t0)
         dump = wg_future.result()
         if isinstance(dump, Result):
             raise NotWireGuard(f"{interface} exists but `wg show` cannot read it: "
@@ -114,10 +143,14 @@ def observe(runner: Runner, interface: str, *, config_path: Path | None = None) 
         mtu=link.mtu,
         up=link.up,
     )
-    config = None
-    if config_path is not None:
-        config = ConfigFile(str(config_path), read_config_digest(config_path))
+    global last_reads
+    last_reads = reads
     return ObservedState(iface, dump.peers, routes, firewall, config, peer_status=dump.status)
+
+
+# Seconds each read of the last observe() took (command and parse; they overlap in time):
+# what bounds a no-op cycle, reported by the benchmark. Diagnostics only.
+last_reads: dict[str, float] = {}
 
 
 def nft_list_argv(family: str = FIREWALL_FAMILY, table: str = FIREWALL_TABLE) -> list[str]:
@@ -134,17 +167,24 @@ def firewall_from_listing(res: Result, family: str = FIREWALL_FAMILY,
 
 
 def read_firewall(runner: Runner, family: str = FIREWALL_FAMILY,
-                  table: str = FIREWALL_TABLE) -> Firewall | None:
+                  table: str = FIREWALL_TABLE, *,
+                  reads: dict[str, float] | None = None) -> Firewall | None:
     """Our table, listed and parsed, unless the ruleset generation says it is exactly the
     table listed last time (reconciler.engine.nftgen): then that one, without running nft.
     A listing is remembered only when the generation was the same before and after it."""
+    t0 = time.perf_counter()
     before = generation(runner)
+    if reads is not None:
+        reads["nft generation"] = time.perf_counter() - t0
     key = (before[0], family, table) if before is not None else None
     seen = _listed.get(key) if key is not None else None
     if seen is not None and before is not None and seen[0] == before[1]:
         return seen[1]
+    t0 = time.perf_counter()
     fw = firewall_from_listing(runner.run(nft_list_argv(family, table), check=False),
                                family, table)
+    if reads is not None:
+        reads["nft -j list + parse"] = time.perf_counter() - t0
     if key is not None and before is not None and generation(runner) == before:
         _remember_listing(key, before[1], fw)
     return fw

@@ -168,10 +168,10 @@ def parse_wg_dump(text: str, psk_digest: Callable[[str], str], *,
         status[key] = (endpoint, handshake, rx, tx)
     if remember:
         _peer_memo = seen
-        stable = _STABLE_FIELDS.findall(body)
-        fields = frozenset(stable)
+        # The same (key, psk, allowed ips, keepalive) tuples the regex finds, from the rows.
+        fields = frozenset((r[0], r[1], r[3], r[7]) for r in rows[1:])
         _last_dump = ((hash(head), hash(fields), iface, peers)
-                      if len(stable) == len(fields) == len(rows) - 1 else None)
+                      if len(fields) == len(rows) - 1 else None)
     return WgDump(iface, peers, LazyStatus(status))
 
 

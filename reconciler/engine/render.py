@@ -367,8 +367,8 @@ def render_config(interface: InterfaceConfig, peers: Mapping[str, Peer], secrets
     obfuscation = amneziawg.config_lines() if amneziawg is not None else ()
     template = _env().get_template(CONFIG_TEMPLATE)
     if len(ordered) >= SPLICE_MIN_PEERS and _splice_agrees(template):
-        # The frame from the template, each peer's block from a memo: after a one-tenant
-        # change one block is formatted, not 16k through jinja (~0.17 s).
+        # The frame from the template, each peer's block by an f-string: 16k blocks cost
+        # ~25 ms instead of ~0.17 s through jinja.
         frame = template.render(interface=interface, private_key=secrets.private_key,
                                 peers=(), psks={}, obfuscation=obfuscation)
         return frame + "".join([_peer_block(p, secrets.psks.get(p.public_key))
@@ -383,25 +383,17 @@ SPLICE_MIN_PEERS = 64
 
 def _peer_block(peer: Peer, psk: str | None) -> str:
     """One [Peer] block exactly as the template's peer loop renders it (checked against the
-    template before first use, see _splice_agrees). Memoised by the peer object and its PSK;
-    the PSKs are those the cycle holds in Secrets anyway."""
-    entry = _blocks.get(id(peer))
-    if entry is not None and entry[0] is peer and entry[1] == psk:
-        return entry[2]
+    template before first use, see _splice_agrees). Not memoised: an f-string per peer costs
+    ~1.5 us, and 16k cached blocks would be ~6 MiB more peak memory for ~25 ms."""
     lines = ["[Peer]", f"# {peer.owner or 'unnamed'}", f"PublicKey = {peer.public_key}"]
     if psk:
         lines.append(f"PresharedKey = {psk}")
     lines.append(f"AllowedIPs = {', '.join(peer.allowed_ips)}")
     if peer.keepalive:
         lines.append(f"PersistentKeepalive = {peer.keepalive}")
-    text = "\n".join(lines) + "\n\n"
-    if len(_blocks) >= 1 << 17:
-        _blocks.clear()
-    _blocks[id(peer)] = (peer, psk, text)
-    return text
+    return "\n".join(lines) + "\n\n"
 
 
-_blocks: dict[int, tuple[Peer, str | None, str]] = {}
 _splice_checked: dict[int, bool] = {}
 
 
@@ -422,8 +414,6 @@ def _splice_agrees(template: jinja2.Template) -> bool:
                                 obfuscation=())
         spliced = frame + "".join(_peer_block(p, psks.get(p.public_key)) for p in samples)
         ok = _splice_checked[key] = whole == spliced
-        for p in samples:
-            _blocks.pop(id(p), None)
     return ok
 
 
