@@ -127,10 +127,12 @@ def _state_json(st: ObservedState) -> dict[str, Any]:
                                              i.mtu, i.up],
         "peers": [[p.public_key, list(p.allowed_ips), p.psk_digest, p.keepalive]
                   for p in st.peers.values()],
-        "routes": [[r.dst, r.dev, r.table, r.proto] for r in sorted(st.routes)],
+        # Sets in no particular order (a load makes sets of them again): sorting 5.4k routes
+        # by their dataclass order and 21.8k elements by repr cost ~0.07 s per apply.
+        "routes": [[r.dst, r.dev, r.table, r.proto] for r in st.routes],
         "firewall": None if fw is None else {
             "family": fw.family, "table": fw.table, "fingerprint": fw.fingerprint,
-            "elements": sorted((list(e) for e in fw.elements), key=repr)},
+            "elements": [list(e) for e in fw.elements]},
         "config": None if st.config is None else [st.config.path, st.config.digest],
     }
 

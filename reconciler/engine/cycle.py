@@ -465,10 +465,16 @@ def with_desired_secrets(snapshot: Snapshot, desired: HostState, secrets: Secret
     touches, but a restore may have to re-add any peer (wireguard-go restarted meanwhile)."""
     st = snapshot.state
     psks = dict(snapshot.secrets.psks)
+    wanted = desired.peers
     for key, peer in st.peers.items():
         if key not in psks and peer.psk_digest is not None:
             want = secrets.psk(key)
-            if want is not None and psk_digest(want) == peer.psk_digest:
+            if want is None:
+                continue
+            # The desired peer carries its PSK's digest already: no hashing of 16k keys.
+            same = wanted.get(key)
+            digest = same.psk_digest if same is not None else psk_digest(want)
+            if digest == peer.psk_digest:
                 psks[key] = want
     priv = snapshot.secrets.private_key
     if (priv is None and st.interface is not None and desired.interface is not None

@@ -10,6 +10,7 @@ This module is pure: no processes, no files, no imports of apply or runner.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from itertools import compress
@@ -91,10 +92,19 @@ class ReplaceFirewall:
     def new_fingerprint(self) -> str | None:
         return self.new.fingerprint if self.new else None
 
+    @functools.cached_property
+    def _delta(self) -> tuple[tuple[frozenset[Element], frozenset[Element]] | None]:
+        return (self._element_delta(),)
+
     def element_delta(self) -> tuple[frozenset[Element], frozenset[Element]] | None:
         """(elements to delete, elements to add) when the two tables differ in map or set
         elements only (same chains, rules and declarations); None when they differ in more,
-        or one side is absent, and the table must be loaded whole."""
+        or one side is absent, and the table must be loaded whole. Computed once per change
+        (two set differences of 21.8k elements at 16k tenants; plan, commands, snapshot and
+        verify all ask)."""
+        return self._delta[0]
+
+    def _element_delta(self) -> tuple[frozenset[Element], frozenset[Element]] | None:
         old, new = self.old, self.new
         if old is None or new is None or (old.family, old.table) != (new.family, new.table):
             return None
