@@ -351,11 +351,11 @@ def _only_our_commit(runner: Runner, before: Firewall | None,
                      change: ReplaceFirewall | None) -> Firewall | None:
     """The table now, known exactly without reading it, or None (then it is read back).
 
-    `before` was listed at generation g (or derived this way from such a listing). If the
-    generation now is g + 1, exactly one transaction committed since: the element
-    transaction apply just ran (its `nft -f` succeeded, or verify would not run), which
-    turned `change.old` (== before) into `change.new`. Anything else (another writer, a
-    write that did not commit) reads the changed elements back instead."""
+    `before` was listed at generation g. If the generation now is g + 1, exactly one
+    transaction committed since: the element transaction apply just ran (its `nft -f`
+    succeeded, or verify would not run), which turned `change.old` (== before) into
+    `change.new`. Anything else (another writer, a write that did not commit) reads the
+    changed elements back instead. Either way the next full observe lists the table."""
     if change is None or change.new is None or before is None:
         return None
     now = generation(runner)
@@ -367,7 +367,10 @@ def _only_our_commit(runner: Runner, before: Firewall | None,
         return None
     if not (seen[1] is before or seen[1] == before) or change.old != before:
         return None
-    _remember_listing(key, now[1], change.new)
+    # Known by reasoning, not read: the next full observe lists the table again (the service
+    # runs one in the same cycle), so a table nft stored other than we reason is still seen.
+    with _listed_lock:
+        _listed.pop(key, None)
     return change.new
 
 
