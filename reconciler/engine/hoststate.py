@@ -184,7 +184,7 @@ class Firewall:
         for e in elements:
             h = memo.get(e)
             if h is None:
-                if len(memo) >= 1 << 18:
+                if len(memo) >= 1 << 16:  # ~3x a 16k-tenant table; ~7 MiB at most
                     memo.clear()
                 h = memo[e] = int.from_bytes(
                     hashlib.blake2b(repr(e).encode(), digest_size=16).digest(), "big")

@@ -251,7 +251,7 @@ def render_firewall(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
 
 def _remember_table(fingerprint: str, table: Table) -> None:
     _tables.pop(fingerprint, None)
-    if len(_tables) >= 4:
+    if len(_tables) >= 2:  # the last render's (and the one before): each holds 21.8k tuples
         _tables.pop(next(iter(_tables)))
     _tables[fingerprint] = table
 
@@ -442,16 +442,18 @@ def render_host(gateway: Gateway, tunnels: Iterable[Tunnel], *, interface: str |
     if last is not None and _same_objects(last[1], seq) and last[0] == key:
         return last[2]
     patched = None
-    if last is not None and last[0] == key and last[3] is not None:
-        patched = _patched(last[3], last[1], seq, gateway, host_secret)
-    index: _Index | None = patched
+    if last is not None and last[0] == key and len(seq) >= PATCH_MIN:
+        # The index of a whole render is built on the first patch that needs it: a CLI
+        # apply renders once and never pays for it.
+        index = last[3] if last[3] is not None else _Index.of(last[2], gateway, last[1])
+        if index is not None:
+            patched = _patched(index, last[1], seq, gateway, host_secret)
     if patched is not None:
         result = patched.result
     else:
         result = _render_host(gateway, seq, interface=interface, private_key=private_key,
                               host_secret=host_secret, config_path=config_path)
-        index = _Index.of(result, gateway, seq) if len(seq) >= PATCH_MIN else None
-    _last_host = (key, seq, result, index)
+    _last_host = (key, seq, result, patched)
     return result
 
 
