@@ -108,6 +108,17 @@ def markdown(results: Sequence[SizeResult], info: dict[str, str], args: argparse
         "engine returns verified (the service asks the engine for its quick change path); the "
         "whole cycle adds the full enforcement that follows in the same cycle (drift repair), "
         "the audit commit and its push."),
+        ("- No-op cycle split: the engine's own stage timings, and each read of its observation "
+         "(command + parse, timed inside observe; they run at once, so they overlap): the wg "
+         "dump, routes, link, the nf_tables generation probe (and the table listing, only when "
+         "the generation moved) and the config file digest."),
+        ("- Reboot recovery: the service process started (Controller.start) on a fresh lab "
+         "interface with no peers, routes or table, to its first cycle verified with every "
+         "tenant (every peer without an endpoint, as after a reboot before any customer "
+         "handshakes); wireguard-go's VmRSS read right after."),
+        ("- Bulk removal: one lab per run, the engine as `tunnelctl apply` runs it: converge all "
+         "N, remove the first 2,000 tunnels, add them back, remove all, add all back; each "
+         "step's render..verify time."),
         "- Peak memory: ru_maxrss of the child processes; wireguard-go's VmHWM from /proc.",
         ("- Packet loss: a real lab router (handshake, PSK) pings the cloud tunnel address every "
         "10 ms while the engine adds every other tenant of the 1,000-tenant repo and removes "
