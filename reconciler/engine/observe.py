@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.engine import nftgen
 from reconciler.engine.hoststate import (
     FIREWALL_FAMILY,
     FIREWALL_TABLE,
@@ -31,6 +30,7 @@ from reconciler.engine.hoststate import (
     Route,
     Secrets,
 )
+from reconciler.engine.nftgen import Generation
 from reconciler.engine.parsers import (
     LazyStatus,
     LinkInfo,
@@ -190,12 +190,9 @@ def read_firewall(runner: Runner, family: str = FIREWALL_FAMILY,
     return fw
 
 
-def generation(runner: Runner) -> nftgen.Generation | None:
-    """The ruleset generation of the runner's namespace; None for a runner that does not run
-    commands as they are (a test double may claim writes it never made), or when unreadable."""
-    if not isinstance(runner, Runner) or type(runner).run is not Runner.run:
-        return None
-    return nftgen.probe(runner.netns)
+def generation(runner: Runner) -> Generation | None:
+    """The ruleset generation of the runner's namespace (see Runner.nft_generation)."""
+    return runner.nft_generation() if isinstance(runner, Runner) else None
 
 
 # (netns cookie, family, table) -> (generation, the table as listed at that generation)

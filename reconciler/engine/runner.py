@@ -23,7 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.engine import nftgen
 from reconciler.engine.files import atomic_write, held_lock_fds
+from reconciler.engine.nftgen import Generation
 
 UAPI_DIR = Path("/var/run/wireguard")
 
@@ -183,6 +185,13 @@ class Runner:
 
     def has_uapi(self, interface: str) -> bool:
         return (UAPI_DIR / f"{interface}.sock").is_socket()
+
+    def nft_generation(self) -> Generation | None:
+        """The nf_tables ruleset generation of this runner's namespace (one netlink request);
+        None when unreadable, or for a test double that fakes commands (and so host state)."""
+        if type(self).run is not Runner.run:
+            return None
+        return nftgen.probe(self.netns)
 
     def write_file(self, path: Path, content: str, mode: int = 0o600) -> None:
         """Atomic write: temp file in the same directory, fsync, rename. Never half a file."""
