@@ -4,6 +4,7 @@ wireguard-go/wg/ip/nft is NOT a skip: those tests then fail, loudly."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -21,6 +22,19 @@ NOT_ROOT_REASON = ("lab test: needs root (network namespaces, wireguard-go, nfta
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("lab") is not None and os.geteuid() != 0:
         pytest.skip(NOT_ROOT_REASON)
+
+
+HOST_SECRET = bytes(range(32))  # the PSK host secret of `secret_dir`
+
+
+@pytest.fixture
+def secret_dir(tmp_path: Path) -> Path:
+    """A secret dir holding a fixed psk.secret (0600 in 0700), as bootstrap makes one."""
+    d = tmp_path / "secrets"
+    d.mkdir(mode=0o700)
+    (d / "psk.secret").write_text(base64.b64encode(HOST_SECRET).decode() + "\n")
+    (d / "psk.secret").chmod(0o600)
+    return d
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ UPDATE_GOLDEN=1 pytest tests/test_amneziawg.py
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 from dataclasses import replace
@@ -107,15 +106,6 @@ def awg_repo(tmp_path: Path) -> Path:
     with (repo / "gateway.yaml").open("a") as fh:
         fh.write(block())
     return repo
-
-
-@pytest.fixture
-def secret_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "secrets"
-    d.mkdir(mode=0o700)
-    (d / "psk.secret").write_text(base64.b64encode(SECRET).decode() + "\n")
-    (d / "psk.secret").chmod(0o600)
-    return d
 
 
 def golden(name: str, text: str) -> None:

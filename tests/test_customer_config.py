@@ -3,7 +3,6 @@ AllowedIPs), refusals, and a real lab router brought up from the generated wg-qu
 
 from __future__ import annotations
 
-import base64
 import re
 import shutil
 import stat
@@ -24,16 +23,6 @@ from reconciler.repo.state import load_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANTS = ROOT / "tenants"
-SECRET = base64.b64encode(bytes(range(32))).decode() + "\n"
-
-
-@pytest.fixture
-def secret_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "secrets"
-    d.mkdir(mode=0o700)
-    (d / "psk.secret").write_text(SECRET)
-    (d / "psk.secret").chmod(0o600)
-    return d
 
 
 @dataclass(frozen=True)

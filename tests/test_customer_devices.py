@@ -26,16 +26,6 @@ from reconciler.operator.customer_keys import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = base64.b64encode(bytes(range(32))).decode() + "\n"
-
-
-@pytest.fixture
-def secret_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "secrets"
-    d.mkdir(mode=0o700)
-    (d / "psk.secret").write_text(SECRET)
-    (d / "psk.secret").chmod(0o600)
-    return d
 
 
 def repo_with(tmp_path: Path, ident: str, **edits: str) -> Path:
