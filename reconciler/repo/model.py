@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from enum import Enum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -54,6 +54,10 @@ _ENDPOINT_RE = re.compile(ENDPOINT_PATTERN)
 PRIVATE_LAN_RANGES: tuple[IPv4Network, ...] = tuple(
     IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 )
+# IPv6 inside tunnels is unique local space only (RFC 4193). It keeps every IPv6 claim far
+# above every IPv4 address as an integer, so the cross-file sweeps can hold both families in
+# one list, and a mistyped global prefix can never capture the host's own IPv6 traffic.
+ULA_RANGE = IPv6Network("fc00::/7")
 
 
 def _item_error(index: int, message: str, value: Any) -> ValidationError:
@@ -116,11 +120,45 @@ def _parse_cidr(value: Any) -> IPv4Network:
                          "name the specific network instead")
     if not isinstance(net, IPv4Network):
         raise ValueError(  # noqa: TRY004
-            f"{value!r} is IPv6; only IPv4 networks are supported for now")
+            f"{value!r} is IPv6; IPv6 networks go in the matching '...6' key "
+            "(lans6, subnet6, pool6, reserved6, routed_ranges6)")
     if str(net) != text:
         raise ValueError(
             f"{value!r} is not canonical; write it as '{net}' (network address, host bits zero)"
         )
+    return net
+
+
+def _parse_cidr6(value: Any) -> IPv6Network:
+    if isinstance(value, IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(  # noqa: TRY004
+            f"expected an IPv6 CIDR string such as 'fd42:4242:1::/48', got {value!r}")
+    text = value.strip()
+    if "/" not in text:
+        raise ValueError(f"{value!r} has no prefix length; write it as a CIDR, e.g. '{text}/64'")
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv6 CIDR such as 'fd42:4242:1::/48'") from None
+    if not isinstance(net, IPv6Network):
+        raise ValueError(  # noqa: TRY004
+            f"{value!r} is IPv4; IPv4 networks go in the key without the '6'")
+    if net.prefixlen == 0:
+        raise ValueError(f"{value!r} covers every address and would capture all traffic; "
+                         "name the specific network instead")
+    if str(net) != text:
+        raise ValueError(
+            f"{value!r} is not canonical; write it as '{net}' (network address, host bits "
+            "zero, lowercase, zeros compressed)")
+    return net
+
+
+def _check_ula(net: IPv6Network) -> IPv6Network:
+    if not net.subnet_of(ULA_RANGE):
+        raise ValueError(f"{net} is not unique local IPv6 space; IPv6 inside tunnels must lie "
+                         f"inside {ULA_RANGE} (e.g. fd42:4242:1::/48)")
     return net
 
 
@@ -142,6 +180,21 @@ def _parse_interface_address(value: Any) -> ipaddress.IPv4Interface:
         raise ValueError(f"{value!r} is not an address with prefix such as '10.20.0.1/16'") from None
     if not isinstance(iface, ipaddress.IPv4Interface) or "/" not in str(value):
         raise ValueError(f"{value!r} must be an IPv4 address with prefix such as '10.20.0.1/16'")
+    return iface
+
+
+def _parse_interface_address6(value: Any) -> ipaddress.IPv6Interface:
+    if isinstance(value, ipaddress.IPv6Interface):
+        return value
+    try:
+        iface = ipaddress.ip_interface(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address with prefix such as "
+                         "'fd42:4242:1::1/48'") from None
+    if not isinstance(iface, ipaddress.IPv6Interface) or "/" not in str(value):
+        raise ValueError(f"{value!r} must be an IPv6 address with prefix such as "
+                         "'fd42:4242:1::1/48'")
+    _check_ula(iface.network)
     return iface
 
 
@@ -212,6 +265,14 @@ CIDR = Annotated[
                     "pattern": r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$"}),
 ]
 PrivateLAN = Annotated[CIDR, AfterValidator(_check_private_lan)]
+CIDR6 = Annotated[
+    IPv6Network,
+    BeforeValidator(_parse_cidr6),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^[0-9a-f:]+/\d{1,3}$",
+                    "description": "canonical IPv6 CIDR, e.g. fd42:4242:1::/48"}),
+]
+UlaCIDR6 = Annotated[CIDR6, AfterValidator(_check_ula)]
 InterfaceName = Annotated[
     str,
     AfterValidator(_check_ifname),
@@ -235,6 +296,13 @@ InterfaceAddress = Annotated[
     BeforeValidator(_parse_interface_address),
     PlainSerializer(str, return_type=str),
     WithJsonSchema({"type": "string", "description": "IPv4 address with prefix, e.g. 10.20.0.1/16"}),
+]
+InterfaceAddress6 = Annotated[
+    ipaddress.IPv6Interface,
+    BeforeValidator(_parse_interface_address6),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string",
+                    "description": "IPv6 ULA address with prefix, e.g. fd42:4242:1::1/48"}),
 ]
 
 
@@ -411,6 +479,13 @@ class Gateway(Strict):
     default_services: tuple[Name, ...] = ()
     routed_ranges: tuple[CIDR, ...] = Field(default=(), description="cloud service ranges customers may reach besides the tunnel address")
     amneziawg: AmneziaWG | None = Field(default=None, description="AmneziaWG obfuscation; every customer then needs an AmneziaWG client")
+    # IPv6 inside the tunnels: all of address6/pool6 or none (a gateway without them drops
+    # every IPv6 packet from tenants).
+    address6: InterfaceAddress6 | None = Field(default=None, description="cloud IPv6 tunnel address with its on-link prefix, e.g. fd42:4242:1::1/48; needs pool6")
+    pool6: UlaCIDR6 | None = Field(default=None, validate_default=True, description="IPv6 ULA pool the per-tunnel prefixes are allocated from, e.g. fd42:4242:1::/48")
+    allocation_prefix6: int = Field(default=64, ge=16, le=126, validate_default=True, description="size of each tunnel's IPv6 prefix; the customer uses ::2 of it")
+    reserved6: tuple[CIDR6, ...] = Field(default=(), description="IPv6 infrastructure ranges no tenant may overlap")
+    routed_ranges6: tuple[CIDR6, ...] = Field(default=(), description="IPv6 cloud service ranges customers may reach besides address6")
 
     @field_validator("pool")
     @classmethod
@@ -420,6 +495,45 @@ class Gateway(Strict):
             raise ValueError(f"the interface address {address} is outside the pool {pool}; "
                              "the cloud's tunnel address must be inside the pool")
         return pool
+
+    @field_validator("pool6")
+    @classmethod
+    def _address6_in_pool6(cls, pool6: IPv6Network | None,
+                           info: ValidationInfo) -> IPv6Network | None:
+        address6 = info.data.get("address6")
+        if pool6 is None:
+            if address6 is not None:
+                raise ValueError("address6 is set but pool6 is not: declare the IPv6 ULA pool "
+                                 "the tunnels' prefixes come from, or remove address6")
+            return pool6
+        if address6 is None and "address6" not in info.data:
+            return pool6  # address6 itself failed; its own error says why
+        if address6 is None:
+            raise ValueError("pool6 is set but address6 is not: add the cloud's IPv6 tunnel "
+                             f"address, e.g. address6: {pool6.network_address + 1}/"
+                             f"{pool6.prefixlen}")
+        if address6.ip not in pool6:
+            raise ValueError(f"the IPv6 interface address {address6} is outside pool6 {pool6}; "
+                             "the cloud's IPv6 tunnel address must be inside the pool")
+        return pool6
+
+    @field_validator("allocation_prefix6")
+    @classmethod
+    def _prefix6_fits(cls, length: int, info: ValidationInfo) -> int:
+        pool6 = info.data.get("pool6")
+        if pool6 is not None and length <= pool6.prefixlen:
+            raise ValueError(f"allocation_prefix6 /{length} is not smaller than pool6 {pool6}; "
+                             "each tunnel's prefix must be a part of the pool")
+        return length
+
+    @field_validator("routed_ranges6", "reserved6")
+    @classmethod
+    def _v6_ranges_need_pool6(cls, nets: tuple[IPv6Network, ...],
+                              info: ValidationInfo) -> tuple[IPv6Network, ...]:
+        if nets and info.data.get("pool6") is None and "pool6" in info.data:
+            raise _item_error(0, f"{info.field_name} needs IPv6 in the tunnels: declare "
+                              "address6 and pool6 first", str(nets[0]))
+        return nets
 
     @field_validator("default_services")
     @classmethod
@@ -452,6 +566,18 @@ class Gateway(Strict):
         """The allocation-sized block holding the cloud's own address; never given to a tenant."""
         return IPv4Network(f"{self.address.ip}/{self.allocation_prefix}", strict=False)
 
+    @property
+    def dual_stack(self) -> bool:
+        """IPv6 inside the tunnels (address6 and pool6 declared)."""
+        return self.address6 is not None and self.pool6 is not None
+
+    @property
+    def gateway_subnet6(self) -> IPv6Network | None:
+        """The allocation6-sized block holding the cloud's IPv6 address; never given out."""
+        if self.address6 is None:
+            return None
+        return IPv6Network(f"{self.address6.ip}/{self.allocation_prefix6}", strict=False)
+
 
 class TunnelStatus(str, Enum):
     active = "active"
@@ -468,6 +594,8 @@ class Tunnel(Strict):
     public_key: WireGuardKey
     subnet: CIDR = Field(description="the tenant's /30; the customer uses .2")
     lans: tuple[PrivateLAN, ...] = Field(default=(), description="customer LANs routed through the tunnel")
+    subnet6: CIDR6 | None = Field(default=None, description="the tenant's IPv6 prefix from the gateway's pool6 (allocation_prefix6 long); the customer uses ::2. Without it the tunnel is IPv4 only")
+    lans6: tuple[UlaCIDR6, ...] = Field(default=(), description="customer IPv6 LANs (unique local) routed through the tunnel; the gateway needs pool6")
     status: TunnelStatus = TunnelStatus.active
     revoked_at: Annotated[date | None, BeforeValidator(_to_date)] = Field(
         default=None, validate_default=True,
@@ -495,6 +623,16 @@ class Tunnel(Strict):
                                       "list each network once", str(lan))
         return lans
 
+    @field_validator("lans6")
+    @classmethod
+    def _lans6_distinct(cls, lans: tuple[IPv6Network, ...]) -> tuple[IPv6Network, ...]:
+        for i, lan in enumerate(lans):
+            for other in lans[:i]:
+                if lan.overlaps(other):
+                    raise _item_error(i, f"LAN {lan} overlaps LAN {other} of this tunnel; "
+                                      "list each network once", str(lan))
+        return lans
+
     @field_validator("revoked_at")
     @classmethod
     def _revoked_at_matches_status(cls, value: date | None, info: ValidationInfo) -> date | None:
@@ -514,3 +652,8 @@ class Tunnel(Strict):
     @property
     def customer_address(self) -> IPv4Address:
         return self.subnet.network_address + 2
+
+    @property
+    def customer_address6(self) -> IPv6Address | None:
+        """The customer's IPv6 tunnel address (::2 of subnet6), or None (IPv4 only)."""
+        return None if self.subnet6 is None else self.subnet6.network_address + 2
