@@ -95,3 +95,70 @@ def test_gateway_rules_point_at_their_field() -> None:
     assert gw_errors(services={"sip": {"proto": "udp", "ports": "5080-5060"}}) == [
         ("services", "sip", "ports")]
     assert gw_errors(pool="0.0.0.0/0") == [("pool",)]
+
+
+# ------------------------------------------------------------------ IPv6 inside tunnels
+
+DUAL = {**GATEWAY, "address6": "fd42:4242:1::1/48", "pool6": "fd42:4242:1::/48"}
+
+
+def gateway_errors(**changes: Any) -> list[tuple[tuple[Any, ...], str]]:
+    with pytest.raises(ValidationError) as err:
+        Gateway.model_validate({**DUAL, **changes})
+    return [(e["loc"], e["msg"]) for e in err.value.errors()]
+
+
+def test_dual_stack_gateway_derived_values() -> None:
+    from ipaddress import IPv6Address, IPv6Network
+
+    gw = Gateway.model_validate(DUAL)
+    assert gw.dual_stack and gw.allocation_prefix6 == 64
+    assert gw.gateway_subnet6 == IPv6Network("fd42:4242:1::/64")
+    assert not Gateway.model_validate(GATEWAY).dual_stack
+    assert Gateway.model_validate(GATEWAY).gateway_subnet6 is None
+    t = tunnel(subnet6="fd42:4242:1:5::/64", lans6=["fd00:5::/64"])
+    assert t.customer_address6 == IPv6Address("fd42:4242:1:5::2")
+    assert tunnel().customer_address6 is None and tunnel().lans6 == ()
+
+
+@pytest.mark.parametrize("changes,loc,words", [
+    ({"pool6": None}, ("pool6",), "address6 is set but pool6 is not"),
+    ({"address6": None}, ("pool6",), "pool6 is set but address6 is not"),
+    ({"address6": "fd42:4242:2::1/48"}, ("pool6",), "outside pool6"),
+    ({"pool6": "2001:db8::/48", "address6": "2001:db8::1/48"}, ("address6",), "unique local"),
+    ({"address6": "fd42:4242:1::1"}, ("address6",), "with prefix"),
+    ({"address6": "10.20.0.1/16"}, ("address6",), "must be an IPv6 address"),
+    ({"pool6": "fd42:4242:1::1/48"}, ("pool6",), "not canonical"),
+    ({"pool6": "FD42:4242:1::/48"}, ("pool6",), "not canonical"),
+    ({"pool6": "10.20.0.0/16"}, ("pool6",), "is IPv4"),
+    ({"allocation_prefix6": 48}, ("allocation_prefix6",), "not smaller than pool6"),
+    ({"allocation_prefix6": 127}, ("allocation_prefix6",), "less than or equal to 126"),
+    ({"routed_ranges6": ["fd00:99::/64", "fd00:99::1/64"]}, ("routed_ranges6", 1),
+     "not canonical"),
+])
+def test_dual_stack_gateway_rules_point_at_their_key(changes: dict[str, Any],
+                                                       loc: tuple[Any, ...], words: str) -> None:
+    found = gateway_errors(**{k: v for k, v in changes.items() if v is not None},
+                           **{k: None for k, v in changes.items() if v is None})
+    assert any(found_loc == loc and words in msg for found_loc, msg in found), found
+
+
+def test_v6_ranges_need_a_v6_gateway() -> None:
+    with pytest.raises(ValidationError) as err:
+        Gateway.model_validate({**GATEWAY, "routed_ranges6": ["fd00:99::/64"]})
+    (e,) = err.value.errors()
+    assert e["loc"] == ("routed_ranges6", 0) and "address6 and pool6" in e["msg"]
+
+
+@pytest.mark.parametrize("field,value,loc,words", [
+    ("lans6", ["2001:db8::/64"], ("lans6", 0), "unique local"),
+    ("lans6", ["192.168.1.0/24"], ("lans6", 0), "is IPv4"),
+    ("lans6", ["fd00:1::/64", "fd00:1::/80"], ("lans6", 1), "overlaps LAN fd00:1::/64"),
+    ("lans6", ["::/0"], ("lans6", 0), "covers every address"),
+    ("lans", ["fd00:1::/64"], ("lans", 0), "lans6"),
+    ("subnet6", "fd42:4242:1:5::2/64", ("subnet6",), "not canonical"),
+    ("subnet6", "fd42:4242:1:5::", ("subnet6",), "no prefix length"),
+])
+def test_bad_v6_tunnel_values(field: str, value: Any, loc: tuple[Any, ...], words: str) -> None:
+    found = errors(**{field: value})
+    assert any(f_loc == loc and words in msg for f_loc, msg in found), found
