@@ -62,7 +62,6 @@ class ServiceHarness:
         self.target = target
         self.gateway = gateway
         self.state_dir = root / "state"
-        self.runtime_dir = root / "run"
         self.config = root / "tunnelctl.toml"
         self.log = root / "service.log"
         root.mkdir(parents=True, exist_ok=True)
@@ -71,7 +70,7 @@ class ServiceHarness:
         self.settings: dict[str, Any] = {
             "repo_url": str(remote.bare), "branch": remote.branch, "gateway": gateway,
             "interval": 1.0, "state_dir": str(self.state_dir),
-            "runtime_dir": str(self.runtime_dir), "secret_dir": str(target.secret_dir),
+            "secret_dir": str(target.secret_dir),
             "config_dir": str(target.config_dir), "netns": target.netns,
             "interface": target.interface, "metrics_address": "127.0.0.1:0", "host": "test-host",
             "fetch_timeout": 10.0, "retry_max": 5.0,

@@ -80,7 +80,7 @@ def test_unit_contract() -> None:
     assert d["ExecStart"] == ["/usr/local/bin/tunnelctl run --config /etc/tunnelctl/tunnelctl.toml"]
     assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert d["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]
-    assert d["StateDirectory"] == ["tunnelctl"] and d["RuntimeDirectory"] == ["tunnelctl"]
+    assert d["StateDirectory"] == ["tunnelctl"] and "RuntimeDirectory" not in d
     assert d["ProtectSystem"] == ["strict"] and d["NoNewPrivileges"] == ["yes"]
     assert d["SystemCallFilter"][0] == "@system-service"
     assert set(d["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_NETLINK", "AF_INET",
@@ -92,6 +92,5 @@ def test_unit_contract() -> None:
 def test_example_config_loads_and_matches_unit() -> None:
     s = load_settings(DEPLOY / "tunnelctl.toml")
     assert s.state_dir == Path("/var/lib/tunnelctl"), "StateDirectory=tunnelctl"
-    assert s.runtime_dir == Path("/run/tunnelctl"), "RuntimeDirectory=tunnelctl"
     assert str(s.config_dir) in directives()["ReadWritePaths"][0].split()
     assert s.metrics_bind == ("127.0.0.1", 9586)

@@ -114,7 +114,7 @@ class Applier:
             return
         self.settings = Settings(
             repo_url=str(repo.bare_path), branch="main", repo_path="", gateway=lab.gateway.name,
-            state_dir=workspace / "state", runtime_dir=workspace / "run",
+            state_dir=workspace / "state",
             secret_dir=lab.secret_dir, config_dir=lab.config_dir, netns=lab.netns,
             interface=lab.interface, metrics_address="", watch=False, host="demo-host")
 

@@ -51,7 +51,6 @@ class Settings(BaseSettings):
     lock_timeout: float = Field(default=30.0, gt=0, description="seconds a cycle waits for "
                                 "another apply (CLI) to release the interface lock")
     state_dir: Path = Path("/var/lib/tunnelctl")
-    runtime_dir: Path = Path("/run/tunnelctl")
     secret_dir: Path = Path("/etc/tunnelctl")
     config_dir: Path = Path("/etc/wireguard")
     netns: str | None = Field(default=None, description="network namespace (labs only)")
