@@ -25,7 +25,13 @@ FIREWALL_FAMILY = "inet"
 FIREWALL_TABLE = "tunnelctl"
 TENANT_MAP = "tenant_profiles"  # our table's interval map from tenant LAN prefix to service chain
 TENANT_HOSTS = "tenant_hosts"  # its hash map from a tenant's own /32 address to service chain
-TENANT_MAPS = (TENANT_HOSTS, TENANT_MAP)  # both: the element drift a quick change reads back
+# A dual-stack gateway's IPv6 twins of the two: own /128s in a hash map, IPv6 LANs in an
+# interval map, jumping to the same service chains.
+TENANT_MAP6 = "tenant_profiles6"
+TENANT_HOSTS6 = "tenant_hosts6"
+HOST_MAPS = (TENANT_HOSTS, TENANT_HOSTS6)  # the hash maps (no interval walk on delete)
+# All four: the element drift a quick change reads back.
+TENANT_MAPS = (TENANT_HOSTS, TENANT_MAP, TENANT_HOSTS6, TENANT_MAP6)
 
 
 def _v4(text: str) -> tuple[int, int] | None:

@@ -67,6 +67,15 @@ def _v4(value: int, length: int) -> str:
     return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}"
 
 
+def _v6(value: int, length: int) -> str:
+    """(network as int, prefix length) -> 'fd00:1::/64', checked; host bits must be clear.
+    The compressed text ipaddress prints, which is also how nft lists an IPv6 element."""
+    if not (type(value) is int and type(length) is int and 0 <= length <= 128
+            and 0 <= value < 1 << 128 and value & ((1 << (128 - length)) - 1) == 0):
+        raise NftValueError(f"({value!r}, {length!r}) is not an IPv6 prefix")
+    return f"{ipaddress.IPv6Address(value)}/{length}"
+
+
 # --------------------------------------------------------------------------- statements
 
 
@@ -114,44 +123,77 @@ class CtDirection:
                           "right": self.direction}}
 
 
+# The address family of a match: `ip` (IPv4) or `ip6`. In our inet table a match of one
+# family never matches a packet of the other, so each family's rules are written out.
+Family = Literal["ip", "ip6"]
+
+
+def _family(value: str) -> Family:
+    if value not in ("ip", "ip6"):
+        raise NftValueError(f"{value!r} is not an address family (ip, ip6)")
+    return "ip" if value == "ip" else "ip6"
+
+
 @dataclass(frozen=True)
 class DaddrIs:
-    addr: ipaddress.IPv4Address
+    """`ip daddr 10.20.0.1` or, for an IPv6 address, `ip6 daddr fd42::1`."""
+
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address
 
     def __post_init__(self) -> None:
-        if not isinstance(self.addr, ipaddress.IPv4Address):
-            raise NftValueError(f"{self.addr!r} is not an IPv4 address")
+        if not isinstance(self.addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            raise NftValueError(f"{self.addr!r} is not an IP address")
+
+    @property
+    def family(self) -> Family:
+        return "ip" if self.addr.version == 4 else "ip6"
 
     def text(self) -> str:
-        return f"ip daddr {self.addr}"
+        return f"{self.family} daddr {self.addr}"
 
     def json(self) -> dict[str, Any]:
-        return {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+        return {"match": {"op": "==", "left": {"payload": {"protocol": self.family,
+                                                           "field": "daddr"}},
                           "right": str(self.addr)}}
 
 
 @dataclass(frozen=True)
 class DaddrInSet:
     set: str
+    family: Family = "ip"
 
     def __post_init__(self) -> None:
         set_name(self.set)
+        _family(self.family)
 
     def text(self) -> str:
-        return f"ip daddr @{self.set}"
+        return f"{self.family} daddr @{self.set}"
 
     def json(self) -> dict[str, Any]:
-        return {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+        return {"match": {"op": "==", "left": {"payload": {"protocol": self.family,
+                                                           "field": "daddr"}},
                           "right": f"@{self.set}"}}
 
 
 @dataclass(frozen=True)
 class IcmpEchoRequest:
+    """`icmp type echo-request`, or with family ip6 `icmpv6 type echo-request`."""
+
+    family: Family = "ip"
+
+    def __post_init__(self) -> None:
+        _family(self.family)
+
+    @property
+    def proto(self) -> str:
+        return "icmp" if self.family == "ip" else "icmpv6"
+
     def text(self) -> str:
-        return "icmp type echo-request"
+        return f"{self.proto} type echo-request"
 
     def json(self) -> dict[str, Any]:
-        return {"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}},
+        return {"match": {"op": "==", "left": {"payload": {"protocol": self.proto,
+                                                           "field": "type"}},
                           "right": "echo-request"}}
 
 
@@ -183,15 +225,17 @@ class DportIn:
 @dataclass(frozen=True)
 class SaddrVmap:
     map: str
+    family: Family = "ip"
 
     def __post_init__(self) -> None:
         set_name(self.map)
+        _family(self.family)
 
     def text(self) -> str:
-        return f"ip saddr vmap @{self.map}"
+        return f"{self.family} saddr vmap @{self.map}"
 
     def json(self) -> dict[str, Any]:
-        return {"vmap": {"key": {"payload": {"protocol": "ip", "field": "saddr"}},
+        return {"vmap": {"key": {"payload": {"protocol": self.family, "field": "saddr"}},
                          "data": f"@{self.map}"}}
 
 
@@ -300,7 +344,11 @@ class Table:
     tenants' own /32 addresses are `hosts` (address int, chain) in that plain hash map and
     only LANs are in the interval map: nft 1.0.6 reads every element of every interval set
     in the table before any element operation, so 16k /32s there made every one-tenant
-    change and every removal pay for all of them."""
+    change and every removal pay for all of them.
+
+    On a dual-stack gateway the same two maps exist for IPv6 (`host_map6`: tenants' own /128s
+    as `hosts6`, `tenant_map6`: IPv6 LANs as `elements6`, ints as for IPv4) and `routed6` in
+    `routed_set6`. Without them (tenant_map6 "") the table is the IPv4 one, byte for byte."""
 
     family: str
     name: str
@@ -312,6 +360,12 @@ class Table:
     chains: tuple[Chain, ...]
     host_map: str = ""  # "" = no hash map (the fail-closed boot table)
     hosts: Sequence[tuple[int, str]] = ()
+    host_map6: str = ""  # "" = IPv4 only; else both IPv6 maps are declared
+    hosts6: Sequence[tuple[int, str]] = ()
+    tenant_map6: str = ""
+    elements6: Sequence[tuple[int, int, str]] = ()
+    routed_set6: str = ""
+    routed6: tuple[ipaddress.IPv6Network, ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in ("inet", "ip"):
@@ -326,17 +380,34 @@ class Table:
         ifname(self.interface)
         if any(not isinstance(n, ipaddress.IPv4Network) for n in self.routed):
             raise NftValueError(f"routed ranges must be IPv4 networks: {self.routed!r}")
+        self._check_v6()
         known = {c.name for c in self.chains}
         if any(c not in known for c in {e[2] for e in self.elements}
-               | {h[1] for h in self.hosts}):
+               | {h[1] for h in self.hosts} | {e[2] for e in self.elements6}
+               | {h[1] for h in self.hosts6}):
             raise NftValueError("a tenant map element jumps to a chain the table lacks")
+
+    def _check_v6(self) -> None:
+        if bool(self.host_map6) != bool(self.tenant_map6):
+            raise NftValueError("the two IPv6 tenant maps come together or not at all")
+        if self.tenant_map6:
+            set_name(self.host_map6)
+            set_name(self.tenant_map6)
+        elif self.hosts6 or self.elements6 or self.routed6:
+            raise NftValueError("IPv6 elements need the IPv6 maps")
+        if self.routed6:
+            set_name(self.routed_set6)
+        if any(not isinstance(n, ipaddress.IPv6Network) for n in self.routed6):
+            raise NftValueError(f"IPv6 routed ranges must be IPv6 networks: {self.routed6!r}")
 
     # ---- canonical elements (what observe compares)
 
     def structure(self) -> frozenset[Element]:
         """Chains, rules and declarations; not the map and set elements."""
+        v6 = ((self.host_map6, self.tenant_map6, self.routed_set6 if self.routed6 else None)
+              if self.tenant_map6 else None)
         return _structure(self.chains, self.tenant_map, self.routed_set if self.routed else None,
-                          self.host_map or None)
+                          self.host_map or None, v6)
 
     def element_items(self) -> list[Element]:
         items: list[Element] = [("elem", self.tenant_map, _v4(v, n), "jump " + c)
@@ -344,6 +415,11 @@ class Table:
         if self.hosts:
             items += [("elem", self.host_map, _v4(v, 32), "jump " + c) for v, c in self.hosts]
         items += [("elem", self.routed_set, str(n), "") for n in self.routed]
+        if self.tenant_map6:
+            items += [("elem", self.host_map6, _v6(v, 128), "jump " + c) for v, c in self.hosts6]
+            items += [("elem", self.tenant_map6, _v6(v, n), "jump " + c)
+                      for v, n, c in self.elements6]
+            items += [("elem", self.routed_set6, str(n), "") for n in self.routed6]
         return items
 
     # ---- nft -f text
@@ -369,6 +445,8 @@ class Table:
             nets = ", ".join(str(n) for n in self.routed)
             out += ["", f"\tset {self.routed_set} {{", "\t\ttype ipv4_addr", "\t\tflags interval",
                     f"\t\telements = {{ {nets} }}", "\t}"]
+        if self.tenant_map6:
+            out += self._text6()
         for c in self.chains:
             out += ["", f"\tchain {c.name} {{"]
             if c.hook is not None:
@@ -379,6 +457,24 @@ class Table:
             out.append("\t}")
         out.append("}")
         return "\n".join(out) + "\n"
+
+    def _text6(self) -> list[str]:
+        """The IPv6 maps and routed set, after the IPv4 ones (a dual-stack gateway only)."""
+        out = ["", f"\tmap {self.host_map6} {{", "\t\ttype ipv6_addr : verdict"]
+        if self.hosts6:
+            body = ",\n".join(f"\t\t\t{_v6(v, 128)[:-4]} : jump {c}" for v, c in self.hosts6)
+            out += ["\t\telements = {", body, "\t\t}"]
+        out += ["\t}", "", f"\tmap {self.tenant_map6} {{", "\t\ttype ipv6_addr : verdict",
+                "\t\tflags interval"]
+        if self.elements6:
+            body = ",\n".join(f"\t\t\t{_v6(v, n)} : jump {c}" for v, n, c in self.elements6)
+            out += ["\t\telements = {", body, "\t\t}"]
+        out.append("\t}")
+        if self.routed6:
+            nets = ", ".join(str(n) for n in self.routed6)
+            out += ["", f"\tset {self.routed_set6} {{", "\t\ttype ipv6_addr", "\t\tflags interval",
+                    f"\t\telements = {{ {nets} }}", "\t}"]
+        return out
 
     # ---- nft -j -f JSON
 
@@ -417,16 +513,39 @@ class Table:
                                          "elem": [_json_prefix(int(n.network_address),
                                                                n.prefixlen)
                                                   for n in self.routed]}}})
+        if self.tenant_map6:
+            cmds += self._json6(base)
         for c in self.chains:
             cmds += [{"add": {"rule": {**base, "chain": c.name, "expr": r.expr(),
                                        **({"comment": r.comment} if r.comment else {})}}}
                      for r in c.rules]
         return json.dumps({"nftables": cmds}, separators=(",", ":"))
 
+    def _json6(self, base: dict[str, str]) -> list[dict[str, Any]]:
+        hmap: dict[str, Any] = {**base, "name": self.host_map6, "type": "ipv6_addr",
+                                "map": "verdict"}
+        if self.hosts6:
+            hmap["elem"] = [[_json_prefix6(v, 128), {"jump": {"target": c}}]
+                            for v, c in self.hosts6]
+        tmap: dict[str, Any] = {**base, "name": self.tenant_map6, "type": "ipv6_addr",
+                                "map": "verdict", "flags": ["interval"]}
+        if self.elements6:
+            tmap["elem"] = [[_json_prefix6(v, n), {"jump": {"target": c}}]
+                            for v, n, c in self.elements6]
+        cmds: list[dict[str, Any]] = [{"add": {"map": hmap}}, {"add": {"map": tmap}}]
+        if self.routed6:
+            cmds.append({"add": {"set": {**base, "name": self.routed_set6, "type": "ipv6_addr",
+                                         "flags": ["interval"],
+                                         "elem": [_json_prefix6(int(n.network_address),
+                                                                n.prefixlen)
+                                                  for n in self.routed6]}}})
+        return cmds
+
 
 @functools.lru_cache(maxsize=8)
 def _structure(chains: tuple[Chain, ...], tenant_map: str,
-               routed_set: str | None, host_map: str | None = None) -> frozenset[Element]:
+               routed_set: str | None, host_map: str | None = None,
+               v6: tuple[str, str, str | None] | None = None) -> frozenset[Element]:
     # Once per distinct set of chains: 16k tenants only ever add map elements, never a
     # chain, rule or declaration, so a render does not rebuild the rule bodies.
     out: set[Element] = {("map", tenant_map, "ipv4_addr", "verdict", "interval")}
@@ -434,6 +553,11 @@ def _structure(chains: tuple[Chain, ...], tenant_map: str,
         out.add(("map", host_map, "ipv4_addr", "verdict", ""))
     if routed_set is not None:
         out.add(("set", routed_set, "ipv4_addr", "", "interval"))
+    if v6 is not None:  # (host map, interval map, routed set or None)
+        out.add(("map", v6[0], "ipv6_addr", "verdict", ""))
+        out.add(("map", v6[1], "ipv6_addr", "verdict", "interval"))
+        if v6[2] is not None:
+            out.add(("set", v6[2], "ipv6_addr", "", "interval"))
     for c in chains:
         out.add(c.element())
         out.update(("rule", c.name, i, r.body()) for i, r in enumerate(c.rules))
@@ -443,6 +567,11 @@ def _structure(chains: tuple[Chain, ...], tenant_map: str,
 def _json_prefix(value: int, length: int) -> Any:
     addr = _v4(value, length).partition("/")[0]
     return addr if length == 32 else {"prefix": {"addr": addr, "len": length}}
+
+
+def _json_prefix6(value: int, length: int) -> Any:
+    addr = _v6(value, length).partition("/")[0]
+    return addr if length == 128 else {"prefix": {"addr": addr, "len": length}}
 
 
 def port_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:

@@ -26,7 +26,9 @@ from reconciler.engine.hoststate import (
     FIREWALL_FAMILY,
     FIREWALL_TABLE,
     TENANT_HOSTS,
+    TENANT_HOSTS6,
     TENANT_MAP,
+    TENANT_MAP6,
     ConfigFile,
     Firewall,
     HostState,
@@ -165,6 +167,7 @@ class _TenantParts:
     routes: tuple[Route, ...]
     services: tuple[str, ...]
     sources: tuple[tuple[int, int], ...]  # tenant-map keys: (network as int, prefix length)
+    sources6: tuple[tuple[int, int], ...] = ()  # the IPv6 maps' keys (a dual-stack gateway)
 
 
 def _tenant(gateway: Gateway, t: Tunnel, interface: str,
@@ -192,9 +195,22 @@ def _tenant(gateway: Gateway, t: Tunnel, interface: str,
         nets = ipaddress.collapse_addresses([ipaddress.IPv4Network((host, 32)), *t.lans])
         sources = tuple((int(n.network_address), n.prefixlen) for n in nets)
     entry = _TenantParts(t, gateway, interface, _tenant_routes(gateway, t, interface, address),
-                         services, sources)
+                         services, sources, _sources6(gateway, t))
     used[id(t)] = entry
     return entry
+
+
+def _sources6(gateway: Gateway, t: Tunnel) -> tuple[tuple[int, int], ...]:
+    """The IPv6 map keys of a tenant: its /128 and its IPv6 LANs, collapsed (nft refuses
+    overlapping intervals). None on an IPv4-only gateway, whose table drops every IPv6
+    packet from tenants."""
+    if not gateway.dual_stack or (t.subnet6 is None and not t.lans6):
+        return ()
+    nets = list(t.lans6)
+    if t.customer_address6 is not None:
+        nets.append(ipaddress.IPv6Network((t.customer_address6, 128)))
+    return tuple((int(n.network_address), n.prefixlen)
+                 for n in ipaddress.collapse_addresses(nets))
 
 
 _tenant_memo: dict[int, _TenantParts] = {}
@@ -262,6 +278,9 @@ def firewall_table(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
     profiles: dict[tuple[str, ...], ServiceProfile] = {}
     keyed: list[tuple[int, int, str]] = []  # LANs: (network as int, prefix length, chain)
     hosts: list[tuple[int, str]] = []  # /32 sources: (address as int, chain)
+    keyed6: list[tuple[int, int, str]] = []  # the same for IPv6 (a dual-stack gateway only)
+    hosts6: list[tuple[int, str]] = []
+    dual = gateway.dual_stack
     used = {} if used is None else used
     for t in tunnels:
         part = _tenant(gateway, t, interface, used)
@@ -275,49 +294,75 @@ def firewall_table(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
                 hosts.append((v, prof.chain))
             else:
                 keyed.append((v, n, prof.chain))
+        if dual:
+            for v, n in part.sources6:
+                if n == 128:
+                    hosts6.append((v, prof.chain))
+                else:
+                    keyed6.append((v, n, prof.chain))
     keyed.sort(key=lambda e: (e[0], e[1]))  # cidr_sort_key order of the prefixes
     hosts.sort()
     _check_disjoint(keyed, hosts)
     routed = tuple(ipaddress.collapse_addresses(gateway.routed_ranges))
     ordered = tuple(sorted(profiles.values(), key=lambda p: p.chain))
     try:
-        chains = _chains(interface, gateway.address.ip, ordered, bool(routed))
+        if not dual:
+            chains = _chains(interface, gateway.address.ip, ordered, bool(routed))
+            return Table(FIREWALL_FAMILY, FIREWALL_TABLE, interface, TENANT_MAP, keyed,
+                         ROUTED_SET, routed, chains, TENANT_HOSTS, hosts)
+        assert gateway.address6 is not None
+        keyed6.sort()
+        hosts6.sort()
+        _check_disjoint(keyed6, hosts6, 128)
+        routed6 = tuple(ipaddress.collapse_addresses(gateway.routed_ranges6))
+        chains = _chains(interface, gateway.address.ip, ordered, bool(routed),
+                         gateway.address6.ip, bool(routed6))
         return Table(FIREWALL_FAMILY, FIREWALL_TABLE, interface, TENANT_MAP, keyed, ROUTED_SET,
-                     routed, chains, TENANT_HOSTS, hosts)
+                     routed, chains, TENANT_HOSTS, hosts, TENANT_HOSTS6, hosts6, TENANT_MAP6,
+                     keyed6, ROUTED_SET6, routed6)
     except NftValueError as exc:
         raise RenderError(f"gateway {gateway.name}: {exc}") from None
 
 
 def _check_disjoint(intervals: Sequence[tuple[int, int, str]],
-                    hosts: Sequence[tuple[int, str]]) -> None:
+                    hosts: Sequence[tuple[int, str]], bits: int = 32) -> None:
     """No source may be in both maps, nor in two elements of one: with one interval map nft
     refused such a table, and the split must not turn that into a first-match-wins rule.
-    The crossfile rules already refuse overlapping tunnel claims; this keeps render exact."""
+    The crossfile rules already refuse overlapping tunnel claims; this keeps render exact.
+    `bits` 128: the IPv6 maps, the same check."""
+    cidr = _v4_cidr if bits == 32 else _v6_cidr
     starts = [v for v, _, _ in intervals]
     end = -1
     for v, n, _ in intervals:
         if v <= end:
-            raise RenderError(f"tenant sources overlap at {_v4_cidr(v, n)}")
-        end = v + (1 << (32 - n)) - 1
+            raise RenderError(f"tenant sources overlap at {cidr(v, n)}")
+        end = v + (1 << (bits - n)) - 1
     last = -1
     for v, _ in hosts:
         if v == last:
-            raise RenderError(f"tenant source {_v4_cidr(v, 32)} is claimed twice")
+            raise RenderError(f"tenant source {cidr(v, bits)} is claimed twice")
         last = v
         i = bisect.bisect_right(starts, v) - 1
         if i >= 0:
             lo, n, _ = intervals[i]
-            if v <= lo + (1 << (32 - n)) - 1:
-                raise RenderError(f"tenant source {_v4_cidr(v, 32)} lies in the LAN "
-                                  f"{_v4_cidr(lo, n)} of another tenant")
+            if v <= lo + (1 << (bits - n)) - 1:
+                raise RenderError(f"tenant source {cidr(v, bits)} lies in the LAN "
+                                  f"{cidr(lo, n)} of another tenant")
+
+
+def _v6_cidr(value: int, length: int) -> str:
+    return f"{ipaddress.IPv6Address(value)}/{length}"
 
 
 ROUTED_SET = "routed_ranges"
+ROUTED_SET6 = "routed_ranges6"
 
 
 @lru_cache(maxsize=8)
 def _chains(interface: str, address: ipaddress.IPv4Address,
-            profiles: tuple[ServiceProfile, ...], routed: bool) -> tuple[Chain, ...]:
+            profiles: tuple[ServiceProfile, ...], routed: bool,
+            address6: ipaddress.IPv6Address | None = None,
+            routed6: bool = False) -> tuple[Chain, ...]:
     """The table's chains, typed. `accept` only ends the current base chain; `drop` is final.
 
     input: traffic from the tenant interface may reach only the cloud tunnel address, on the
@@ -325,6 +370,12 @@ def _chains(interface: str, address: ipaddress.IPv4Address,
     it drops; other interfaces are left to other tables. forward: nothing through the tenant
     interface (no tenant <-> tenant, tenant <-> infrastructure, host network -> tenant),
     except to the gateway's routed ranges on the tenant's services.
+
+    With `address6` (a dual-stack gateway) the same for IPv6: ping and the tenant's services
+    to address6 by the IPv6 maps, forwarding to routed_ranges6; the service chains are the
+    same for both families (a port match is family-free). The final drops name no family,
+    so in the inet table they drop IPv6 as well: without address6 every IPv6 packet from
+    a tenant drops.
     """
     accept, drop = Verdict("accept"), Verdict("drop")
     iif_in, oif_out = IfMatch("iifname", "==", interface), IfMatch("oifname", "==", interface)
@@ -340,18 +391,37 @@ def _chains(interface: str, address: ipaddress.IPv4Address,
         Rule((DaddrIs(address), IcmpEchoRequest(), accept), "ping the cloud address"),
         Rule((DaddrIs(address), SaddrVmap(TENANT_HOSTS)), "tenant services by source address"),
         Rule((DaddrIs(address), SaddrVmap(TENANT_MAP)), "tenant services by source lan"),
+        *_input6(address6),
         Rule((Counter(), drop), "tenant isolation: drop the rest"),
     ), Hook("input", -5, "accept"))
     fwd: list[Rule] = []
+    if routed or routed6:
+        fwd.append(Rule((oif_out, reply, est, accept), "replies from routed ranges"))
     if routed:
-        fwd += [Rule((oif_out, reply, est, accept), "replies from routed ranges"),
-                Rule((iif_in, DaddrInSet(ROUTED_SET), SaddrVmap(TENANT_HOSTS)),
+        fwd += [Rule((iif_in, DaddrInSet(ROUTED_SET), SaddrVmap(TENANT_HOSTS)),
                      "routed ranges: tenant services by source address"),
                 Rule((iif_in, DaddrInSet(ROUTED_SET), SaddrVmap(TENANT_MAP)),
                      "routed ranges: tenant services by source lan")]
+    if routed6:
+        fwd += [Rule((iif_in, DaddrInSet(ROUTED_SET6, "ip6"), SaddrVmap(TENANT_HOSTS6, "ip6")),
+                     "routed ipv6 ranges: tenant services by source address"),
+                Rule((iif_in, DaddrInSet(ROUTED_SET6, "ip6"), SaddrVmap(TENANT_MAP6, "ip6")),
+                     "routed ipv6 ranges: tenant services by source lan")]
     fwd += [Rule((iif_in, Counter(), drop), "no forwarding from tenants"),
             Rule((oif_out, Counter(), drop), "no forwarding to tenants")]
     return (*svc, inp, Chain("forward", tuple(fwd), Hook("forward", -5, "accept")))
+
+
+def _input6(address6: ipaddress.IPv6Address | None) -> tuple[Rule, ...]:
+    """The input rules for IPv6 to the cloud's address6; none on an IPv4-only gateway."""
+    if address6 is None:
+        return ()
+    return (Rule((DaddrIs(address6), IcmpEchoRequest("ip6"), Verdict("accept")),
+                 "ping the cloud ipv6 address"),
+            Rule((DaddrIs(address6), SaddrVmap(TENANT_HOSTS6, "ip6")),
+                 "tenant services by source ipv6 address"),
+            Rule((DaddrIs(address6), SaddrVmap(TENANT_MAP6, "ip6")),
+                 "tenant services by source ipv6 lan"))
 
 
 def _proto(proto: str) -> Literal["udp", "tcp"]:
@@ -473,6 +543,8 @@ class _Index:
     profiles: dict[tuple[str, ...], int]
     hosts: dict[int, str]  # tenant host map: address -> chain
     lans: dict[tuple[int, int], str]  # tenant interval map: (network, length) -> chain
+    hosts6: dict[int, str]  # the IPv6 maps the same way (empty on an IPv4-only gateway)
+    lans6: dict[tuple[int, int], str]
 
     @classmethod
     def of(cls, result: tuple[HostState, Secrets], gateway: Gateway,
@@ -485,6 +557,8 @@ class _Index:
         profiles: dict[tuple[str, ...], int] = {}
         hosts: dict[int, str] = {}
         lans: dict[tuple[int, int], str] = {}
+        hosts6: dict[int, str] = {}
+        lans6: dict[tuple[int, int], str] = {}
         for t in seq:
             if not _is_active(gateway, t):
                 continue
@@ -499,7 +573,12 @@ class _Index:
                         hosts[v] = chain
                     else:
                         lans[(v, n)] = chain
-        return cls(result, routes, profiles, hosts, lans)
+                for v, n in part.sources6:
+                    if n == 128:
+                        hosts6[v] = chain
+                    else:
+                        lans6[(v, n)] = chain
+        return cls(result, routes, profiles, hosts, lans, hosts6, lans6)
 
 
 def _is_active(gateway: Gateway, t: Tunnel) -> bool:
@@ -527,6 +606,7 @@ def _patched(index: _Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...]
     routes = dict(index.routes)
     profiles = dict(index.profiles)
     hosts, lans = dict(index.hosts), dict(index.lans)
+    hosts6, lans6 = dict(index.hosts6), dict(index.lans6)
     gone_items: set[tuple[str | int, ...]] = set()
     new_items: set[tuple[str | int, ...]] = set()
     swaps: list[tuple[Peer, str | None, Peer | None]] = []  # config blocks to replace
@@ -545,6 +625,10 @@ def _patched(index: _Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...]
             for v, n in part.sources:
                 gone_items.add(_source_item(v, n, chain))
                 if (hosts.pop(v, None) if n == 32 else lans.pop((v, n), None)) != chain:
+                    return None
+            for v, n in part.sources6:
+                gone_items.add(_source_item6(v, n, chain))
+                if (hosts6.pop(v, None) if n == 128 else lans6.pop((v, n), None)) != chain:
                     return None
     new_parts: dict[int, _TenantParts] = {}
     for t in add:
@@ -566,6 +650,14 @@ def _patched(index: _Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...]
                 else:
                     lans[(v, n)] = chain
                 new_items.add(_source_item(v, n, chain))
+            for v, n in part.sources6:
+                if v in hosts6 if n == 128 else (v, n) in lans6:
+                    return None
+                if n == 128:
+                    hosts6[v] = chain
+                else:
+                    lans6[(v, n)] = chain
+                new_items.add(_source_item6(v, n, chain))
         peer, psk = _one_peer(t, host_secret)
         peers[t.public_key] = peer
         psks[t.public_key] = psk
@@ -576,8 +668,15 @@ def _patched(index: _Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...]
     host_list = sorted(hosts.items())
     _check_disjoint(keyed, host_list)
     old_fw = state.firewall
-    table = dataclasses.replace(_last_table_of(old_fw, gateway, ifname), elements=keyed,
-                                hosts=host_list)
+    last = _last_table_of(old_fw, gateway, ifname)
+    if last.tenant_map6:
+        keyed6 = sorted((v, n, c) for (v, n), c in lans6.items())
+        host_list6 = sorted(hosts6.items())
+        _check_disjoint(keyed6, host_list6, 128)
+        table = dataclasses.replace(last, elements=keyed, hosts=host_list, elements6=keyed6,
+                                    hosts6=host_list6)
+    else:
+        table = dataclasses.replace(last, elements=keyed, hosts=host_list)
     elements = (old_fw.elements - (gone_items - new_items)) | (new_items - gone_items)
     fw = firewall_from_elements(elements, family=old_fw.family, table=old_fw.table)
     _remember_table(fw.fingerprint, table)
@@ -604,11 +703,15 @@ def _patched(index: _Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...]
     _tenant_memo.update(new_parts)
     result = (HostState(state.interface, peers, frozenset(routes), firewall, config),
               Secrets(secrets.private_key, psks, text))
-    return _Index(result, routes, profiles, hosts, lans)
+    return _Index(result, routes, profiles, hosts, lans, hosts6, lans6)
 
 
 def _source_item(v: int, n: int, chain: str) -> tuple[str, str, str, str]:
     return ("elem", TENANT_HOSTS if n == 32 else TENANT_MAP, _v4_cidr(v, n), "jump " + chain)
+
+
+def _source_item6(v: int, n: int, chain: str) -> tuple[str, str, str, str]:
+    return ("elem", TENANT_HOSTS6 if n == 128 else TENANT_MAP6, _v6_cidr(v, n), "jump " + chain)
 
 
 def _one_peer(t: Tunnel, host_secret: bytes) -> tuple[Peer, str]:

@@ -11,6 +11,11 @@ Two production bugs of the hand-built system this project replaces shaped this m
   the cloud address /32 plus the gateway's routed ranges, and `customer_allowed_ips` refuses any
   set that would cover the endpoint.
 
+IPv6 rides along only for a tunnel with subnet6 on a dual-stack gateway: the customer's ::2 of its
+prefix next to its IPv4 address, and address6/128 plus routed_ranges6 next to the IPv4 AllowedIPs
+(refused the same way when they cover an IPv6 endpoint). Every other tunnel gets empty IPv6
+fields, so its texts are byte for byte the IPv4-only ones.
+
 AmneziaWG parameters that differ between the two sides drop data while handshakes may still
 succeed, so both sides print the gateway model's one `AmneziaWG.config_lines()`, and `render`
 parses them back out of the customer text and out of the gateway's interface template and
@@ -24,9 +29,16 @@ import ipaddress
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 
 import jinja2
@@ -79,6 +91,12 @@ class CustomerConfig:
     lans: tuple[IPv4Network, ...]
     services: tuple[ServiceLine, ...]
     amneziawg: AmneziaWG | None = None  # the gateway's block itself, never a copy of its values
+    # IPv6: set only for a tunnel with subnet6 on a dual-stack gateway, else None / empty.
+    customer_address6: IPv6Interface | None = None  # the customer's ::2 in its own prefix
+    cloud_address6: IPv6Address | None = None  # the gateway's address6, the same for everyone
+    allowed_ips6: tuple[IPv6Network, ...] = ()
+    routed_ranges6: tuple[IPv6Network, ...] = ()
+    lans6: tuple[IPv6Network, ...] = ()
 
     @property
     def ident(self) -> str:
@@ -93,8 +111,30 @@ class CustomerConfig:
     def netmask(self) -> str:
         return str(self.customer_address.netmask)
 
+    @property
+    def peer_allowed_ips(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """The cloud peer's AllowedIPs as every format lists them: IPv4 first, then IPv6."""
+        return (*self.allowed_ips, *self.allowed_ips6)
+
     def __repr__(self) -> str:  # keep the PSK out of tracebacks and debug output
         return f"CustomerConfig({self.ident!r}, gateway={self.gateway!r})"
+
+
+def _refuse_endpoint(gateway: Gateway, allowed: Sequence[IPv4Network | IPv6Network]) -> None:
+    """CustomerConfigError when `allowed` covers the gateway's public endpoint (either family),
+    which would route the tunnel's own packets into the tunnel."""
+    try:
+        endpoint_ip = ipaddress.ip_address(gateway.endpoint_host)
+    except ValueError:
+        return  # a DNS name: nothing to compare without resolving it
+    covering = [str(n) for n in allowed if n.version == endpoint_ip.version and endpoint_ip in n]
+    if covering:
+        key = "routed_ranges" if endpoint_ip.version == 4 else "routed_ranges6"
+        raise CustomerConfigError(
+            f"gateway {gateway.name}: AllowedIPs {', '.join(covering)} would cover the "
+            f"endpoint {endpoint_ip}; customer routers would loop. Remove it from "
+            f"{key} in the gateway file."
+        )
 
 
 def customer_allowed_ips(gateway: Gateway) -> tuple[IPv4Network, ...]:
@@ -104,18 +144,17 @@ def customer_allowed_ips(gateway: Gateway) -> tuple[IPv4Network, ...]:
     would route the tunnel's own packets into the tunnel.
     """
     allowed = (IPv4Network(f"{gateway.address.ip}/32"), *gateway.routed_ranges)
-    try:
-        endpoint_ip = ipaddress.ip_address(gateway.endpoint_host)
-    except ValueError:
-        endpoint_ip = None  # a DNS name: nothing to compare without resolving it
-    if endpoint_ip is not None:
-        covering = [str(n) for n in allowed if endpoint_ip in n]
-        if covering:
-            raise CustomerConfigError(
-                f"gateway {gateway.name}: AllowedIPs {', '.join(covering)} would cover the "
-                f"endpoint {endpoint_ip}; customer routers would loop. Remove it from "
-                "routed_ranges in the gateway file."
-            )
+    _refuse_endpoint(gateway, allowed)
+    return allowed
+
+
+def customer_allowed_ips6(gateway: Gateway) -> tuple[IPv6Network, ...]:
+    """The IPv6 half: address6 /128 + routed_ranges6 (empty on an IPv4-only gateway), refused
+    like the IPv4 half when it would cover an IPv6 endpoint."""
+    if gateway.address6 is None:
+        return ()
+    allowed = (IPv6Network(f"{gateway.address6.ip}/128"), *gateway.routed_ranges6)
+    _refuse_endpoint(gateway, allowed)
     return allowed
 
 
@@ -178,6 +217,7 @@ def build(tunnel: Tunnel, gateway: Gateway, host_secret: bytes, cloud_key: str) 
                     gateway.services[n].description)
         for n in names if n in gateway.services
     )
+    v6 = _ipv6_part(tunnel, gateway)
     return CustomerConfig(
         org=tunnel.org,
         name=tunnel.name,
@@ -197,6 +237,35 @@ def build(tunnel: Tunnel, gateway: Gateway, host_secret: bytes, cloud_key: str) 
         lans=tuple(tunnel.lans),
         services=services,
         amneziawg=gateway.amneziawg,
+        customer_address6=v6.customer_address6,
+        cloud_address6=v6.cloud_address6,
+        allowed_ips6=v6.allowed_ips6,
+        routed_ranges6=v6.routed_ranges6,
+        lans6=v6.lans6,
+    )
+
+
+@dataclass(frozen=True)
+class _Ipv6Part:
+    customer_address6: IPv6Interface | None = None
+    cloud_address6: IPv6Address | None = None
+    allowed_ips6: tuple[IPv6Network, ...] = ()
+    routed_ranges6: tuple[IPv6Network, ...] = ()
+    lans6: tuple[IPv6Network, ...] = ()
+
+
+def _ipv6_part(tunnel: Tunnel, gateway: Gateway) -> _Ipv6Part:
+    """All IPv6 values for a tunnel with subnet6 on a dual-stack gateway, none otherwise (the
+    tunnel is IPv4-only and renders as before IPv6 existed)."""
+    if not gateway.dual_stack or gateway.address6 is None or tunnel.subnet6 is None \
+            or tunnel.customer_address6 is None:
+        return _Ipv6Part()
+    return _Ipv6Part(
+        customer_address6=IPv6Interface(f"{tunnel.customer_address6}/{tunnel.subnet6.prefixlen}"),
+        cloud_address6=gateway.address6.ip,
+        allowed_ips6=customer_allowed_ips6(gateway),
+        routed_ranges6=tuple(gateway.routed_ranges6),
+        lans6=tuple(tunnel.lans6),
     )
 
 
@@ -341,15 +410,15 @@ def check_obfuscation_matches(text: str, fmt: str, config: CustomerConfig) -> No
             "(the tunnel would drop data)")
 
 
-_CIDR_RE = re.compile(r"\b(\d{1,3}(?:\.\d{1,3}){3})(/\d{1,2})?\b")
+_CIDR_RE = re.compile(r"[0-9A-Fa-f.:]*[.:][0-9A-Fa-f.:]*/\d{1,3}")  # IPv4 or IPv6 CIDR-shaped
 _ALLOWED_MARKERS = ("allowedips", "allowed-address", "allowed ips")
 
 
 def _assert_endpoint_not_allowed(text: str, config: CustomerConfig) -> None:
     """Belt and braces for the routing-loop bug: no AllowedIPs line of any format covers the
-    cloud's public endpoint."""
+    cloud's public endpoint, IPv4 or IPv6."""
     try:
-        endpoint_ip: IPv4Address | None = IPv4Address(config.endpoint_host)
+        endpoint_ip: IPv4Address | IPv6Address | None = ipaddress.ip_address(config.endpoint_host)
     except ValueError:
         endpoint_ip = None
     for line in text.splitlines():
@@ -359,8 +428,12 @@ def _assert_endpoint_not_allowed(text: str, config: CustomerConfig) -> None:
             if config.endpoint_host in line and not line.lstrip().startswith("#"):
                 raise AssertionError(f"endpoint {config.endpoint_host} in AllowedIPs: {line!r}")
             continue
-        for addr, prefix in _CIDR_RE.findall(line):
-            if prefix and endpoint_ip in IPv4Network(addr + prefix, strict=False):
+        for cidr in _CIDR_RE.findall(line):
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                continue  # CIDR-shaped but not an address (e.g. a time)
+            if net.version == endpoint_ip.version and endpoint_ip in net:
                 raise AssertionError(f"AllowedIPs covers the endpoint {endpoint_ip}: {line!r}")
 
 
