@@ -6,13 +6,19 @@ the routes the reconciler does not own are read, and a tenant LAN that equals or
 them is refused, naming the tenant file and the route. Routes on the tenant interface itself
 (e.g. ones wg-quick added at boot for the peers' AllowedIPs) lead into the tunnel anyway and are
 not conflicts; blackhole/unreachable/prohibit routes are not destinations and may be shadowed.
+
+IPv6 LANs (lans6, and a customer /128 outside address6's prefix) are checked the same way
+against `ip -6 route show table all`, read only when a plan adds an IPv6 route, so a v4-only
+gateway runs exactly the read it ran before. Every unicast or local IPv6 route counts, from
+any protocol and table; the kernel's own fe80::/64 (link-local) and ff00::/8 (a multicast
+entry, skipped by type) could never overlap a LAN anyway: lans6 are unique local (fc00::/7).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from reconciler.engine.hoststate import ObservedState
 from reconciler.engine.parsers import parse_host_routes
@@ -21,11 +27,12 @@ from reconciler.engine.runner import Runner
 from reconciler.repo.state import RepoState
 
 HOST_ROUTES_ARGV = ["ip", "-4", "-json", "route", "show", "table", "all"]
+HOST_ROUTES6_ARGV = ["ip", "-6", "-json", "route", "show", "table", "all"]
 
 
 @dataclass(frozen=True)
 class HostRoute:
-    dst: IPv4Network
+    dst: IPv4Network | IPv6Network
     dev: str
     table: str
     proto: str
@@ -37,7 +44,7 @@ class HostRoute:
 @dataclass(frozen=True)
 class RouteConflict:
     tenant_file: str
-    lan: IPv4Network
+    lan: IPv4Network | IPv6Network
     route: HostRoute
 
     def __str__(self) -> str:
@@ -48,14 +55,14 @@ class RouteConflict:
 
 
 def foreign_routes(text: str, interface: str) -> tuple[HostRoute, ...]:
-    """Pure: the host's routes from `ip -4 -json route show table all` that could be taken over
-    (destinations on another device, any protocol, any table; not the default route)."""
+    """Pure: the host's routes from `ip -4|-6 -json route show table all` that could be taken
+    over (destinations on another device, any protocol, any table; not the default route)."""
     out = []
     for dst, dev, table, proto in parse_host_routes(text):
         if dev == interface:
             continue  # the tenant interface's own routes (5k at 16k tenants): never foreign
         net = ip_network(dst, strict=False)
-        if isinstance(net, IPv4Network) and net.prefixlen > 0:
+        if net.prefixlen > 0:
             out.append(HostRoute(net, dev, table, proto))
     return tuple(out)
 
@@ -67,8 +74,9 @@ def route_conflicts(new_routes: Iterable[str], host: Iterable[HostRoute],
     host = tuple(host)
     found = []
     for dst in sorted(set(new_routes)):
-        lan = IPv4Network(dst)
-        found += [RouteConflict(owners.get(dst, "?"), lan, r) for r in host if lan.overlaps(r.dst)]
+        lan = ip_network(dst)
+        found += [RouteConflict(owners.get(dst, "?"), lan, r) for r in host
+                  if r.dst.version == lan.version and lan.overlaps(r.dst)]
     return tuple(found)
 
 
@@ -86,7 +94,10 @@ def with_host_routes(then: PlanGuard | None, runner: Runner, interface: str,
         new = [c.route.dst for c in plan.changes if isinstance(c, AddRoute)]
         if not new:
             return then(plan, observed) if then is not None else None
-        host = foreign_routes(runner.run(HOST_ROUTES_ARGV).stdout, interface)
+        host: tuple[HostRoute, ...] = ()
+        for argv, family in ((HOST_ROUTES_ARGV, "."), (HOST_ROUTES6_ARGV, ":")):
+            if any(family in dst for dst in new):  # each family's routes only when needed
+                host += foreign_routes(runner.run(argv).stdout, interface)
         conflicts = route_conflicts(new, host, owners)
         if not conflicts:
             return then(plan, observed) if then is not None else None
@@ -112,7 +123,10 @@ class _LazyOwners(Mapping[str, str]):
         repo = self._repo
         if repo is not None:
             self._map = {str(lan): repo.paths.get(t.ident, t.ident)
-                         for t in repo.tunnels for lan in t.lans}
+                         for t in repo.tunnels for lan in (*t.lans, *t.lans6)}
+            # The customer's /128 (routed when address6's prefix does not cover it).
+            self._map.update((f"{t.customer_address6}/128", repo.paths.get(t.ident, t.ident))
+                             for t in repo.tunnels if t.customer_address6 is not None)
             self._repo = None
         return self._map
 

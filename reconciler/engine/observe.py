@@ -1,6 +1,6 @@
 """Observe stage: read the live host through the runner and parse it into ObservedState.
 
-Reads only: `ip -json addr show dev <if>`, `wg show <if> dump`, our routes
+Reads only: `ip -json addr show dev <if>`, `wg show <if> dump`, our routes of both families
 (`ip -json route show table all dev <if> proto 252`), our nft table (`nft -j list table
 inet tunnelctl`) and the interface config file's digest. Preshared keys are reduced to
 digests at parse time. The rollback snapshot (which does need the keys) is read separately
@@ -79,8 +79,7 @@ def observe(runner: Runner, interface: str, *, config_path: Path | None = None) 
     listing take ~0.1-0.3 s each, and so does parsing them). Results are examined in the
     order that decides the error: a missing interface first, then one wg cannot read.
     """
-    routes_argv = ["ip", "-json", "route", "show", "table", "all", "dev", interface,
-                   "proto", str(ROUTE_PROTO)]
+    routes_argv = our_routes_argv(interface)
     reads: dict[str, float] = {}
 
     def timed(name: str, started: float) -> None:
@@ -146,6 +145,13 @@ def observe(runner: Runner, interface: str, *, config_path: Path | None = None) 
     global last_reads
     last_reads = reads
     return ObservedState(iface, dump.peers, routes, firewall, config, peer_status=dump.status)
+
+
+def our_routes_argv(interface: str) -> list[str]:
+    """Our routes, IPv4 and IPv6 in one read: with `table all` ip filters on no table, and
+    then it lists every family (without a table or `-4`/`-6` it would list IPv4 only)."""
+    return ["ip", "-json", "route", "show", "table", "all", "dev", interface,
+            "proto", str(ROUTE_PROTO)]
 
 
 # Seconds each read of the last observe() took (command and parse; they overlap in time):
@@ -303,9 +309,8 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
         return parse_wg_dump("\n".join([lines[0], *wanted]), psk_digest, remember=False)
 
     def read_routes() -> frozenset[Route]:
-        argv = ["ip", "-json", "route", "show", "table", "all", "dev", interface,
-                "proto", str(ROUTE_PROTO)]
-        return parse_routes(runner.run(argv).stdout, dev=interface, proto=ROUTE_PROTO)
+        return parse_routes(runner.run(our_routes_argv(interface)).stdout, dev=interface,
+                            proto=ROUTE_PROTO)
 
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as pool:
         peers_f = pool.submit(read_peers) if keys else None
@@ -371,7 +376,8 @@ def _only_our_commit(runner: Runner, before: Firewall | None,
     return change.new
 
 
-_GET_ELEMENT_RE = re.compile(r"elements = \{ ([0-9.]+)(?:/\d+)? : (\S+ \S+) \}")
+# One element as `nft get element` prints it: an IPv4 or (compressed) IPv6 address.
+_GET_ELEMENT_RE = re.compile(r"elements = \{ ([0-9a-f.:]+)(?:/\d+)? : (\S+ \S+) \}")
 
 
 def _changed_map_keys(change: ReplaceFirewall) -> set[tuple[str, str]]:
@@ -381,8 +387,9 @@ def _changed_map_keys(change: ReplaceFirewall) -> set[tuple[str, str]]:
 
 
 def fast_verifiable(change: ReplaceFirewall, limit: int = 16) -> bool:
-    """Whether observe_changes can read this firewall change back: elements of the two
-    tenant maps only, at most `limit` keys (more are cheaper to read as one listing)."""
+    """Whether observe_changes can read this firewall change back: elements of the tenant
+    maps only (IPv4 and IPv6), at most `limit` keys (more are cheaper to read as one
+    listing)."""
     delta = change.element_delta()
     if delta is None:
         return False

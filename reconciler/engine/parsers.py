@@ -220,13 +220,18 @@ def _json(text: str, what: str) -> Any:
 
 
 def parse_ip_addr(text: str) -> LinkInfo | None:
-    """`ip -json addr show dev <if>`: one link with its flags, mtu and addresses."""
+    """`ip -json addr show dev <if>`: one link with its flags, mtu and addresses.
+
+    IPv4 and IPv6 addresses, sorted as text (render.interface_address joins them the same
+    way). Scope-link IPv6 addresses (the fe80:: the kernel may give a tun device) are the
+    kernel's, not ours to manage, and are left out."""
     data = _json(text, "ip -json addr")
     if not data:
         return None
     link = data[0]
     addrs = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
-             if a.get("family") == "inet"]
+             if a.get("family") == "inet"
+             or (a.get("family") == "inet6" and a.get("scope") != "link")]
     addrs = sorted(str(ipaddress.ip_interface(a)) for a in addrs)
     return LinkInfo(link["ifname"], int(link["mtu"]), "UP" in link.get("flags", []), tuple(addrs))
 

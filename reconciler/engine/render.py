@@ -95,7 +95,20 @@ def tunnel_allowed_ips(tunnel: Tunnel) -> tuple[str, ...]:
     """
     nets = {(int(tunnel.customer_address), 32)}
     nets.update((int(n.network_address), n.prefixlen) for n in tunnel.lans)
-    return tuple(_v4_cidr(v, n) for v, n in sorted(nets))
+    v4 = tuple(_v4_cidr(v, n) for v, n in sorted(nets))
+    if tunnel.subnet6 is None and not tunnel.lans6:
+        return v4  # IPv4-only: the path every tunnel of a v4 gateway takes
+    return v4 + _v6_allowed_ips(tunnel)
+
+
+def _v6_allowed_ips(tunnel: Tunnel) -> tuple[str, ...]:
+    """The customer's /128 and its IPv6 LANs, after every IPv4 entry in canonical_ips order
+    (hoststate.cidr_sort_key: version, then address, then prefix length)."""
+    nets: set[ipaddress.IPv6Network] = set(tunnel.lans6)
+    if tunnel.customer_address6 is not None:
+        nets.add(ipaddress.IPv6Network((tunnel.customer_address6, 128)))
+    return tuple(str(n) for n in sorted(nets, key=lambda n: (int(n.network_address),
+                                                             n.prefixlen)))
 
 
 def active_tunnels(gateway: Gateway, tunnels: Iterable[Tunnel]) -> list[Tunnel]:
@@ -154,7 +167,20 @@ def _tenant_routes(gateway: Gateway, t: Tunnel, interface: str,
     out = [Route(_v4_cidr(int(lan.network_address), lan.prefixlen), interface) for lan in t.lans]
     if host not in gateway.address.network:
         out.append(Route(f"{host}/32", interface))
+    if t.subnet6 is not None or t.lans6:
+        out += _tenant_routes6(gateway, t, interface)
     return tuple(out)
+
+
+def _tenant_routes6(gateway: Gateway, t: Tunnel, interface: str) -> list[Route]:
+    """IPv6 LAN routes, and the customer's /128 when address6's on-link prefix does not
+    already cover it (the same rule as the /32). str() of an IPv6Network is the compressed
+    form `ip -json route` prints and canonical_cidr gives back, so observe compares equal."""
+    out = [Route(str(lan), interface) for lan in t.lans6]
+    host6 = t.customer_address6
+    if host6 is not None and (gateway.address6 is None or host6 not in gateway.address6.network):
+        out.append(Route(f"{host6}/128", interface))
+    return out
 
 
 @dataclass(frozen=True)
@@ -433,6 +459,15 @@ def _proto(proto: str) -> Literal["udp", "tcp"]:
 # ----------------------------------------------------------------- interface and config
 
 
+def interface_address(gateway: Gateway) -> str:
+    """InterfaceConfig.address: address, plus address6 on a dual-stack gateway, sorted as
+    text and ","-joined, as parsers.parse_ip_addr reads them back (ULA text sorts after any
+    dotted quad, so IPv4 comes first)."""
+    if gateway.address6 is None:
+        return str(gateway.address)
+    return ",".join(sorted((str(gateway.address), str(gateway.address6))))
+
+
 def render_config(interface: InterfaceConfig, peers: Mapping[str, Peer], secrets: Secrets,
                   amneziawg: AmneziaWG | None = None) -> str:
     """The wg-quick file text. Contains the private key and PSKs: write it 0600, never log it.
@@ -484,9 +519,11 @@ def _splice_agrees(template: jinja2.Template) -> bool:
     ok = _splice_checked.get(key)
     if ok is None:
         samples = [Peer("A" * 43 + "=", ("10.20.0.6/32", "192.168.1.0/24"), "d", 25, owner="o/a"),
-                   Peer("B" * 43 + "=", ("10.20.0.10/32",), None, 0)]
+                   Peer("B" * 43 + "=", ("10.20.0.10/32",), None, 0),
+                   Peer("D" * 43 + "=", ("10.20.0.14/32", "fd42:4242:1:3::2/128",
+                                         "fd99:1::/48"), None, 0, owner="o/c")]
         psks = {samples[0].public_key: "C" * 43 + "="}
-        iface = InterfaceConfig("wg9", 51821, None, "10.20.0.1/16", 1420, True)
+        iface = InterfaceConfig("wg9", 51821, None, "10.20.0.1/16,fd42:4242:1::1/48", 1420, True)
         whole = template.render(interface=iface, private_key="K", peers=samples, psks=psks,
                                 obfuscation=())
         frame = template.render(interface=iface, private_key="K", peers=(), psks={},
@@ -751,7 +788,7 @@ def _render_host(gateway: Gateway, tunnels: Sequence[Tunnel], *, interface: str 
     peers, psks = render_peers(active, host_secret)
     secrets = Secrets(private_key, psks)
     iface = InterfaceConfig(ifname, gateway.listen_port, public_key(private_key),
-                            str(gateway.address), gateway.mtu, True)
+                            interface_address(gateway), gateway.mtu, True)
     config = None
     if config_path is not None:
         text = render_config(iface, peers, secrets, gateway.amneziawg)
