@@ -7,7 +7,8 @@ back): the loader cannot know which of the two is the newcomer; the service, whi
 it applied, holds only the side that changed (gitops.admission).
 
 Everything is linear or n log n (dicts and one sorted sweep per gateway), so a 16k-tenant repo
-is checked in tens of milliseconds.
+is checked in tens of milliseconds. IPv6 claims (subnet6, lans6) join the same sweep: their
+integers are shifted above 2**128 (`_span6`), so they can never meet an IPv4 claim.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from reconciler.repo.model import Gateway, Tunnel, TunnelStatus
 from reconciler.repo.yamlio import Loc
@@ -81,6 +82,16 @@ def _span(net: IPv4Network) -> tuple[int, int]:
     return lo, lo + (1 << (32 - net.prefixlen)) - 1
 
 
+# IPv6 ranges as sweep integers: shifted past every IPv4 and IPv6 integer, so one sorted list
+# holds both families and a v6 claim never overlaps a v4 one (even a mistyped non-ULA subnet6).
+_V6 = 1 << 128
+
+
+def _span6(net: IPv6Network) -> tuple[int, int]:
+    lo = int(net.network_address) + _V6
+    return lo, lo + (1 << (128 - net.prefixlen)) - 1
+
+
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
@@ -124,6 +135,20 @@ class _GatewayFacts:
         self.lan_forbidden = [(f"the tunnel pool {gw.pool}", self.pool),
                               (f"the gateway's address block {gw.address.network}",
                                _span(gw.address.network)), *self.infra]
+        # IPv6 (empty on a v4-only gateway, where any subnet6/lans6 is refused outright)
+        self.pool6 = _span6(gw.pool6) if gw.pool6 is not None else None
+        own6 = gw.gateway_subnet6
+        self.own6 = _span6(own6) if own6 is not None else None
+        self.infra6 = [(f"reserved infrastructure range {r} ({gf.path})", _span6(r))
+                       for r in gw.reserved6]
+        self.infra6 += [(f"cloud service range {r} ({gf.path})", _span6(r))
+                        for r in gw.routed_ranges6]
+        self.lan6_forbidden = list(self.infra6)
+        if gw.pool6 is not None and gw.address6 is not None:
+            self.lan6_forbidden[:0] = [
+                (f"the IPv6 tunnel pool {gw.pool6}", _span6(gw.pool6)),
+                (f"the gateway's IPv6 address block {gw.address6.network}",
+                 _span6(gw.address6.network))]
 
 
 def _gateway_rules(tf: TunnelFile, facts: _GatewayFacts) -> list[Finding]:
@@ -161,11 +186,52 @@ def _gateway_rules(tf: TunnelFile, facts: _GatewayFacts) -> list[Finding]:
             out.append(Finding(path, ("lans", i), f"LAN {lan} contains the gateway's public "
                                f"endpoint {gw.endpoint_ip}; the customer's router would send "
                                "the tunnel into itself"))
+    if t.subnet6 is not None or t.lans6:
+        out.extend(_ipv6_rules(tf, facts))
     if t.services:
         for i, svc in enumerate(t.services):
             if svc not in gw.services:
                 out.append(Finding(path, ("services", i), f"service {svc!r} is not in the "
                                    f"catalog of gateway {gw.name} ({', '.join(sorted(gw.services))})"))
+    return out
+
+
+def _ipv6_rules(tf: TunnelFile, facts: _GatewayFacts) -> list[Finding]:
+    """subnet6 and lans6 against the gateway's IPv6 pool, own block and infrastructure."""
+    t, gw, path = tf.tunnel, facts.gw, tf.path
+    out: list[Finding] = []
+    if facts.pool6 is None or gw.pool6 is None or facts.own6 is None:
+        for key, what in (("subnet6", f"subnet6 {t.subnet6}"), ("lans6", "lans6")):
+            if getattr(t, key):
+                out.append(Finding(path, (key,), f"{what} needs IPv6 in the tunnels, but "
+                                   f"gateway {gw.name} has none ({facts.file.path} declares no "
+                                   f"address6/pool6); add them there, or remove {key}"))
+        return out
+    want = gw.allocation_prefix6
+    if t.subnet6 is not None:
+        sub, s6 = _span6(t.subnet6), t.subnet6
+        if s6.prefixlen != want:
+            out.append(Finding(path, ("subnet6",), f"subnet6 {s6} is a /{s6.prefixlen}; every "
+                               f"tunnel gets a /{want} from pool6 {gw.pool6} ('tunnelctl new' "
+                               "picks a free one)"))
+        elif not (facts.pool6[0] <= sub[0] and sub[1] <= facts.pool6[1]):
+            out.append(Finding(path, ("subnet6",), f"subnet6 {s6} is outside pool6 {gw.pool6} "
+                               f"of gateway {gw.name}; pick a free /{want} inside it"))
+        if _overlap(sub, facts.own6) and gw.address6 is not None:
+            out.append(Finding(path, ("subnet6",), f"subnet6 {s6} overlaps the gateway's own "
+                               f"block {gw.gateway_subnet6} (it holds the cloud address "
+                               f"{gw.address6.ip}); pick another /{want}"))
+        for label, span in facts.infra6:
+            if _overlap(sub, span):
+                out.append(Finding(path, ("subnet6",), f"subnet6 {s6} overlaps the {label}; "
+                                   "tenants may never use infrastructure addresses"))
+    for i, lan in enumerate(t.lans6):
+        span = _span6(lan)
+        for label, other in facts.lan6_forbidden:
+            if _overlap(span, other):
+                out.append(Finding(path, ("lans6", i), f"LAN {lan} overlaps {label}; a customer "
+                                   "LAN must not cover cloud or tunnel addresses"))
+                break
     return out
 
 
@@ -181,12 +247,32 @@ def _identity_rules(tf: TunnelFile) -> list[Finding]:
     return out
 
 
-def _claim_of(tf: TunnelFile, which: int) -> tuple[IPv4Network, str, Loc]:
-    """A claim is an address range a tunnel routes to itself: which == -1 is its subnet,
-    otherwise its LAN number `which`."""
-    if which < 0:
-        return tf.tunnel.subnet, "subnet", ("subnet",)
-    return tf.tunnel.lans[which], "LAN", ("lans", which)
+# `which` of a claim: LAN number i >= 0, or one of these, or lans6 number LAN6 - which.
+SUBNET, SUBNET6, LAN6 = -1, -2, -3
+
+
+def _claim_of(tf: TunnelFile, which: int) -> tuple[IPv4Network | IPv6Network, str, Loc]:
+    """A claim is an address range a tunnel routes to itself: its subnet, subnet6, a LAN or
+    an IPv6 LAN, as `which` says (see SUBNET, SUBNET6, LAN6)."""
+    t = tf.tunnel
+    if which >= 0:
+        return t.lans[which], "LAN", ("lans", which)
+    if which == SUBNET:
+        return t.subnet, "subnet", ("subnet",)
+    if which == SUBNET6 and t.subnet6 is not None:
+        return t.subnet6, "subnet6", ("subnet6",)
+    return t.lans6[LAN6 - which], "LAN", ("lans6", LAN6 - which)
+
+
+def _claims6(t: Tunnel, holds: bool) -> list[tuple[int, int, int]]:
+    """The IPv6 claims of a tunnel that has any, as (lo, hi, which)."""
+    out = []
+    if holds and t.subnet6 is not None:
+        lo, hi = _span6(t.subnet6)
+        out.append((lo, hi, SUBNET6))
+    if t.status is not TunnelStatus.revoked:
+        out.extend((*_span6(lan), LAN6 - i) for i, lan in enumerate(t.lans6))
+    return out
 
 
 def _describe(tf: TunnelFile, which: int, locate: Locate) -> str:
@@ -215,6 +301,9 @@ def _overlap_rules(tunnels: Sequence[TunnelFile], locate: Locate, today: date) -
             for i, lan in enumerate(t.lans):
                 lo = int(lan.network_address)
                 claims.append((lo, -(lo + (1 << (32 - lan.prefixlen)) - 1), n, i))
+        if t.subnet6 is not None or t.lans6:
+            claims.extend((lo, -hi, n, which)
+                          for lo, hi, which in _claims6(t, holds_subnet(t, today)))
     claims.sort()
     end = -1
     for lo, neg_hi, _, _ in claims:  # fast path: a valid repo has no overlap at all
@@ -322,10 +411,13 @@ def _claims(tf: TunnelFile, today: date) -> list[tuple[int, int]]:
     """The address ranges a tunnel holds (as _overlap_rules counts them), as (lo, hi)."""
     t = tf.tunnel
     out = []
-    if holds_subnet(t, today):
+    holds = holds_subnet(t, today)
+    if holds:
         out.append(_span(t.subnet))
     if t.lans and t.status is not TunnelStatus.revoked:
         out.extend(_span(lan) for lan in t.lans)
+    if t.subnet6 is not None or t.lans6:
+        out.extend((lo, hi) for lo, hi, _ in _claims6(t, holds))
     return out
 
 
