@@ -23,8 +23,8 @@ from pathlib import PurePath
 from reconciler.engine.hoststate import (
     FIREWALL_FAMILY,
     FIREWALL_TABLE,
+    HOST_MAPS,
     ROUTE_PROTO,
-    TENANT_HOSTS,
     Peer,
     Route,
     Secrets,
@@ -357,9 +357,9 @@ def element_transaction(removed: Iterable[Element], added: Iterable[Element],
     for verb, items in (("delete", removed), ("add", added)):
         by_map: dict[str, list[str]] = {}
         for _, name, key, value in sorted(items, key=str):
-            # A /32 as a plain address: the tenant host map is a hash map, which takes no
-            # prefixes (an interval map reads the plain address as the /32).
-            text = str(key).removesuffix("/32")
+            # A /32 or /128 as a plain address: the tenant host maps are hash maps, which
+            # take no prefixes (an interval map reads the plain address as the /32 or /128).
+            text = str(key).removesuffix("/128" if ":" in str(key) else "/32")
             by_map.setdefault(str(name), []).append(
                 f"{text} : {value}" if verb == "add" and value != "" else text)
         lines += [f"{verb} element {family} {table} {name} {{ {', '.join(keys)} }}"
@@ -375,8 +375,9 @@ INTERVAL_DELETE_LIMIT = 16
 
 
 def interval_deletes(removed: Iterable[Element]) -> int:
-    """Deleted elements that live in an interval set (everything but the host hash map)."""
-    return sum(1 for e in removed if e[0] == "elem" and e[1] != TENANT_HOSTS)
+    """Deleted elements that live in an interval set (everything but the host hash maps),
+    IPv4 and IPv6 alike: nft walks each interval set per delete."""
+    return sum(1 for e in removed if e[0] == "elem" and e[1] not in HOST_MAPS)
 
 
 def firewall_commands(change: ReplaceFirewall) -> tuple[Command, ...]:

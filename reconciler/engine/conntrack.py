@@ -5,7 +5,8 @@ every packet; but the other side of a flow the tenant opened (RTP from the cloud
 range back to the tenant) rides on the conntrack entry. When a tenant's services shrink, or
 its tunnel is disabled, revoked or removed, the entries whose original source or destination
 lies in its prefixes are deleted (`conntrack -D`, Debian package `conntrack`), so nothing of
-the old flow survives the change.
+the old flow survives the change. IPv4 and IPv6 alike: a dual-stack tenant's /128 and IPv6
+LANs are flushed with `-f ipv6`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def shrunk_sources(plan: Plan) -> list[str]:
 
 
 def collapse(prefixes: Iterable[str]) -> list[str]:
-    v4 = []
+    """Each family collapsed on its own (collapse_addresses takes one): IPv4 first."""
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
     for p in prefixes:
         try:
             net = ipaddress.ip_network(p, strict=False)
@@ -70,7 +73,14 @@ def collapse(prefixes: Iterable[str]) -> list[str]:
             continue
         if isinstance(net, ipaddress.IPv4Network):
             v4.append(net)
-    return [str(n) for n in ipaddress.collapse_addresses(v4)]
+        else:
+            v6.append(net)
+    return ([str(n) for n in ipaddress.collapse_addresses(v4)]
+            + [str(n) for n in ipaddress.collapse_addresses(v6)])
+
+
+def _family(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    return "ipv4" if net.version == 4 else "ipv6"
 
 
 PER_PREFIX_LIMIT = 8  # more prefixes: list the table once and delete what matches
@@ -82,19 +92,30 @@ def flush_prefixes(runner: Runner, prefixes: Iterable[str]) -> list[str]:
 
     A few prefixes: two `conntrack -D` filters each. Many (a removal of 2,000 tenants): one
     listing of the table, and a delete of each matching flow only, so the cost follows the
-    number of live flows, not of tenants."""
-    nets = [ipaddress.IPv4Network(p) for p in prefixes]
+    number of live flows, not of tenants. Each family by itself (`-f ipv4`, `-f ipv6`)."""
+    nets = [ipaddress.ip_network(p) for p in prefixes]
     if len(nets) <= PER_PREFIX_LIMIT:
         failed = []
         for net in nets:
             for side, mask in (("-s", "--mask-src"), ("-d", "--mask-dst")):
-                err = _delete(runner, ["-f", "ipv4", side, str(net.network_address), mask,
+                err = _delete(runner, ["-f", _family(net), side, str(net.network_address), mask,
                                        str(net.netmask)])
                 if err:
                     failed.append(f"{net} ({side}): {err}")
         return failed
+    failed = []
+    for family in ("ipv4", "ipv6"):
+        some = [n for n in nets if _family(n) == family]
+        if some:
+            failed += _flush_listed(runner, some, family)
+    return failed
+
+
+def _flush_listed(runner: Runner, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+                  family: str) -> list[str]:
+    """One listing of the family's flows, a delete of each flow inside `nets`."""
     try:
-        listing = runner.run(["conntrack", "-L", "-f", "ipv4"], check=False, timeout=30)
+        listing = runner.run(["conntrack", "-L", "-f", family], check=False, timeout=30)
     except OSError as exc:  # the tool is missing
         return [f"conntrack: {exc}"]
     if listing.returncode != 0:
@@ -104,14 +125,14 @@ def flush_prefixes(runner: Runner, prefixes: Iterable[str]) -> list[str]:
 
     def inside(addr: str) -> bool:
         try:
-            value = int(ipaddress.IPv4Address(addr))
+            value = int(ipaddress.ip_address(addr))
         except ValueError:
             return False
         i = bisect.bisect_right(starts, value) - 1
         return i >= 0 and ranges[i][0] <= value <= ranges[i][1]
 
     failed, done = [], set()
-    for flow in matching_flows(listing.stdout, inside):
+    for flow in matching_flows(listing.stdout, inside, family):
         if flow in done:
             continue
         done.add(flow)
@@ -121,9 +142,11 @@ def flush_prefixes(runner: Runner, prefixes: Iterable[str]) -> list[str]:
     return failed
 
 
-def matching_flows(listing: str, inside: Callable[[str], bool]) -> list[tuple[str, ...]]:
+def matching_flows(listing: str, inside: Callable[[str], bool],
+                   family: str = "ipv4") -> list[tuple[str, ...]]:
     """`conntrack -D` filters for each listed flow whose original source or destination is
-    inside: protocol, addresses and (tcp/udp) ports of the original direction."""
+    inside: protocol, addresses and (tcp/udp) ports of the original direction. `family`
+    is the one the listing was made for (`-L -f ipv4` or `ipv6`)."""
     out = []
     for line in listing.splitlines():
         words = line.split()
@@ -138,7 +161,7 @@ def matching_flows(listing: str, inside: Callable[[str], bool]) -> list[tuple[st
         src, dst = fields.get("src"), fields.get("dst")
         if src is None or dst is None or not (inside(src) or inside(dst)):
             continue
-        flow = ["-f", "ipv4", "-p", proto, "-s", src, "-d", dst]
+        flow = ["-f", family, "-p", proto, "-s", src, "-d", dst]
         if proto in ("tcp", "udp") and "sport" in fields and "dport" in fields:
             flow += ["--sport", fields["sport"], "--dport", fields["dport"]]
         out.append(tuple(flow))

@@ -87,7 +87,8 @@ def persisted_text(path: Path, fingerprint: str) -> str | None:
 def closed_table(interface: str) -> str:
     """Our table for an interface and no tenants: nothing arriving on it reaches the host or
     another interface, nothing is forwarded to it; replies to the host's own connections
-    pass. Other interfaces are left to other tables."""
+    pass. Other interfaces are left to other tables. No rule names an address family, so in
+    the inet table the drops hold for IPv6 from the tenant interface as for IPv4."""
     accept, drop = Verdict("accept"), Verdict("drop")
     replies = Rule((CtDirection("reply"), CtState(("established", "related")), accept),
                    "replies")
