@@ -8,7 +8,7 @@ import shutil
 import stat
 import subprocess
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, ip_interface
 from pathlib import Path
 
 import png
@@ -28,7 +28,7 @@ TENANTS = ROOT / "tenants"
 @dataclass(frozen=True)
 class WgQuickParts:
     setconf: str  # what `wg-quick strip` prints, i.e. what wg-quick hands to `wg setconf`
-    addresses: tuple[IPv4Interface, ...]  # what wg-quick itself adds with `ip address`
+    addresses: tuple[IPv4Interface | IPv6Interface, ...]  # wg-quick adds them with `ip address`
     mtu: int | None
 
 
@@ -42,7 +42,7 @@ def wg_quick_strip(text: str, folder: Path) -> WgQuickParts:
                               check=True).stdout
     values = [ln.split("=", 1) for ln in text.split("[Peer]")[0].splitlines() if "=" in ln
               and not ln.lstrip().startswith("#")]
-    addresses = tuple(IPv4Interface(a.strip()) for k, v in values if k.strip() == "Address"
+    addresses = tuple(ip_interface(a.strip()) for k, v in values if k.strip() == "Address"
                       for a in v.split(","))
     mtu = next((int(v) for k, v in values if k.strip() == "MTU"), None)
     return WgQuickParts(stripped, addresses, mtu)

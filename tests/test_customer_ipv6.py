@@ -9,17 +9,30 @@ UPDATE_GOLDEN=1 pytest tests/test_customer_ipv6.py
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import tempfile
+from dataclasses import replace
+from ipaddress import IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from pathlib import Path
 
 import pytest
+from customer_kit import GATEWAY6, dual_stack_repo
+from test_amneziawg import block as awg_block
+from test_customer_config import wg_quick_strip
 
+from reconciler.lab import demo_private_keys
 from reconciler.operator import customer_config as cc
+from reconciler.repo.model import Gateway
+from reconciler.repo.state import load_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANTS = ROOT / "tenants"
 GOLDEN = Path(__file__).resolve().parent / "golden" / "customer"
 V4_TUNNELS = ("acme-voip/hq", "bluebird-telecom/main", "carrot-dental/clinic")
+HOST_SECRET = bytes(range(32))  # conftest's secret_dir holds the same
+AWG_BLOCK = awg_block()
 
 
 def golden(name: str, text: str) -> None:
@@ -61,3 +74,173 @@ def test_ipv4_only_tunnel_with_routed_ranges_renders_as_before(secret_dir: Path,
                                                                v4_routed_repo: Path) -> None:
     config = cc.load(v4_routed_repo, "acme-voip/hq", secret_dir=secret_dir)
     golden("v4-routed-acme-voip-hq.txt", every_format(config))
+
+
+# ---- dual stack -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dual_repo(tmp_path: Path) -> Path:
+    return dual_stack_repo(tmp_path / "dual")
+
+
+def test_dual_stack_values(secret_dir: Path, dual_repo: Path) -> None:
+    config = cc.load(dual_repo, "acme-voip/hq", secret_dir=secret_dir)
+    assert config.customer_address == IPv4Interface("10.20.0.6/30")  # IPv4 unchanged
+    assert config.customer_address6 == IPv6Interface("fd42:4242:1:5::2/64")
+    assert config.cloud_address6 == IPv6Address("fd42:4242:1::1")
+    assert config.allowed_ips == (IPv4Network("10.20.0.1/32"),)
+    assert config.allowed_ips6 == (IPv6Network("fd42:4242:1::1/128"),
+                                   IPv6Network("fd42:4242:ff00::/64"))
+    assert config.peer_allowed_ips == (*config.allowed_ips, *config.allowed_ips6)
+    assert config.lans6 == (IPv6Network("fd99:10::/64"),)
+
+
+@pytest.mark.parametrize("fmt,ext", [("wg-quick", "conf"), ("mikrotik", "rsc"), ("gdms", "txt")])
+def test_dual_stack_golden_per_format(secret_dir: Path, dual_repo: Path, fmt: str,
+                                      ext: str) -> None:
+    config = cc.load(dual_repo, "acme-voip/hq", secret_dir=secret_dir)
+    golden(f"dual-acme-voip-hq.{ext}", cc.render(config, fmt))
+
+
+def test_dual_stack_without_ipv6_lans_golden(secret_dir: Path, dual_repo: Path) -> None:
+    config = cc.load(dual_repo, "bluebird-telecom/main", secret_dir=secret_dir)
+    assert config.lans6 == () and config.customer_address6 is not None
+    golden("dual-bluebird-telecom-main.txt", every_format(config))
+
+
+def test_tunnel_without_subnet6_on_a_dual_stack_gateway_renders_as_before(
+        secret_dir: Path, dual_repo: Path) -> None:
+    config = cc.load(dual_repo, "carrot-dental/clinic", secret_dir=secret_dir)
+    assert config.customer_address6 is None and config.allowed_ips6 == ()
+    golden("v4-carrot-dental-clinic.txt", every_format(config))  # the IPv4-only golden file
+
+
+def test_subnet6_on_an_ipv4_only_gateway_is_ignored(secret_dir: Path, tmp_path: Path) -> None:
+    """Whatever the repo rules say about such a file, the customer side never gets IPv6 the
+    gateway does not have."""
+    state = load_repo(dual_stack_repo(tmp_path / "dual"))
+    tunnel = next(t for t in state.tunnels if t.ident == "acme-voip/hq")
+    v4_gateway = load_repo(TENANTS).gateways["cloud-1"]
+    config = cc.build(tunnel, v4_gateway, HOST_SECRET, v4_gateway.public_key or "")
+    assert config.customer_address6 is None and config.peer_allowed_ips == config.allowed_ips
+
+
+def test_wg_quick_strip_and_quick_parts(secret_dir: Path, dual_repo: Path, tmp_path: Path) -> None:
+    config = cc.load(dual_repo, "acme-voip/hq", secret_dir=secret_dir)
+    text = cc.render(config, "wg-quick")
+    assert "Address = 10.20.0.6/30, fd42:4242:1:5::2/64\n" in text
+    parts = wg_quick_strip(text, tmp_path)
+    assert parts.addresses == (IPv4Interface("10.20.0.6/30"), IPv6Interface("fd42:4242:1:5::2/64"))
+    peer = dict(ln.split(" = ", 1) for ln in parts.setconf.splitlines() if " = " in ln)
+    assert peer["AllowedIPs"] == "10.20.0.1/32, fd42:4242:1::1/128, fd42:4242:ff00::/64"
+    assert peer["Endpoint"] == "203.0.113.10:51821"
+    compact = wg_quick_strip(cc.render(config, "wg-quick", compact=True), tmp_path)
+    assert compact.addresses == parts.addresses
+    assert [ln for ln in compact.setconf.splitlines() if ln and not ln.startswith("#")] == \
+        [ln for ln in parts.setconf.splitlines() if ln and not ln.startswith("#")]
+
+
+def test_qr_decodes_to_both_addresses(secret_dir: Path, dual_repo: Path, tmp_path: Path) -> None:
+    config = cc.load(dual_repo, "acme-voip/hq", secret_dir=secret_dir)
+    private = demo_private_keys()["acme-voip/hq"]
+    png = tmp_path / "qr.png"
+    png.write_bytes(cc.render_qr(config, private_key=private).png)
+    decoded = subprocess.run(["zbarimg", "-q", "--raw", str(png)], capture_output=True,
+                             text=True, check=True).stdout.rstrip("\n")
+    section = cc.interface_section(decoded)
+    assert section["Address"] == "10.20.0.6/30, fd42:4242:1:5::2/64"
+    assert section["PrivateKey"] == private
+    assert "AllowedIPs = 10.20.0.1/32, fd42:4242:1::1/128, fd42:4242:ff00::/64" in decoded
+    assert decoded == cc.render(config, "wg-quick", compact=True,
+                                private_key=private).rstrip("\n")
+
+
+def test_routeros_ipv6_lines(secret_dir: Path, dual_repo: Path) -> None:
+    config = cc.load(dual_repo, "acme-voip/hq", secret_dir=secret_dir)
+    rsc = cc.render(config, "mikrotik")
+    assert rsc.count("allowed-address=10.20.0.1/32,fd42:4242:1::1/128,fd42:4242:ff00::/64 ") == 2
+    assert ('/ipv6 address add interface="wg-cloud-1" comment="tunnelctl acme-voip/hq" '
+            'address=fd42:4242:1:5::2/64 advertise=no') in rsc
+    for net in ("fd42:4242:1::1/128", "fd42:4242:ff00::/64"):
+        assert (f'/ipv6 route add dst-address={net} comment="tunnelctl cloud-1" '
+                'gateway="wg-cloud-1"') in rsc
+    # IPv4 routes stay IPv4: no IPv6 prefix under /ip route, none of IPv4 under /ipv6 route
+    assert not re.search(r"/ip route \w+ dst-address=[0-9a-f]*:", rsc)
+    assert not re.search(r"/ipv6 route \w+ dst-address=\d+\.", rsc)
+
+
+def test_gdms_names_every_ipv6_value(secret_dir: Path, dual_repo: Path) -> None:
+    config = cc.load(dual_repo, "acme-voip/hq", secret_dir=secret_dir)
+    text = cc.render(config, "gdms")
+    numbers = [int(m) for m in re.findall(r"^ (\d+)\. ", text, re.MULTILINE)]
+    assert numbers == list(range(1, len(numbers) + 1))
+    for value in ("IPv6 tunnel address, if the interface takes one: fd42:4242:1:5::2/64",
+                  "Allowed IPs: 10.20.0.1/32, fd42:4242:1::1/128, fd42:4242:ff00::/64",
+                  "the cloud answers at fd42:4242:1::1 too", "IPv6 LANs fd99:10::/64",
+                  "leave every IPv6\nvalue out"):
+        assert value in text, value
+
+
+def test_amneziawg_dual_stack_is_an_awg_quick_file_with_both_addresses(
+        secret_dir: Path, tmp_path: Path) -> None:
+    repo = dual_stack_repo(tmp_path / "awg", gateway_extra=GATEWAY6 + AWG_BLOCK)
+    config = cc.load(repo, "acme-voip/hq", secret_dir=secret_dir)
+    for compact in (False, True):
+        text = cc.render(config, "wg-quick", compact=compact)  # checks the obfuscation values
+        section = cc.interface_section(text)
+        assert section["Address"] == "10.20.0.6/30, fd42:4242:1:5::2/64" and section["Jc"] == "4"
+    assert "awg-quick up wg-cloud-1" in cc.render(config, "wg-quick")
+
+
+# ---- the routing-loop guard with an IPv6 endpoint --------------------------------------------
+
+
+def _v6_endpoint_gateway(ranges6: tuple[str, ...]) -> Gateway:
+    gw = load_repo(dual_stack_repo(Path(tempfile.mkdtemp()) / "r")).gateways["cloud-1"]
+    return gw.model_copy(update={"endpoint": "[2001:db8::1]:51821",
+                                 "routed_ranges6": tuple(IPv6Network(r) for r in ranges6)})
+
+
+def test_ipv6_routed_range_covering_an_ipv6_endpoint_is_refused(secret_dir: Path,
+                                                                tmp_path: Path) -> None:
+    looped = _v6_endpoint_gateway(("2001:db8::/32",))
+    with pytest.raises(cc.CustomerConfigError,
+                       match=r"2001:db8::/32 would cover the endpoint 2001:db8::1.*routed_ranges6"):
+        cc.customer_allowed_ips6(looped)
+    # Through the whole load too (the repo rules may refuse it first: either way it is refused).
+    repo = dual_stack_repo(tmp_path / "dual", gateway_extra=(
+        "address6: fd42:4242:1::1/48\npool6: fd42:4242:1::/48\nrouted_ranges6: [2001:db8::/32]\n"))
+    gw = repo / "gateway.yaml"
+    gw.write_text(gw.read_text().replace("endpoint: 203.0.113.10:51821",
+                                         'endpoint: "[2001:db8::1]:51821"'))
+    with pytest.raises(cc.CustomerConfigError, match="endpoint"):
+        cc.load(repo, "acme-voip/hq", secret_dir=secret_dir)
+
+
+def test_ipv6_endpoint_outside_the_ranges_renders(secret_dir: Path) -> None:
+    gw = _v6_endpoint_gateway(("fd42:4242:ff00::/64",))
+    assert cc.customer_allowed_ips6(gw)[-1] == IPv6Network("fd42:4242:ff00::/64")
+    # an IPv4 range never "covers" an IPv6 endpoint, nor the other way round
+    assert cc.customer_allowed_ips(gw.model_copy(update={
+        "routed_ranges": (IPv4Network("0.0.0.0/1"),)}))[-1] == IPv4Network("0.0.0.0/1")
+
+
+@pytest.mark.parametrize("endpoint,leak", [
+    ("[2001:db8::1]:51821", IPv6Network("2001:db8::/48")),
+    ("203.0.113.10:51821", IPv4Network("203.0.113.0/24")),
+])
+def test_renderer_assertion_catches_an_endpoint_in_either_family(
+        secret_dir: Path, dual_repo: Path, endpoint: str, leak: IPv4Network | IPv6Network) -> None:
+    config = cc.load(dual_repo, "acme-voip/hq", secret_dir=secret_dir)
+    host = endpoint.rpartition(":")[0].strip("[]")
+    config = replace(config, endpoint=endpoint, endpoint_host=host)
+    for fmt in cc.TEXT_FORMATS:
+        cc.render(config, fmt)  # the endpoint itself is fine outside AllowedIPs
+    if isinstance(leak, IPv6Network):
+        looped = replace(config, allowed_ips6=(*config.allowed_ips6, leak))
+    else:
+        looped = replace(config, allowed_ips=(*config.allowed_ips, leak))
+    for fmt in cc.TEXT_FORMATS:
+        with pytest.raises(AssertionError, match=f"covers the endpoint {host}"):
+            cc.render(looped, fmt)
