@@ -1,16 +1,17 @@
 """The /30 allocator: never a used, reserved or misaligned block, first free wins, and the pool
-fills exactly (16,383 tenants in 10.20.0.0/16, then a clear "pool exhausted" error)."""
+fills exactly (16,383 tenants in 10.20.0.0/16, then a clear "pool exhausted" error). The
+IPv6 allocator likewise, found from the used blocks even in a pool of 2**32 prefixes."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from repo_kit import GATEWAY_YAML
 
-from reconciler.repo.allocate import PoolExhausted, allocate
+from reconciler.repo.allocate import PoolExhausted, allocate, allocate6
 from reconciler.repo.model import Gateway
 from reconciler.repo.yamlio import parse
 
@@ -98,3 +99,71 @@ def test_the_answer_is_the_lowest_block_nothing_touches(used_idx: set[int],
     assert got == block(index)  # aligned and inside the pool
     assert not touched(index)
     assert all(touched(i) for i in range(index))
+
+
+# ---- IPv6: the first gap among sorted used blocks, never a walk over the pool ----------------
+
+def dual_gateway(pool6: str = "fd42:4242:1::/48", *, prefix6: int = 64,
+                 reserved6: tuple[str, ...] = (), routed6: tuple[str, ...] = ()) -> Gateway:
+    net = IPv6Network(pool6)
+    text = (GATEWAY_YAML + f"address6: {net.network_address + 1}/{net.prefixlen}\n"
+            f"pool6: {pool6}\nallocation_prefix6: {prefix6}\n"
+            f"reserved6: [{', '.join(reserved6)}]\nrouted_ranges6: [{', '.join(routed6)}]\n")
+    return Gateway.model_validate(parse(text.encode()).value)  # type: ignore[union-attr]
+
+
+def test_first_free_ipv6_prefix_skips_the_gateways_block_and_infrastructure() -> None:
+    gw = dual_gateway(reserved6=("fd42:4242:1:2::/63",), routed6=("fd42:4242:1:5::/64",))
+    assert allocate6(gw, []) == IPv6Network("fd42:4242:1:1::/64")
+    used = [IPv6Network("fd42:4242:1:1::/64"), IPv6Network("fd42:4242:1:4::/64")]
+    assert allocate6(gw, used) == IPv6Network("fd42:4242:1:6::/64")
+    assert allocate6(gw, used, [IPv6Network("fd42:4242:1:6::/63")]) == \
+        IPv6Network("fd42:4242:1:8::/64")
+
+
+def test_ipv6_in_a_huge_pool_is_found_from_the_used_blocks_alone() -> None:
+    # 2**32 /64s, the lower three quarters reserved: a walk over the blocks would never end.
+    gw = dual_gateway("fd42:4242::/32", reserved6=("fd42:4242::/33", "fd42:4242:8000::/34"))
+    start = int(IPv6Network("fd42:4242:c000::/34").network_address)
+    used = [IPv6Network((start + (i << 64), 64)) for i in range(10_000)]
+    assert allocate6(gw, used[::-1]) == IPv6Network("fd42:4242:c000:2710::/64")
+    with pytest.raises(PoolExhausted, match="pool6 fd42:4242::/32 exhausted"):
+        allocate6(gw, [IPv6Network("fd42:4242:c000::/34")])
+
+
+def test_a_small_pool6_fills_exactly_then_is_exhausted() -> None:
+    gw = dual_gateway("fd42:4242:1::/62")  # four /64s, the first is the gateway's
+    used: list[IPv6Network] = []
+    for _ in range(3):
+        used.append(allocate6(gw, used))
+    assert used == [IPv6Network(f"fd42:4242:1:{i}::/64") for i in (1, 2, 3)]
+    with pytest.raises(PoolExhausted):
+        allocate6(gw, used)
+
+
+def test_allocate6_needs_a_dual_stack_gateway() -> None:
+    with pytest.raises(ValueError, match="has no IPv6"):
+        allocate6(GATEWAY, [])
+
+
+POOL6 = IPv6Network("fd42:4242:1::/56")  # 256 /64s: small enough for brute force
+
+
+@settings(max_examples=100, deadline=None)
+@given(used=st.lists(st.builds(
+    lambda i, p: IPv6Network((int(POOL6.network_address) + (i << 64), p), strict=False),
+    st.integers(0, 300), st.integers(50, 72)), max_size=12),
+    reserved=st.lists(st.builds(
+        lambda i, p: IPv6Network((int(POOL6.network_address) + (i << 64), p), strict=False),
+        st.integers(0, 255), st.integers(56, 66)), max_size=3))
+def test_the_ipv6_answer_is_the_lowest_block_nothing_touches(
+        used: list[IPv6Network], reserved: list[IPv6Network]) -> None:
+    gw = dual_gateway(str(POOL6), reserved6=tuple(str(r) for r in reserved))
+    blocks = list(POOL6.subnets(new_prefix=64))
+    forbidden = [*used, *reserved, IPv6Network("fd42:4242:1::/64")]
+    free = [b for b in blocks if not any(b.overlaps(f) for f in forbidden)]
+    if not free:
+        with pytest.raises(PoolExhausted):
+            allocate6(gw, used)
+        return
+    assert allocate6(gw, used) == free[0]
