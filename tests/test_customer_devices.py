@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from customer_kit import dual_stack_repo
 
 from reconciler.engine import psk, wgkeys
 from reconciler.lab import demo_private_keys
@@ -44,9 +45,9 @@ def repo_with(tmp_path: Path, ident: str, **edits: str) -> Path:
 # ------------------------------------------------------------------ RouterOS, run twice
 
 _ARG_RE = re.compile(r'([a-z-]+)=("(?:[^"\\]|\\.)*"|\S+)')
-_FIND_RE = re.compile(r"^:local found \[(/[a-z /]+?) find where (.+)\]$")
-_IF_RE = re.compile(r"^:if \(\[:len \$found\] = 0\) do=\{ (/[a-z /]+?) add (.+?) \} "
-                    r"else=\{ (/[a-z /]+?) set \$found (.+) \}$")
+_FIND_RE = re.compile(r"^:local found \[(/[a-z0-9 /]+?) find where (.+)\]$")
+_IF_RE = re.compile(r"^:if \(\[:len \$found\] = 0\) do=\{ (/[a-z0-9 /]+?) add (.+?) \} "
+                    r"else=\{ (/[a-z0-9 /]+?) set \$found (.+) \}$")
 _KEYCHECK_RE = re.compile(r'^:if \(\[/interface wireguard get \[find where name=("[^"]*")\] '
                           r'public-key\] != ("[^"]*")\) do=\{ :error "[^"]*" \}$')
 _ERROR_RE = re.compile(r'^(?:\} on-error=\{ )?:error ("(?:[^"\\]|\\.)*")(?: \})?$')
@@ -131,10 +132,13 @@ class Router:
         return {k: [dict(r) for r in v] for k, v in self.menus.items()}
 
 
+@pytest.mark.parametrize("dual", [False, True], ids=["ipv4", "dual-stack"])
 @pytest.mark.parametrize("ident", ["bluebird-telecom/main", "acme-voip/hq"])
 def test_routeros_script_converges_when_run_again(secret_dir: Path, tmp_path: Path,
-                                                  ident: str) -> None:
-    config = cc.load(ROOT / "tenants", ident, secret_dir=secret_dir)
+                                                  ident: str, dual: bool) -> None:
+    # repo_with() below edits this same copy, so the rotated script keeps its IPv6 lines
+    repo = dual_stack_repo(tmp_path / "repo") if dual else ROOT / "tenants"
+    config = cc.load(repo, ident, secret_dir=secret_dir)
     script = cc.render(config, "mikrotik")
     router = Router(config.customer_public_key)
     router.run(script)
@@ -142,6 +146,15 @@ def test_routeros_script_converges_when_run_again(secret_dir: Path, tmp_path: Pa
     assert len(first["/interface wireguard peers"]) == 1
     assert first["/interface wireguard peers"][0]["preshared-key"] == config.preshared_key
     assert len(first["/ip route"]) == len(config.allowed_ips)
+    if dual:
+        assert config.customer_address6 is not None
+        assert [r["address"] for r in first["/ipv6 address"]] == [str(config.customer_address6)]
+        assert [r["dst-address"] for r in first["/ipv6 route"]] == \
+            [str(n) for n in config.allowed_ips6] and len(config.allowed_ips6) == 2
+        assert first["/interface wireguard peers"][0]["allowed-address"] == \
+            ",".join(str(n) for n in config.peer_allowed_ips)
+    else:
+        assert "/ipv6 address" not in first and "/ipv6 route" not in first
     router.run(script)
     assert router.snapshot() == first, "a second run changed the router"
 
@@ -160,16 +173,18 @@ def test_routeros_script_converges_when_run_again(secret_dir: Path, tmp_path: Pa
         {k: v for k, v in first.items() if k != "/interface wireguard peers"}
 
 
-def test_every_routeros_add_is_guarded_and_every_step_handles_errors(secret_dir: Path) -> None:
-    script = cc.render(cc.load(ROOT / "tenants", "bluebird-telecom/main", secret_dir=secret_dir),
-                       "mikrotik")
+@pytest.mark.parametrize("dual,steps", [(False, 5), (True, 8)], ids=["ipv4", "dual-stack"])
+def test_every_routeros_add_is_guarded_and_every_step_handles_errors(
+        secret_dir: Path, tmp_path: Path, dual: bool, steps: int) -> None:
+    repo = dual_stack_repo(tmp_path / "repo") if dual else ROOT / "tenants"
+    script = cc.render(cc.load(repo, "bluebird-telecom/main", secret_dir=secret_dir), "mikrotik")
     lines = [ln.strip() for ln in script.splitlines() if ln.strip() and not ln.startswith("#")]
     adds = [i for i, ln in enumerate(lines) if " add " in ln]
-    assert len(adds) == 5
+    assert len(adds) == steps  # dual stack: one /ipv6 address, two /ipv6 routes more
     for i in adds:
         assert _IF_RE.match(lines[i]) and _FIND_RE.match(lines[i - 1]), lines[i]
         assert lines[i - 2] == ":do {" and lines[i + 1].startswith("} on-error={ :error "), lines[i]
-    assert script.count(":do {") == script.count("} on-error={") == 5
+    assert script.count(":do {") == script.count("} on-error={") == steps
 
 
 def test_routeros_script_stops_at_a_foreign_router_key(secret_dir: Path) -> None:
