@@ -16,7 +16,9 @@ import yaml
 from test_engine_netns import EngineHost, FailOnce, host  # noqa: F401  (the fixture)
 
 from reconciler.engine.hoststate import ROUTE_PROTO, Route
-from reconciler.engine.plan import AddRoute, DeleteRoute, UpdatePeer
+from reconciler.engine.observe import observe_changes
+from reconciler.engine.plan import AddRoute, DeleteRoute, Plan, UpdatePeer
+from reconciler.engine.runner import Runner
 
 pytestmark = pytest.mark.lab
 
@@ -163,3 +165,21 @@ def test_failed_dual_stack_change_restores_ipv6_routes_and_peers(
     assert _picture(host) == before
     host.converged()
     assert our_routes6(host) == {"fd99:1::/48", "fd99:3::/48"}
+
+
+def test_the_change_path_reads_ipv6_routes_back(host: EngineHost) -> None:  # noqa: F811
+    """observe_changes (the service's one-change verify) re-reads our routes of both
+    families when a plan touched a route."""
+    dual_stack(host)
+    host.converged()
+    before = host.observe()
+    host.sh("ip", "route", "replace", "fd99:9::/48", "dev", host.ifname, "proto",
+            str(ROUTE_PROTO))
+    host.sh("ip", "route", "del", "fd99:2::/48", "dev", host.ifname)
+    changes = Plan((AddRoute(Route("fd99:9::/48", host.ifname)),
+                    DeleteRoute(Route("fd99:2::/48", host.ifname))))
+    after = observe_changes(Runner(netns=host.ns), host.ifname, changes, before,
+                            host.target.config_path(host.ifname))
+    assert after.routes == before.routes - {Route("fd99:2::/48", host.ifname)} | {
+        Route("fd99:9::/48", host.ifname)}
+    assert after.routes == host.observe().routes
