@@ -4,19 +4,22 @@ Pure standard library and import-free of the package, so it starts fast and runs
 file. The lab side (`reconciler.lab.traffic`) builds the argument lists and reads the results.
 
 Commands:
-  serve  UDP echo + TCP accept on an address (bound before the address exists: IP_FREEBIND),
-         every packet/connection logged as one JSON line, so a test can prove a packet did or
-         did NOT arrive independently of any reply path.
+  serve  UDP echo + TCP accept on one or more addresses, IPv4 and IPv6 (bound before the
+         address exists: IP_FREEBIND / IPV6_FREEBIND), every packet/connection logged as one
+         JSON line, so a test can prove a packet did or did NOT arrive independently of any
+         reply path.
   udp    send one datagram (optionally with a spoofed source) and wait for the echo.
   tcp    try to connect.
-  ping   ICMP echo (raw socket; the lab machine has no ping binary and needs none).
+  ping   ICMP / ICMPv6 echo (raw socket; the lab machine has no ping binary and needs none).
   flow   a steady ICMP/UDP flow until SIGTERM/SIGINT, then a JSON loss summary.
+Every command speaks IPv6 when its address is IPv6 (the address says which family).
 Exit status: 0 = got the answer, 1 = no answer, 2 = usage/setup error.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import selectors
@@ -29,6 +32,33 @@ from pathlib import Path
 
 IP_FREEBIND = 15  # bind an address the namespace does not have (yet)
 IP_TRANSPARENT = 19  # send with any source address (the spoofing test)
+IPV6_TRANSPARENT = 75  # the same two for IPv6 sockets (linux/in6.h)
+IPV6_FREEBIND = 78
+ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+ICMPV6_ECHO, ICMPV6_ECHOREPLY = 128, 129
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Equal addresses however written (fd00::1 == fd00:0::1)."""
+    return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+
+
+def _socket(family: socket.AddressFamily, kind: socket.SocketKind, *, freebind: bool = False,
+            transparent: bool = False) -> socket.socket:
+    s = socket.socket(family, kind)
+    v6 = family == socket.AF_INET6
+    if v6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # one socket per family
+    if freebind:
+        s.setsockopt(*((socket.IPPROTO_IPV6, IPV6_FREEBIND) if v6 else (socket.SOL_IP, IP_FREEBIND)), 1)
+    if transparent:
+        s.setsockopt(*((socket.IPPROTO_IPV6, IPV6_TRANSPARENT) if v6
+                       else (socket.SOL_IP, IP_TRANSPARENT)), 1)
+    return s
 
 
 class _Stop(Exception):
@@ -46,20 +76,20 @@ def _log_line(fh, **fields: object) -> None:  # type: ignore[no-untyped-def]
 
 def serve(args: argparse.Namespace) -> int:
     sel = selectors.DefaultSelector()
-    for port in args.udp:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-        s.bind((args.bind, port))
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, ("udp", port))
-    for port in args.tcp:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-        s.bind((args.bind, port))
-        s.listen(16)
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, ("tcp", port))
+    # One socket per address and port: the log then says which address a packet reached.
+    for bind in args.bind:
+        for port in args.udp:
+            s = _socket(_family(bind), socket.SOCK_DGRAM, freebind=True)
+            s.bind((bind, port))
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, ("udp", port, bind))
+        for port in args.tcp:
+            s = _socket(_family(bind), socket.SOCK_STREAM, freebind=True)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((bind, port))
+            s.listen(16)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, ("tcp", port, bind))
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     with open(args.log, "a", encoding="utf-8") as log:
@@ -68,15 +98,16 @@ def serve(args: argparse.Namespace) -> int:
             while True:
                 for key, _ in sel.select():
                     sock: socket.socket = key.fileobj  # type: ignore[assignment]
-                    proto, port = key.data
+                    proto, port, dst = key.data
                     if proto == "udp":
-                        data, (src, sport) = sock.recvfrom(65535)
-                        _log_line(log, proto="udp", src=src, sport=sport, dport=port,
-                                  payload=data.decode(errors="replace"))
-                        sock.sendto(data, (src, sport))
+                        data, peer = sock.recvfrom(65535)  # IPv6: (addr, port, flow, scope)
+                        _log_line(log, proto="udp", src=peer[0], sport=peer[1], dst=dst,
+                                  dport=port, payload=data.decode(errors="replace"))
+                        sock.sendto(data, peer)
                     else:
-                        conn, (src, sport) = sock.accept()
-                        _log_line(log, proto="tcp", src=src, sport=sport, dport=port, payload="")
+                        conn, peer = sock.accept()
+                        _log_line(log, proto="tcp", src=peer[0], sport=peer[1], dst=dst,
+                                  dport=port, payload="")
                         try:
                             conn.sendall(b"ok\n")
                         finally:
@@ -85,12 +116,10 @@ def serve(args: argparse.Namespace) -> int:
             return 0
 
 
-def _udp_socket(src: str | None, spoof: bool) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if spoof:
-        # IP_TRANSPARENT lets a root socket send from an address this namespace does not own:
-        # the packet leaves with the forged source, exactly what a hostile customer would send.
-        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+def _udp_socket(dst: str, src: str | None, spoof: bool) -> socket.socket:
+    # IP_TRANSPARENT (IPV6_TRANSPARENT) lets a root socket send from an address this namespace
+    # does not own: the packet leaves with the forged source, as a hostile customer's would.
+    s = _socket(_family(dst), socket.SOCK_DGRAM, transparent=spoof)
     if src:
         s.bind((src, 0))
     return s
@@ -98,7 +127,7 @@ def _udp_socket(src: str | None, spoof: bool) -> socket.socket:
 
 def udp(args: argparse.Namespace) -> int:
     payload = args.payload.encode()
-    with _udp_socket(args.src, args.spoof) as s:
+    with _udp_socket(args.dst, args.src, args.spoof) as s:
         s.settimeout(args.timeout)
         start = time.monotonic()
         try:
@@ -116,7 +145,7 @@ def udp(args: argparse.Namespace) -> int:
                 data, peer = s.recvfrom(65535)
             except (TimeoutError, ConnectionRefusedError, OSError):
                 break
-            if data == payload and peer == (args.dst, args.port):
+            if data == payload and peer[1] == args.port and _same_address(peer[0], args.dst):
                 print(json.dumps({"reply": True, "rtt_ms": round((time.monotonic() - start) * 1e3, 3)}))
                 return 0
     print(json.dumps({"reply": False}))
@@ -143,17 +172,28 @@ def _checksum(data: bytes) -> int:
 
 
 class _Pinger:
-    """ICMP echo over a raw socket; replies are matched by identifier, source and sequence."""
+    """ICMP(v6) echo over a raw socket; replies are matched by identifier, source and sequence.
+
+    An ICMPv6 raw socket has the kernel fill in the checksum (it covers a pseudo-header with
+    the source address the kernel picks) and delivers no IP header.
+    """
 
     def __init__(self, dst: str) -> None:
         self.dst = dst
         self.ident = os.getpid() & 0xFFFF
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        self.v6 = _family(dst) == socket.AF_INET6
+        if self.v6:
+            self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        self.request, self.reply = (ICMPV6_ECHO, ICMPV6_ECHOREPLY) if self.v6 \
+            else (ICMP_ECHO, ICMP_ECHOREPLY)
 
     def send(self, seq: int) -> None:
         payload = b"tunnelctl-lab" + struct.pack("!d", time.monotonic())
-        header = struct.pack("!BBHHH", 8, 0, 0, self.ident, seq & 0xFFFF)
-        packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), self.ident, seq & 0xFFFF)
+        header = struct.pack("!BBHHH", self.request, 0, 0, self.ident, seq & 0xFFFF)
+        checksum = 0 if self.v6 else _checksum(header + payload)
+        packet = struct.pack("!BBHHH", self.request, 0, checksum, self.ident, seq & 0xFFFF)
         self.sock.sendto(packet + payload, (self.dst, 0))
 
     def receive(self, timeout: float) -> int | None:
@@ -162,12 +202,14 @@ class _Pinger:
         while (remaining := deadline - time.monotonic()) > 0:
             self.sock.settimeout(remaining)
             try:
-                data, (src, _) = self.sock.recvfrom(65535)
+                data, peer = self.sock.recvfrom(65535)
             except TimeoutError:
                 return None
-            ihl = (data[0] & 0x0F) * 4
-            icmp_type, _, _, ident, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if icmp_type == 0 and ident == self.ident and src == self.dst:
+            start = 0 if self.v6 else (data[0] & 0x0F) * 4
+            if len(data) < start + 8:
+                continue
+            icmp_type, _, _, ident, seq = struct.unpack("!BBHHH", data[start:start + 8])
+            if icmp_type == self.reply and ident == self.ident and _same_address(peer[0], self.dst):
                 return int(seq)
         return None
 
@@ -175,7 +217,7 @@ class _Pinger:
 class _UdpFlow:
     def __init__(self, dst: str, port: int) -> None:
         self.addr = (dst, port)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = socket.socket(_family(dst), socket.SOCK_DGRAM)
 
     def send(self, seq: int) -> None:
         self.sock.sendto(f"flow-{seq}".encode(), self.addr)
@@ -187,7 +229,8 @@ class _UdpFlow:
         except (TimeoutError, OSError):
             return None
         text = data.decode(errors="replace")
-        if peer == self.addr and text.startswith("flow-"):
+        if peer[1] == self.addr[1] and _same_address(peer[0], self.addr[0]) \
+                and text.startswith("flow-"):
             return int(text[5:]) & 0xFFFF
         return None
 
@@ -259,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netprobe")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
-    s.add_argument("--bind", required=True)
+    s.add_argument("--bind", action="append", required=True, help="repeat for more addresses")
     s.add_argument("--udp", type=int, action="append", default=[])
     s.add_argument("--tcp", type=int, action="append", default=[])
     s.add_argument("--log", required=True)

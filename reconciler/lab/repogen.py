@@ -9,17 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+from typing import TypeVar
 
 from ruamel.yaml import YAML
 
 from reconciler.engine import wgkeys
+from reconciler.repo.model import Gateway, Tunnel
 from reconciler.repo.state import load_repo
 
 DEMO_KEYS_FILE = Path(__file__).resolve().parent / "data" / "demo-keys.yaml"
 # Customer LANs for generated tenants: private space that cannot overlap the tunnel pool.
 LAN_SPACE = (IPv4Network("172.16.0.0/12"), IPv4Network("100.64.0.0/10"))
+# Customer IPv6 LANs (/64s): unique local space apart from the dual-stack template's pool6.
+LAN6_SPACE = (IPv6Network("fd10:1a4::/32"),)
+Net = TypeVar("Net", IPv4Network, IPv6Network)
 
 
 def demo_private_keys() -> dict[str, str]:
@@ -38,6 +43,8 @@ class GeneratedTunnel:
     private_key: str
     public_key: str
     path: Path
+    subnet6: IPv6Network | None = None
+    lans6: tuple[IPv6Network, ...] = ()
 
     @property
     def ident(self) -> str:
@@ -84,30 +91,50 @@ services:
     description: RTP media
 default_services: [sip, rtp]
 """
+# Appended for `dual_stack=True`: IPv6 inside the tunnels, an IPv6 infra range, and an IPv6
+# routed service range (the lab puts a host in each).
+DUAL_STACK_TEMPLATE = """\
+address6: fd42:4242:1::1/48
+pool6: fd42:4242:1::/48
+allocation_prefix6: 64
+reserved6:
+  - fd00:10:10:10::/64
+routed_ranges6:
+  - fd00:5ca1:e::/64
+"""
 
 
 def generate_repo(dest: Path, tenants: int, *, gateway: str = "lab-1", interface: str = "wg1",
                   listen_port: int = 51821, lan_every: int = 3, sip_only_every: int = 5,
-                  gateway_private_key: str | None = None) -> GeneratedRepo:
-    """Write a fresh config repo (gateway.yaml + `tenants` tunnel files) into `dest`."""
+                  gateway_private_key: str | None = None, dual_stack: bool = False,
+                  v4_only_every: int = 0) -> GeneratedRepo:
+    """Write a fresh config repo (gateway.yaml + `tenants` tunnel files) into `dest`.
+
+    `dual_stack` adds IPv6 to the gateway (DUAL_STACK_TEMPLATE); its tunnels then get an IPv6
+    prefix, and those with a LAN an IPv6 LAN too, except every `v4_only_every`-th (0: none).
+    """
     dest.mkdir(parents=True, exist_ok=True)
     if (dest / "gateway.yaml").exists():
         raise FileExistsError(f"{dest / 'gateway.yaml'} exists; generate into an empty directory")
     gw_priv = gateway_private_key or wgkeys.generate_private_key()
     (dest / "gateway.yaml").write_text(GATEWAY_TEMPLATE.format(
-        name=gateway, interface=interface, port=listen_port, public_key=wgkeys.public_key(gw_priv)))
+        name=gateway, interface=interface, port=listen_port, public_key=wgkeys.public_key(gw_priv))
+        + (DUAL_STACK_TEMPLATE if dual_stack else ""))
     generated = add_generated_tunnels(dest, tenants, gateway=gateway, lan_every=lan_every,
-                                      sip_only_every=sip_only_every)
+                                      sip_only_every=sip_only_every, v4_only_every=v4_only_every)
     return GeneratedRepo(dest, gateway, gw_priv, generated)
 
 
 def add_generated_tunnels(root: Path, count: int, *, gateway: str | None = None,
                           org_prefix: str = "gen", lan_every: int = 3,
-                          sip_only_every: int = 5) -> tuple[GeneratedTunnel, ...]:
+                          sip_only_every: int = 5,
+                          v4_only_every: int = 0) -> tuple[GeneratedTunnel, ...]:
     """Add `count` valid tunnel files to an existing repo, avoiding every subnet/LAN in use.
 
     Every `lan_every`-th tenant gets a /24 LAN, every `sip_only_every`-th allows only `sip`
-    (0 disables either). Subnets are first-free /30s of the gateway's pool.
+    (0 disables either). Subnets are first-free /30s of the gateway's pool. On a dual-stack
+    gateway each tenant also gets a first-free prefix of pool6 (and a /64 IPv6 LAN when it has
+    a LAN), except every `v4_only_every`-th (0: none), which stays IPv4 only.
     """
     state = load_repo(root)
     if not state.gateways:
@@ -121,6 +148,7 @@ def add_generated_tunnels(root: Path, count: int, *, gateway: str | None = None,
     subnets = _free_blocks([gw.pool], gw.allocation_prefix, blocked)
     lans = _free_blocks(list(LAN_SPACE), 24, [*blocked, gw.pool])
     names = _free_names(org_root, org_prefix)
+    subnets6, lans6 = _free_v6(state.tunnels, gw)
     out: list[GeneratedTunnel] = []
     for i in range(count):
         org, name = next(names)
@@ -130,27 +158,45 @@ def add_generated_tunnels(root: Path, count: int, *, gateway: str | None = None,
             raise ValueError(f"pool {gw.pool} has no free /{gw.allocation_prefix} left") from None
         tenant_lans = (next(lans),) if lan_every and i % lan_every == lan_every - 1 else ()
         services = ("sip",) if sip_only_every and i % sip_only_every == sip_only_every - 1 else None
+        v4_only = bool(v4_only_every) and i % v4_only_every == v4_only_every - 1
+        subnet6 = next(subnets6, None) if subnets6 and not v4_only else None
+        tenant_lans6 = (next(lans6),) if subnet6 and tenant_lans and lans6 else ()
         priv, pub = wgkeys.keypair()
         path = org_root / org / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_tunnel_yaml(org, name, gw.name, pub, subnet, tenant_lans, services))
-        out.append(GeneratedTunnel(org, name, subnet, tenant_lans, services, priv, pub, path))
+        path.write_text(_tunnel_yaml(org, name, gw.name, pub, subnet, tenant_lans, services,
+                                     subnet6, tenant_lans6))
+        out.append(GeneratedTunnel(org, name, subnet, tenant_lans, services, priv, pub, path,
+                                   subnet6, tenant_lans6))
     return tuple(out)
 
 
+def _free_v6(tunnels: tuple[Tunnel, ...] | list[Tunnel], gw: Gateway,
+             ) -> tuple[Iterator[IPv6Network] | None, Iterator[IPv6Network] | None]:
+    """First-free IPv6 tunnel prefixes and /64 LANs, or (None, None) on an IPv4-only gateway."""
+    if gw.pool6 is None or gw.gateway_subnet6 is None:
+        return None, None
+    used = [n for t in tunnels for n in ((t.subnet6,) if t.subnet6 else ()) + t.lans6]
+    blocked = [gw.gateway_subnet6, *gw.reserved6, *gw.routed_ranges6, *used]
+    return (_free_blocks([gw.pool6], gw.allocation_prefix6, blocked),
+            _free_blocks(list(LAN6_SPACE), 64, [*blocked, gw.pool6]))
+
+
 def _tunnel_yaml(org: str, name: str, gateway: str, public_key: str, subnet: IPv4Network,
-                 lans: tuple[IPv4Network, ...], services: tuple[str, ...] | None) -> str:
+                 lans: tuple[IPv4Network, ...], services: tuple[str, ...] | None,
+                 subnet6: IPv6Network | None = None, lans6: tuple[IPv6Network, ...] = ()) -> str:
     lines = [f"org: {org}", f"name: {name}", f"gateway: {gateway}", f"public_key: {public_key}",
-             f"subnet: {subnet}", "lans: [" + ", ".join(str(n) for n in lans) + "]",
-             "status: active"]
+             f"subnet: {subnet}", "lans: [" + ", ".join(str(n) for n in lans) + "]"]
+    if subnet6 is not None:
+        lines += [f"subnet6: {subnet6}", "lans6: [" + ", ".join(str(n) for n in lans6) + "]"]
+    lines.append("status: active")
     if services is not None:
         lines.append("services: [" + ", ".join(services) + "]")
     lines += ["persistent_keepalive: 25", "psk_rotation: 0", "notes: generated by the lab"]
     return "\n".join(lines) + "\n"
 
 
-def _free_blocks(spaces: list[IPv4Network], prefix: int,
-                 blocked: list[IPv4Network]) -> Iterator[IPv4Network]:
+def _free_blocks(spaces: list[Net], prefix: int, blocked: list[Net]) -> Iterator[Net]:
     """First-free blocks of size /prefix inside `spaces` overlapping nothing in `blocked`."""
     # Same-size blocks are checked by set membership, so 16k used subnets stay cheap.
     exact = {b for b in blocked if b.prefixlen == prefix}

@@ -2,10 +2,18 @@
 
     cloud (tcl-<id>-cloud)  managed interface <cloud_if> (bare wireguard-go: the engine configures
        │  r<k> 198.18.x.1/30      it), infra veth named like gateway.infra_interfaces[0],
-       │                          probe server on the cloud tunnel address
+       │                          svc0 to the routed-range host, probe server on the cloud's
+       │                          tunnel addresses (IPv4 and IPv6) and its infra addresses
     router k (tcl-<id>-r<k>) wan0 198.18.x.2/30, wireguard-go tc<id>r<k> = the customer's side
-       │  lan0 <LAN>.1
-    LAN host k (tcl-<id>-h<k>) eth0 <LAN>.10, default via the router
+       │  lan0 <LAN>.1 (+ <LAN6>::1)
+    LAN host k (tcl-<id>-h<k>) eth0 <LAN>.10 (+ <LAN6>::10), default via the router
+    infra (tcl-<id>-infra)   eth0 reserved[0].2 and reserved6[0]::2 (or a lab ULA /64)
+    svc (tcl-<id>-svc)       eth0 routed_ranges[0].10 / routed_ranges6[0]::10, when declared
+
+IPv6 follows the repo: a dual-stack gateway's routers get their tunnel's customer_address6 and
+route address6 (+ routed_ranges6) into the tunnel; a router with lans6 gets an IPv6 LAN host.
+The cloud's address6 is the engine's to set, like its IPv4 address. DAD is off in every lab
+namespace (and `nodad` on every address), so an IPv6 address works the moment it is added.
 
 The veth links stand in for the internet (198.18.0.0/15, the benchmarking range; nothing is
 ever routed to the real host). Everything is created inside the lab's own namespaces, so
@@ -20,7 +28,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_network
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -35,12 +43,14 @@ from .layout import (
     RUN_ROOT,
     InfraHost,
     LayoutError,
+    RoutedHost,
     Router,
     RouterConfig,
     check_lab_name,
     namespace,
     new_lab_name,
     plan_infra,
+    plan_routed,
     plan_router,
 )
 from .processes import (
@@ -66,6 +76,10 @@ if TYPE_CHECKING:
 WIREGUARD_ENV = {"GOMEMLIMIT": "512MiB", "WG_PROCESS_FOREGROUND": "1"}
 OUTSIDE_PORT = 8000  # a port in no service catalog: must always be blocked
 SIP_PORT = 5060
+# No duplicate address detection anywhere in a lab: a tentative IPv6 address (the veths'
+# link-local ones included, which neighbour discovery needs) would fail probes for ~2 s.
+NO_DAD = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+FORWARDING = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 
 
 def _hex(key_b64: str) -> str:
@@ -88,7 +102,7 @@ class Lab:
                  routers: Sequence[str] | int | Literal["all"] = "all",
                  private_keys: Mapping[str, str] | None = None, cloud_interface: str | None = None,
                  infra: bool = True, services: bool = True, router_keepalive: int | None = None,
-                 run_root: Path = RUN_ROOT, detached: bool = False) -> None:
+                 run_root: Path = RUN_ROOT, detached: bool = False, routed: bool = True) -> None:
         try:
             self.name = check_lab_name(name or new_lab_name())
         except LayoutError as exc:
@@ -117,6 +131,7 @@ class Lab:
         except LayoutError as exc:
             raise LabError(str(exc)) from None
         self.infra: InfraHost | None = plan_infra(self.name, self.gateway) if infra else None
+        self.routed: RoutedHost | None = plan_routed(self.name, self.gateway) if routed else None
         self.cloud_public_key = ""
         self._live: _Live | None = None
 
@@ -136,7 +151,8 @@ class Lab:
 
     @property
     def namespaces(self) -> list[str]:
-        out = [self.netns] + ([self.infra.netns] if self.infra else [])
+        out = [self.netns] + ([self.infra.netns] if self.infra else []) \
+            + ([self.routed.netns] if self.routed else [])
         for r in self.routers.values():
             out += [r.netns] + ([r.host_netns] if r.host_netns else [])
         return out
@@ -210,6 +226,10 @@ class Lab:
         state.save()  # before creating anything, so a crash mid-build is still cleanable
         root.run(["ip", "-batch", "-"], stdin="".join(f"netns add {ns}\n" for ns in state.namespaces),
                  write=True)
+        forwarders = {self.netns, *(r.netns for r in self.routers.values())}
+        for ns in state.namespaces:  # before any interface exists: new ones inherit `default`
+            sysctls = NO_DAD + (FORWARDING if ns in forwarders else ())
+            Runner(ns).run(["sysctl", "-qw", *sysctls], write=True)
         wg_procs = [(self.netns, self.interface)] + [(r.netns, r.interface) for r in self.routers.values()]
         started = []
         for ns, ifname in wg_procs:
@@ -226,11 +246,15 @@ class Lab:
             wait_for(UAPI_DIR / f"{ifname}.sock", timeout=10, what=f"wireguard-go {ifname}",
                      alive=proc, log=self.log_dir / f"{ifname}.log")
         self._ip_batch(self.netns, self._cloud_commands())
-        Runner(self.netns).run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], write=True)
         if self.infra:
-            self._ip_batch(self.infra.netns, [
-                "link set lo up", f"addr add {self.infra.address}/{gw.reserved[0].prefixlen} dev eth0",
-                "link set eth0 up", f"route add default via {self.infra.cloud_address}"])
+            i = self.infra
+            self._ip_batch(i.netns, [
+                "link set lo up", f"addr add {i.address}/{i.prefixlen} dev eth0",
+                f"addr add {i.address6}/{i.prefixlen6} dev eth0 nodad",
+                "link set eth0 up", f"route add default via {i.cloud_address}",
+                f"route add ::/0 via {i.cloud_address6}"])
+        if self.routed:
+            self._ip_batch(self.routed.netns, self._routed_commands(self.routed))
         for r in self.routers.values():
             self._build_router(r)
         if self._services:
@@ -241,29 +265,74 @@ class Lab:
         if self.infra:
             i = self.infra
             cmds += [f"link add {i.cloud_interface} type veth peer name eth0 netns {i.netns}",
-                     f"addr add {i.cloud_address}/{self.gateway.reserved[0].prefixlen} dev {i.cloud_interface}",
+                     f"addr add {i.cloud_address}/{i.prefixlen} dev {i.cloud_interface}",
+                     f"addr add {i.cloud_address6}/{i.prefixlen6} dev {i.cloud_interface} nodad",
                      f"link set {i.cloud_interface} up"]
+        if self.routed:
+            h = self.routed
+            cmds.append(f"link add {h.cloud_interface} type veth peer name eth0 netns {h.netns}")
+            if h.cloud_address:
+                cmds.append(f"addr add {h.cloud_address} dev {h.cloud_interface}")
+            if h.cloud_address6:
+                cmds.append(f"addr add {h.cloud_address6} dev {h.cloud_interface} nodad")
+            cmds.append(f"link set {h.cloud_interface} up")
         for r in self.routers.values():
             cmds += [f"link add r{r.index} type veth peer name wan0 netns {r.netns}",
                      f"addr add {r.cloud_wan_address}/30 dev r{r.index}", f"link set r{r.index} up"]
         return cmds
 
+    @staticmethod
+    def _routed_commands(h: RoutedHost) -> list[str]:
+        cmds = ["link set lo up"]
+        if h.address and h.cloud_address:
+            cmds += [f"addr add {h.address}/{h.cloud_address.network.prefixlen} dev eth0"]
+        if h.address6 and h.cloud_address6:
+            cmds += [f"addr add {h.address6}/{h.cloud_address6.network.prefixlen} dev eth0 nodad"]
+        cmds.append("link set eth0 up")
+        if h.cloud_address:
+            cmds.append(f"route add default via {h.cloud_address.ip}")
+        if h.cloud_address6:
+            cmds.append(f"route add ::/0 via {h.cloud_address6.ip}")
+        return cmds
+
+    def _cloud_networks(self, router: Router) -> list[IPv4Network | IPv6Network]:
+        """What the customer's router sends into its tunnel: the cloud's addresses and routed
+        ranges, as the customer config says (IPv6 only for a tunnel with subnet6)."""
+        gw = self.gateway
+        nets: list[IPv4Network | IPv6Network] = [IPv4Network(f"{gw.address.ip}/32"),
+                                                 *gw.routed_ranges]
+        if router.address6 is not None and gw.address6 is not None:
+            nets += [IPv6Network(f"{gw.address6.ip}/128"), *gw.routed_ranges6]
+        return nets
+
     def _build_router(self, r: Router) -> None:
         tunnel = self._tunnels[r.ident]
         cmds = ["link set lo up", f"addr add {r.wan_address}/30 dev wan0", "link set wan0 up",
-                f"addr add {r.address}/{r.prefixlen} dev {r.interface}",
-                f"link set {r.interface} mtu {self.gateway.mtu} up",
-                f"route add {self.gateway.address.ip}/32 dev {r.interface}"]
+                f"addr add {r.address}/{r.prefixlen} dev {r.interface}"]
+        if r.address6:
+            cmds.append(f"addr add {r.address6}/{r.prefixlen6} dev {r.interface} nodad")
+        cmds += [f"link set {r.interface} mtu {self.gateway.mtu} up",
+                 *(f"route add {n} dev {r.interface}" for n in self._cloud_networks(r))]
         if r.host_netns:
-            prefix = r.lans[0].prefixlen
-            cmds += [f"link add lan0 type veth peer name eth0 netns {r.host_netns}",
-                     f"addr add {r.lan_address}/{prefix} dev lan0", "link set lan0 up"]
+            cmds.append(f"link add lan0 type veth peer name eth0 netns {r.host_netns}")
+            if r.lans:
+                cmds.append(f"addr add {r.lan_address}/{r.lans[0].prefixlen} dev lan0")
+            if r.lans6:
+                cmds.append(f"addr add {r.lan_address6}/{r.lans6[0].prefixlen} dev lan0 nodad")
+            cmds.append("link set lan0 up")
         self._ip_batch(r.netns, cmds)
-        Runner(r.netns).run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], write=True)
         if r.host_netns:
-            self._ip_batch(r.host_netns, [
-                "link set lo up", f"addr add {r.host_address}/{r.lans[0].prefixlen} dev eth0",
-                "link set eth0 up", f"route add default via {r.lan_address}"])
+            host = ["link set lo up"]
+            if r.lans:
+                host.append(f"addr add {r.host_address}/{r.lans[0].prefixlen} dev eth0")
+            if r.lans6:
+                host.append(f"addr add {r.host_address6}/{r.lans6[0].prefixlen} dev eth0 nodad")
+            host.append("link set eth0 up")
+            if r.lans:
+                host.append(f"route add default via {r.lan_address}")
+            if r.lans6:
+                host.append(f"route add ::/0 via {r.lan_address6}")
+            self._ip_batch(r.host_netns, host)
         assert self._live is not None
         keepalive = self._router_keepalive if self._router_keepalive is not None \
             else tunnel.persistent_keepalive
@@ -277,19 +346,29 @@ class Lab:
                             for r in s.ports for p in (r.first, r.last)} | {OUTSIDE_PORT})
         cloud_tcp = sorted({p for s in gw.services.values() if s.proto == "tcp"
                             for r in s.ports for p in (r.first, r.last)} | {22, OUTSIDE_PORT})
-        servers: list[tuple[str, IPv4Address, list[int], list[int]]] = [
-            (self.netns, gw.address.ip, cloud_udp, cloud_tcp)]
+        # The cloud listens on its tunnel addresses and on its infra side: a tenant reaching
+        # the host through any of its addresses shows up in the cloud's log.
+        cloud_addrs: list[IPv4Address | IPv6Address | None] = [
+            gw.address.ip, gw.address6.ip if gw.address6 else None]
         if self.infra:
-            servers.append((self.infra.netns, self.infra.address, [SIP_PORT], [22]))
+            cloud_addrs += [self.infra.cloud_address, self.infra.cloud_address6]
+        servers: list[tuple[str, list[IPv4Address | IPv6Address | None], list[int], list[int]]] = [
+            (self.netns, cloud_addrs, cloud_udp, cloud_tcp)]
+        if self.infra:
+            servers.append((self.infra.netns, [self.infra.address, self.infra.address6],
+                            [SIP_PORT], [22]))
+        if self.routed:
+            servers.append((self.routed.netns, [self.routed.address, self.routed.address6],
+                            cloud_udp, cloud_tcp))
         for r in self.routers.values():
-            servers.append((r.netns, r.address, [SIP_PORT], []))
-            if r.host_netns and r.host_address:
-                servers.append((r.host_netns, r.host_address, [SIP_PORT], []))
+            servers.append((r.netns, [r.address, r.address6], [SIP_PORT], []))
+            if r.host_netns:
+                servers.append((r.host_netns, [r.host_address, r.host_address6], [SIP_PORT], []))
         pending = []
-        for ns, addr, udp, tcp in servers:
+        for ns, addrs, udp, tcp in servers:
             ready = self.log_dir / f"serve-{ns}.ready"
-            args = ["serve", "--bind", str(addr), "--log", str(self.serve_log(ns).path),
-                    "--ready", str(ready)]
+            args = ["serve", "--log", str(self.serve_log(ns).path), "--ready", str(ready)]
+            args += [a for addr in addrs if addr is not None for a in ("--bind", str(addr))]
             args += [a for p in udp for a in ("--udp", str(p))]
             args += [a for p in tcp for a in ("--tcp", str(p))]
             proc, popen = spawn(netprobe_argv(*args), role=f"serve {ns}", netns=ns,
@@ -315,7 +394,7 @@ class Lab:
         tunnel = self._tunnels[ident]
         psk = derive_psk(read_host_secret(self.secret_dir / "psk.secret"), tunnel.org, tunnel.name,
                          cfg.psk_rotation)
-        allowed = [IPv4Network(f"{self.gateway.address.ip}/32"), *cfg.extra_allowed]
+        allowed = dict.fromkeys([*self._cloud_networks(r), *cfg.extra_allowed])
         lines = ["set=1", f"private_key={_hex(cfg.private_key)}", "replace_peers=true",
                  f"public_key={_hex(self.cloud_public_key)}", f"preshared_key={_hex(psk)}",
                  f"endpoint={r.cloud_wan_address}:{self.gateway.listen_port}",
@@ -342,18 +421,26 @@ class Lab:
         self.configure_router(ident, psk_rotation=tunnel.psk_rotation,
                               keepalive=tunnel.persistent_keepalive)
 
-    def route_into_tunnel(self, ident: str, networks: Iterable[IPv4Network | str]) -> None:
-        """Make a router send `networks` into its tunnel, as a hostile customer would.
-
-        The cloud, not the customer, must stop such packets: this is how isolation is tested.
+    def route_into_tunnel(self, ident: str,
+                          networks: Iterable[IPv4Network | IPv6Network | str]) -> None:
+        """Make a router send `networks` (IPv4 or IPv6) into its tunnel, as a hostile customer
+        would. The cloud, not the customer, must stop such packets: this is how isolation is
+        tested.
         """
         live = self._require_live()
-        nets = tuple(IPv4Network(n) for n in networks)
+        nets = tuple(ip_network(n) for n in networks)
         cfg = live.configs[ident]
         live.configs[ident] = replace(cfg, extra_allowed=tuple(dict.fromkeys(cfg.extra_allowed + nets)))
         self._push_router(ident)
         r = self.routers[ident]
         self._ip_batch(r.netns, [f"route replace {n} dev {r.interface}" for n in nets])
+
+    def add_router_address(self, ident: str, address: IPv6Interface | str) -> None:
+        """Give a router's tunnel interface an IPv6 address the repo does not give it, e.g. a
+        customer configuring IPv6 that the gateway does not offer. Probes may then use it."""
+        self._require_live()
+        r = self.routers[ident]
+        self._ip_batch(r.netns, [f"addr add {IPv6Interface(address)} dev {r.interface} nodad"])
 
     def latest_handshake(self, ident: str) -> int:
         """Unix time of the router's last completed handshake with the cloud (0 = never)."""
@@ -414,12 +501,19 @@ class Lab:
                       "public_key": self.cloud_public_key,
                       "secret_dir": str(self.secret_dir), "config_dir": str(self.config_dir)},
             "infra": None if not self.infra else {"netns": self.infra.netns,
-                                                  "address": str(self.infra.address)},
+                                                  "address": str(self.infra.address),
+                                                  "address6": str(self.infra.address6)},
+            "routed": None if not self.routed else {
+                "netns": self.routed.netns,
+                "address": str(self.routed.address) if self.routed.address else None,
+                "address6": str(self.routed.address6) if self.routed.address6 else None},
             "routers": [{"ident": r.ident, "netns": r.netns, "interface": r.interface,
-                         "address": str(r.address), "endpoint":
+                         "address": str(r.address),
+                         "address6": str(r.address6) if r.address6 else None, "endpoint":
                          f"{r.cloud_wan_address}:{self.gateway.listen_port}",
                          "host_netns": r.host_netns,
-                         "host_address": str(r.host_address) if r.host_address else None}
+                         "host_address": str(r.host_address) if r.host_address else None,
+                         "host_address6": str(r.host_address6) if r.host_address6 else None}
                         for r in self.routers.values()],
             "apply_command": self.apply_command(),
         }
