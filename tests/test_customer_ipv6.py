@@ -8,9 +8,12 @@ UPDATE_GOLDEN=1 pytest tests/test_customer_ipv6.py
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import replace
@@ -244,3 +247,63 @@ def test_renderer_assertion_catches_an_endpoint_in_either_family(
     for fmt in cc.TEXT_FORMATS:
         with pytest.raises(AssertionError, match=f"covers the endpoint {host}"):
             cc.render(looped, fmt)
+
+
+# ---- a real `wg-quick up` of the dual-stack file ---------------------------------------------
+
+
+def _wireguard_go_pids(interface: str) -> list[int]:
+    """wireguard-go processes serving exactly this (unique, random) interface name."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"wireguard-go", interface.encode()]:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.lab
+def test_wg_quick_up_gives_the_interface_both_families(secret_dir: Path, dual_repo: Path,
+                                                         tmp_path: Path) -> None:
+    ident = "acme-voip/hq"
+    config = cc.load(dual_repo, ident, secret_dir=secret_dir)
+    text = cc.render(config, "wg-quick", private_key=demo_private_keys()[ident])
+    interface = f"wq{secrets.token_hex(4)}"  # wg-quick names the interface after the file
+    netns = f"tctl-wq-{secrets.token_hex(4)}"
+    conf = tmp_path / f"{interface}.conf"
+    conf.write_text(text)
+    conf.chmod(0o600)
+    # No kernel module here: wg-quick falls back to this userspace implementation.
+    env = {**os.environ, "WG_QUICK_USERSPACE_IMPLEMENTATION": "wireguard-go"}
+
+    def in_ns(*argv: str, check: bool = True) -> str:
+        return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True,
+                              text=True, check=check, env=env).stdout
+
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        in_ns("ip", "link", "set", "lo", "up")
+        in_ns("wg-quick", "up", str(conf))
+        addrs = json.loads(in_ns("ip", "-j", "address", "show", "dev", interface))
+        got = {f"{a['local']}/{a['prefixlen']}" for a in addrs[0]["addr_info"]
+               if a.get("scope") == "global"}
+        assert got == {"10.20.0.6/30", "fd42:4242:1:5::2/64"}
+        assert addrs[0]["mtu"] == 1420
+        routes = {r["dst"] for family in ("-4", "-6")
+                  for r in json.loads(in_ns("ip", "-j", family, "route", "show", "dev", interface))}
+        # both families' AllowedIPs became routes (a /32 and /128 show without their length)
+        assert {"10.20.0.1", "fd42:4242:1::1", "fd42:4242:ff00::/64"} <= routes, routes
+        assert {"10.20.0.4/30", "fd42:4242:1:5::/64"} <= routes  # the on-link prefixes
+        allowed = in_ns("wg", "show", interface, "allowed-ips").split()
+        assert allowed[1:] == ["10.20.0.1/32", "fd42:4242:1::1/128", "fd42:4242:ff00::/64"]
+    finally:
+        in_ns("wg-quick", "down", str(conf), check=False)
+        for pid in _wireguard_go_pids(interface):  # only the one this test started
+            os.kill(pid, signal.SIGTERM)
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+        Path(f"/var/run/wireguard/{interface}.sock").unlink(missing_ok=True)
