@@ -21,10 +21,12 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IP
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from customer_kit import GATEWAY6, dual_stack_repo
 from test_amneziawg import block as awg_block
 from test_customer_config import wg_quick_strip
 
+from reconciler.cli import main
 from reconciler.lab import demo_private_keys
 from reconciler.operator import customer_config as cc
 from reconciler.repo.model import Gateway
@@ -307,3 +309,13 @@ def test_wg_quick_up_gives_the_interface_both_families(secret_dir: Path, dual_re
             os.kill(pid, signal.SIGTERM)
         subprocess.run(["ip", "netns", "del", netns], check=False)
         Path(f"/var/run/wireguard/{interface}.sock").unlink(missing_ok=True)
+
+
+def test_cli_prints_both_families(secret_dir: Path, dual_repo: Path) -> None:
+    res = CliRunner().invoke(main, ["customer-config", "acme-voip/hq", "-o", "mikrotik",
+                                    "--repo", str(dual_repo), "--secret-dir", str(secret_dir)])
+    assert res.exit_code == 0, res.output
+    assert "address=fd42:4242:1:5::2/64 advertise=no" in res.output
+    assert "allowed-address=10.20.0.1/32,fd42:4242:1::1/128,fd42:4242:ff00::/64" in res.output
+    help_text = CliRunner().invoke(main, ["customer-config", "--help"]).output
+    assert "subnet6" in help_text

@@ -47,8 +47,9 @@ def customer_config_cmd(tunnel: str, fmt: str, old_fmt: str | None, out_file: Pa
                         secret_dir: Path | None, private_key_file: str | None) -> None:
     """Print the customer-side config of a tunnel (contains its preshared key: run on the host).
 
-    The qr format draws the code on the terminal; a PNG is written only with -f. Exit 0
-    written, 1 error."""
+    A tunnel with subnet6 on a gateway with address6 gets its IPv6 address and routes too, in
+    every format. The qr format draws the code on the terminal; a PNG is written only with -f.
+    Exit 0 written, 1 error."""
     fmt = old_fmt or fmt  # --format: the spelling before -o/--output
     root = repo_root(pick_path(repo, None))
     settings, source = host_settings(config, gateway=gateway, secret_dir=secret_dir)
