@@ -178,3 +178,69 @@ def test_new_generate_key_stores_only_the_public_key(cli: click.Group, tmp_path:
     neither = CliRunner().invoke(cli, ["new", "x", "y"])
     assert "exactly one of them" in both.output and "exactly one of them" in neither.output
     assert both.exit_code != 0 and neither.exit_code != 0
+
+
+def _dual_stack(project: Path) -> None:
+    gateway = project / "tenants" / "gateway.yaml"
+    gateway.write_text(gateway.read_text() + "address6: fd42:4242:1::1/48\n"
+                       "pool6: fd42:4242:1::/48\n")
+
+
+def test_new_on_a_dual_stack_gateway_also_gets_the_first_free_ipv6_prefix(
+        cli: click.Group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = copy_project(tmp_path)
+    _dual_stack(project)
+    monkeypatch.chdir(project)
+    made = run(cli, "new", "delta-dial", "office", "--pubkey", key("delta"),
+               "--lan6", "fd00:5::/48")
+    assert made.exit_code == 0, made.output
+    assert "subnet6           fd42:4242:1:1::/64" in made.output
+    assert "customer address6 fd42:4242:1:1::2/64" in made.output
+    assert "cloud address6    fd42:4242:1::1" in made.output
+    text = (project / "tenants" / "delta-dial" / "office.yaml").read_text()
+    assert "subnet6: fd42:4242:1:1::/64\nlans6:\n  - fd00:5::/48\n" in text
+    second = run(cli, "new", "delta-dial", "branch", "--pubkey", key("delta2"))
+    assert "subnet6           fd42:4242:1:2::/64" in second.output
+    pinned = run(cli, "new", "delta-dial", "lab", "--pubkey", key("delta3"),
+                 "--subnet6", "fd42:4242:1:99::/64")
+    assert pinned.exit_code == 0, pinned.output
+    assert "customer address6 fd42:4242:1:99::2/64" in pinned.output
+    assert run(cli, "validate", "tenants").exit_code == 0
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--subnet6", "fd42:4242:1:1::/64"],
+     ("subnet6 fd42:4242:1:1::/64 uses the same addresses as subnet6 fd42:4242:1:1::/64 of "
+      "tenants/delta-dial/office.yaml:8")),  # line 1 is the modeline
+    (["--subnet6", "fd42:4242:9::/64"], "is outside pool6 fd42:4242:1::/48"),
+    (["--subnet6", "fd42:4242:1::/64"], "overlaps the gateway's own block"),
+    (["--subnet6", "fd42:4242:1:700::/56"], "every tunnel gets a /64"),
+    (["--lan6", "fd00:5:0:1::/64"], "overlaps LAN fd00:5::/48 of tenants/delta-dial/office.yaml"),
+    (["--lan6", "2001:db8::/32"], "is not unique local IPv6 space"),
+])
+def test_new_refuses_a_taken_or_misplaced_ipv6_prefix(cli: click.Group, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      args: list[str], words: str) -> None:
+    project = copy_project(tmp_path)
+    _dual_stack(project)
+    monkeypatch.chdir(project)
+    assert run(cli, "new", "delta-dial", "office", "--pubkey", key("delta"), "--lan6",
+               "fd00:5::/48").exit_code == 0
+    result = CliRunner().invoke(cli, ["new", "zulu", "a", "--pubkey", key("x"), *args])
+    assert result.exit_code == 1
+    assert words in result.stderr, result.stderr
+    assert not (project / "tenants" / "zulu").exists()
+
+
+def test_new_on_an_ipv4_only_gateway_writes_no_ipv6_and_refuses_ipv6_options(
+        cli: click.Group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = copy_project(tmp_path)
+    monkeypatch.chdir(project)
+    made = run(cli, "new", "delta-dial", "office", "--pubkey", key("delta"))
+    assert made.exit_code == 0 and "subnet6" not in made.output and "address6" not in made.output
+    text = (project / "tenants" / "delta-dial" / "office.yaml").read_text()
+    assert "subnet6" not in text and "lans6" not in text
+    for option in (["--subnet6", "fd42:4242:1:1::/64"], ["--lan6", "fd00:5::/48"]):
+        result = CliRunner().invoke(cli, ["new", "zulu", "a", "--pubkey", key("x"), *option])
+        assert result.exit_code == 1
+        assert "gateway cloud-1 has no IPv6 (no address6/pool6 in its file)" in result.stderr

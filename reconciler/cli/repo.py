@@ -81,6 +81,12 @@ def validate(path: Path | None, repo: Path | None, fmt: str, old_fmt: str | None
               help="with --generate-key: where psk.secret is, for the QR code")
 @click.option("--lan", "lans", multiple=True, metavar="CIDR",
               help="a customer LAN routed through the tunnel (repeat for several)")
+@click.option("--subnet6", default=None, metavar="PREFIX",
+              help="this IPv6 prefix instead of the first free one of pool6 (dual-stack "
+              "gateways; checked like every other value)")
+@click.option("--lan6", "lans6", multiple=True, metavar="CIDR",
+              help="a customer IPv6 LAN (unique local) routed through the tunnel (repeat for "
+              "several; dual-stack gateways)")
 @click.option("--services", default=None, metavar="LIST",
               help="comma-separated services from the gateway catalog (default: its defaults)")
 @click.option("--gateway", default=None, help="gateway name (needed when the repo has several)")
@@ -89,9 +95,11 @@ def validate(path: Path | None, repo: Path | None, fmt: str, old_fmt: str | None
 @click.option("--notes", default="", help="free text for operators")
 @repo_option
 def new(org: str, name: str, pubkey: str | None, generate_key: bool, secret_dir: Path,
-        lans: tuple[str, ...], services: str | None, gateway: str | None, keepalive: int,
-        notes: str, repo: Path | None) -> None:
-    """Add tunnel ORG/NAME with the first free subnet of the gateway's pool.
+        lans: tuple[str, ...], subnet6: str | None, lans6: tuple[str, ...],
+        services: str | None, gateway: str | None, keepalive: int, notes: str,
+        repo: Path | None) -> None:
+    """Add tunnel ORG/NAME with the first free subnet of the gateway's pool (and the first free
+    IPv6 prefix of its pool6 when the gateway has IPv6).
 
     The file is checked with every rule `validate` applies before it is written. Exit 0 when
     written, 1 when refused (nothing written), 64 for usage errors."""
@@ -109,7 +117,8 @@ def new(org: str, name: str, pubkey: str | None, generate_key: bool, secret_dir:
     wanted = None if services is None else [s.strip() for s in services.split(",") if s.strip()]
     try:
         made = create_tunnel(root, org, name, pubkey, lans=lans, services=wanted,
-                             gateway=gateway, keepalive=keepalive, notes=notes)
+                             gateway=gateway, keepalive=keepalive, notes=notes,
+                             subnet6=subnet6, lans6=lans6)
     except ProvisionError as exc:
         for p in exc.problems:
             click.echo(f"{display_path(root, p.file, Path.cwd())}:{p.line}:{p.col}: "
@@ -120,6 +129,11 @@ def new(org: str, name: str, pubkey: str | None, generate_key: bool, secret_dir:
     click.echo(f"  subnet            {made.subnet}")
     click.echo(f"  customer address  {made.customer_address}  (the router's tunnel address)")
     click.echo(f"  cloud address     {made.cloud_address}  (what the customer talks to)")
+    if made.subnet6 is not None:
+        click.echo(f"  subnet6           {made.subnet6}")
+        click.echo(f"  customer address6 {made.customer_address6}  (the router's IPv6 tunnel "
+                   "address)")
+        click.echo(f"  cloud address6    {made.cloud_address6}")
     for warning in made.warnings:
         click.echo(f"warning: {warning}", err=True)
     if pair is not None:
