@@ -17,7 +17,14 @@ import signal
 import subprocess
 import tempfile
 from dataclasses import replace
-from ipaddress import IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 
 import pytest
@@ -319,3 +326,50 @@ def test_cli_prints_both_families(secret_dir: Path, dual_repo: Path) -> None:
     assert "allowed-address=10.20.0.1/32,fd42:4242:1::1/128,fd42:4242:ff00::/64" in res.output
     help_text = CliRunner().invoke(main, ["customer-config", "--help"]).output
     assert "subnet6" in help_text
+
+
+@pytest.mark.lab
+def test_dual_stack_file_brings_up_a_real_lab_router_over_both_families(
+        secret_dir: Path, tmp_path: Path) -> None:
+    """The generated file alone configures a lab router (everything the lab set is flushed
+    first); the cloud then answers on its IPv4 and its IPv6 tunnel address, also to the phone
+    on the router's IPv6 LAN."""
+    from reconciler.engine.cycle import reconcile
+    from reconciler.engine.runner import Runner
+    from reconciler.lab import Lab, udp_probe
+
+    ident = "acme-voip/hq"
+    repo = dual_stack_repo(tmp_path / "dual")
+    gw = repo / "gateway.yaml"  # in the lab, router 0 reaches the cloud at 198.18.0.1
+    gw.write_text(gw.read_text().replace("endpoint: 203.0.113.10:51821",
+                                         "endpoint: 198.18.0.1:51821"))
+    with Lab(repo, routers=[ident], services=True) as lab:
+        result = reconcile(load_repo(repo), lab.target())
+        assert result.ok, result.error
+        router = lab.routers[ident]
+        assert router.index == 0 and str(router.cloud_wan_address) == "198.18.0.1"
+        r = Runner(router.netns)
+        r.run(["wg", "setconf", router.interface, "/dev/stdin"], stdin="[Interface]\n")
+        r.run(["ip", "addr", "flush", "dev", router.interface])  # both families
+        assert lab.latest_handshake(ident) == 0
+
+        text = cc.render(cc.load(repo, ident, secret_dir=lab.secret_dir), "wg-quick",
+                         private_key=demo_private_keys()[ident])
+        parts = wg_quick_strip(text, tmp_path)  # what wg-quick does: strip, setconf, then ip
+        assert {a.version for a in parts.addresses} == {4, 6}
+        r.run(["wg", "setconf", router.interface, "/dev/stdin"], stdin=parts.setconf)
+        batch = [f"addr add {a} dev {router.interface}" for a in parts.addresses]
+        batch.append(f"link set {router.interface} mtu {parts.mtu} up")
+        allowed = next(ln.split("=", 1)[1] for ln in parts.setconf.splitlines()
+                       if ln.startswith("AllowedIPs"))
+        batch += [f"route replace {n.strip()} dev {router.interface}" for n in allowed.split(",")]
+        r.run(["ip", "-batch", "-"], stdin="".join(c + "\n" for c in batch))
+
+        assert lab.wait_handshake(ident, timeout=10), "no handshake from the generated config"
+        # from the tunnel addresses the file gave the router (its LAN addresses would pass too)
+        assert udp_probe(router.netns, IPv4Address("10.20.0.1"), 5060,
+                         src=IPv4Address("10.20.0.6"), timeout=2.0)
+        assert udp_probe(router.netns, IPv6Address("fd42:4242:1::1"), 5060,
+                         src=IPv6Address("fd42:4242:1:5::2"), timeout=2.0)
+        assert router.host_netns is not None  # a phone on the routed IPv6 LAN gets through too
+        assert udp_probe(router.host_netns, IPv6Address("fd42:4242:1::1"), 5060, timeout=2.0)
