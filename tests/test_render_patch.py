@@ -3,7 +3,8 @@
 The service renders every new commit; after a one-file change render_host takes the last
 result and swaps the changed tunnels' peers, routes, map elements and config block. Random
 changes of a 300-tunnel repo (LANs, services, status, rotation, keys, additions, removals,
-another gateway) are rendered both ways and must agree in every value, text and secret.
+another gateway) are rendered both ways and must agree in every value, text and secret. The
+same on a dual-stack gateway, whose tunnels also change their IPv6 prefix and IPv6 LANs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 import random
 from pathlib import Path
+
+import pytest
 
 from reconciler.engine import render as R
 from reconciler.engine.render import RenderError, render_host
@@ -25,6 +28,10 @@ GW = Gateway.model_validate({
                  "rtp": {"proto": "udp", "ports": "10000-20000"},
                  "prov": {"proto": "tcp", "ports": 443}},
     "default_services": ["sip", "rtp"]})
+GW6 = GW.model_copy(update={
+    "address6": ipaddress.IPv6Interface("fd42:4242:1::1/48"),
+    "pool6": ipaddress.IPv6Network("fd42:4242:1::/48"),
+    "routed_ranges6": (ipaddress.IPv6Network("fd42:9999::/64"),)})
 KEY = generate_private_key()
 SECRET = b"s" * 32
 
@@ -39,8 +46,20 @@ def _tunnel(i: int, **over: object) -> Tunnel:
     return Tunnel.model_validate(data)
 
 
-def _render(tunnels: list[Tunnel]) -> tuple[object, ...]:
-    state, secrets = render_host(GW, tunnels, interface=None, private_key=KEY,
+def _v6(i: int) -> dict[str, object]:
+    """A dual-stack tunnel's IPv6 fields: every other one has a prefix, every fourth LANs
+    (/48s, and a /128 that lands in the host map like a /32)."""
+    out: dict[str, object] = {}
+    if i % 2 == 0:
+        out["subnet6"] = ipaddress.IPv6Network(f"fd42:4242:1:{i + 1:x}::/64")
+    if i % 4 == 0:
+        out["lans6"] = (ipaddress.IPv6Network(f"fd99:{i:x}::/48"),
+                        ipaddress.IPv6Network(f"fd98::{i:x}/128"))
+    return out
+
+
+def _render(tunnels: list[Tunnel], gw: Gateway = GW) -> tuple[object, ...]:
+    state, secrets = render_host(gw, tunnels, interface=None, private_key=KEY,
                                  host_secret=SECRET, config_path=Path("/nonexistent/wg1.conf"))
     fw = state.firewall
     assert fw is not None
@@ -49,15 +68,25 @@ def _render(tunnels: list[Tunnel]) -> tuple[object, ...]:
             dict(secrets.psks), secrets.private_key)
 
 
-def _whole(tunnels: list[Tunnel]) -> tuple[object, ...]:
+def _whole(tunnels: list[Tunnel], gw: Gateway = GW) -> tuple[object, ...]:
     R._last_host = None  # forget the last render: this one is made from scratch
-    return _render(tunnels)
+    return _render(tunnels, gw)
 
 
-def _mutate(rng: random.Random, tunnels: list[Tunnel], n: int) -> None:
+def _mutate(rng: random.Random, tunnels: list[Tunnel], n: int, dual: bool = False) -> None:
     i = rng.randrange(len(tunnels))
     t = tunnels[i]
-    kind = rng.randrange(9)
+    kind = rng.randrange(11 if dual else 9)
+    if kind == 9:  # an IPv6 prefix comes or goes (a free one: above any _v6 prefix)
+        subnet6 = None if t.subnet6 else ipaddress.IPv6Network(
+            f"fd42:4242:1:{0x1000 + rng.randrange(0x1000):x}::/64")
+        tunnels[i] = t.model_copy(update={"subnet6": subnet6})
+        return
+    if kind == 10:  # IPv6 LANs come, go or change
+        lans6 = rng.choice([(), (ipaddress.IPv6Network(f"fd97:{rng.randrange(0x10000):x}::/48"),),
+                            (ipaddress.IPv6Network(f"fd96::{rng.randrange(0x10000):x}/128"),)])
+        tunnels[i] = t.model_copy(update={"lans6": lans6})
+        return
     if kind == 0:
         lans = () if t.lans else (ipaddress.IPv4Network(f"172.30.{i & 255}.{(i >> 8) * 16}/28"),)
         tunnels[i] = t.model_copy(update={"lans": lans})
@@ -75,31 +104,38 @@ def _mutate(rng: random.Random, tunnels: list[Tunnel], n: int) -> None:
     elif kind == 5:
         del tunnels[i]
     elif kind == 6:
-        tunnels.append(_tunnel(n + rng.randrange(600), lans=[], services=None))
+        j = n + rng.randrange(600)
+        tunnels.append(_tunnel(j, lans=[], services=None, **(_v6(j) if dual else {})))
     elif kind == 7:
         tunnels[i] = t.model_copy(update={"gateway": "other"})
     else:
         tunnels[i] = t.model_copy()  # a new object, same values
 
 
-def test_patched_render_equals_a_whole_render() -> None:
+@pytest.mark.parametrize("dual", [False, True], ids=["ipv4", "dual-stack"])
+def test_patched_render_equals_a_whole_render(dual: bool) -> None:
     rng = random.Random(13)
     n = 300
-    tunnels = [_tunnel(i) for i in range(n)]
-    _whole(tunnels)
+    gw = GW6 if dual else GW
+    tunnels = [_tunnel(i, **(_v6(i) if dual else {})) for i in range(n)]
+    _whole(tunnels, gw)
     patched = 0
     for step in range(120):
         for _ in range(rng.choice([1, 1, 2, 5])):
-            _mutate(rng, tunnels, n)
+            _mutate(rng, tunnels, n, dual)
         R._last_host = R._last_host  # the last render stays: this one may patch it
         before = R._last_host
         try:
-            got = _render(tunnels)
+            got = _render(tunnels, gw)
         except RenderError:
             continue
         patched += before is not None and before[3] is not None
         last = R._last_host
-        want = _whole(tunnels)
+        want = _whole(tunnels, gw)
         R._last_host = last
         assert got == want, f"step {step}"
     assert patched > 50
+    if dual:  # the IPv6 maps were really there and patched
+        fw = got[4]
+        names = {e[1] for e in fw.elements if e[0] == "elem"}  # type: ignore[attr-defined]
+        assert {"tenant_hosts6", "tenant_profiles6", "routed_ranges6"} <= names
