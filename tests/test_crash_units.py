@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from reconciler.engine.hoststate import (
     Secrets,
 )
 from reconciler.engine.observe import Snapshot
-from reconciler.engine.plan import Plan, RemovePeer, ReplaceFirewall
+from reconciler.engine.plan import Plan, RemovePeer, ReplaceFirewall, plan
 from reconciler.engine.psk import psk_digest
 from reconciler.engine.runner import Runner, nft_busy
 
@@ -112,23 +113,62 @@ def _snapshot() -> Snapshot:
                                                           "jump svc_sip"), ("chain", "input")}))
     state = ObservedState(InterfaceConfig("wg1", 51821, "PUB", "10.20.0.1/16", 1420, True),
                           {peer.public_key: peer}, frozenset({Route("192.168.1.0/24", "wg1")}),
-                          fw, ConfigFile("/etc/wireguard/wg1.conf", "d1"))
+                          fw, ConfigFile("/etc/wireguard/wg1.conf",
+                                              ConfigFile.digest_of(b"old file")))
     return Snapshot(state, Secrets("PRIV", {}), None, b"old file")
 
 
 def test_checkpoint_round_trip_and_mode(tmp_path: Path) -> None:
     path = checkpoint.marker_path(tmp_path / "cp", "ns1", "wg1")
     snap = _snapshot()
-    checkpoint.write(path, snap, interface="wg1", netns="ns1", config_path=Path("/x/wg1.conf"))
+    st = snap.state
+    peer = next(iter(st.peers.values()))
+    assert st.config is not None and st.interface is not None
+    gone = HostState(replace(st.interface, listen_port=1), {}, frozenset(), None,
+                     ConfigFile(st.config.path, "d2"))
+    changes = plan(gone, st)  # removes the peer, the route and the table; rewrites the config
+    snap = replace(snap, secrets=Secrets("PRIV", {peer.public_key: "P" * 43 + "="}),
+                   firewall_text="table inet tunnelctl {}")
+    inverse = checkpoint.Inverse.of(changes, snap)
+    checkpoint.write(path, inverse, interface="wg1", netns="ns1",
+                     config_path=Path("/x/wg1.conf"))
     assert path.stat().st_mode & 0o777 == 0o600
+    assert checkpoint.config_copy_path(path).read_bytes() == b"old file"  # copied: no /x
     back = checkpoint.load(path)
     assert back is not None and back.interface == "wg1" and back.netns == "ns1"
-    assert back.snapshot.state == snap.state and back.snapshot.config_content == b"old file"
-    assert back.snapshot.secrets.private_key == "PRIV"
+    assert back.inverse == replace(inverse, secrets=back.inverse.secrets)
+    assert back.inverse.secrets.private_key == "PRIV"
+    assert back.inverse.secrets.psk(peer.public_key) == "P" * 43 + "="
+    undone = back.inverse.over(ObservedState(gone.interface, {}, frozenset(), None, gone.config))
+    assert undone.state == st and undone.config_content == b"old file"
+    assert undone.firewall_text == "table inet tunnelctl {}"
     assert checkpoint.pending_in(tmp_path / "cp", "ns1") == [path]
     assert checkpoint.pending_in(tmp_path / "cp", None) == []
     checkpoint.clear(path)
     assert checkpoint.load(path) is None
+    assert not checkpoint.config_copy_path(path).exists()
+
+
+def test_checkpoint_keeps_the_old_config_as_a_link(tmp_path: Path) -> None:
+    conf = tmp_path / "wg1.conf"
+    conf.write_bytes(b"old file")
+    snap = _snapshot()
+    assert snap.state.config is not None
+    changes = plan(replace(snap.state, config=ConfigFile(str(conf), "d2")),
+                   replace(snap.state, config=ConfigFile(str(conf), "d1")))  # a wrong digest
+    path = checkpoint.marker_path(tmp_path / "cp", None, "wg1")
+    inverse = checkpoint.Inverse.of(changes, snap)
+    checkpoint.write(path, inverse, interface="wg1", netns=None, config_path=conf)
+    side = checkpoint.config_copy_path(path)
+    assert side.stat().st_ino == conf.stat().st_ino  # no copy of a 2.9 MB file
+    conf.with_name("new").write_bytes(b"new file")
+    os.replace(conf.with_name("new"), conf)  # what atomic_write does
+    with pytest.raises(ValueError, match="not the one replaced"):
+        checkpoint.load(path)  # "d1" is not the digest of b"old file"
+    good = replace(inverse, config=(ConfigFile(str(conf), ConfigFile.digest_of(b"old file")),))
+    checkpoint.write(path, good, interface="wg1", netns=None, config_path=conf)
+    back = checkpoint.load(path)
+    assert back is not None and back.inverse.config_content == b"old file"
 
 
 def test_restore_keys_are_completed_from_the_desired_ones() -> None:

@@ -7,9 +7,10 @@ exclusive flock per interface (in the state directory, which no service restart 
 the CLI and the service never apply at once; the kernel drops the lock when its holder and
 the children it started are gone.
 
-Before the first write the snapshot is also written to disk as an "apply pending" checkpoint
-(reconciler.engine.checkpoint); a process killed mid-apply leaves it, and the next cycle on
-that interface restores it under the lock before anything else, then converges as usual.
+Before the first write the plan's inverse (the old values of what it changes) is written to
+disk as an "apply pending" checkpoint (reconciler.engine.checkpoint); a process killed
+mid-apply leaves it, and the next cycle on that interface restores it under the lock before
+anything else, then converges as usual.
 After every verified cycle the table it verified is persisted (reconciler.engine.hostboot),
 so the boot and nftables-restart units load exactly what the service last checked.
 """
@@ -51,7 +52,7 @@ from reconciler.engine.observe import (
 )
 from reconciler.engine.plan import Plan, WriteConfig, plan
 from reconciler.engine.psk import psk_digest, read_host_secret
-from reconciler.engine.render import RenderError, render_config, render_host
+from reconciler.engine.render import RenderError, render_host
 from reconciler.engine.runner import CommandError, Runner
 from reconciler.repo.model import Gateway
 from reconciler.repo.state import GatewayChoiceError, RepoState
@@ -306,8 +307,17 @@ def _recover(target: HostTarget, runner: Runner, interface: str) -> str | None:
         return None
     log.warning("an apply on %s by pid %d was interrupted at %.0f; restoring its checkpoint",
                 interface, pending.pid, pending.started)
-    error = restore(pending.snapshot, runner, interface, pending.config_path,
-                    fallback_firewall=target.firewall_path)
+    # The checkpoint is the plan's inverse: applied over the host as it is now, it puts back
+    # exactly what the killed apply may have changed and leaves the rest as found.
+    error: str | None
+    try:
+        current: ObservedState | None = observe(runner, interface,
+                                                config_path=pending.config_path)
+    except Exception as exc:  # noqa: BLE001 - reported; the cycle then converges anyway
+        current, error = None, f"cannot observe the host: {type(exc).__name__}: {exc}"
+    if current is not None:
+        error = restore(pending.inverse.over(current), runner, interface, pending.config_path,
+                        fallback_firewall=target.firewall_path, current=current)
     checkpoint.clear(path)
     if error:
         log.error("restoring the interrupted apply's checkpoint on %s: %s", interface, error)
@@ -362,11 +372,15 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
         clock.lap("observe")
         changes = plan(desired, observed)
     clock.lap("plan")
+    try:
+        config_text = _config_text(changes, desired, secrets)
+    except EngineError as exc:
+        return result(changes, error=str(exc), step="render", observed=observed)
     if dry_run and show_commands and not changes.empty:
         # The very steps apply would run (same builder, same inputs); nothing is run.
         try:
             steps = commands_for(changes, interface, secrets, uapi=runner.has_uapi(interface),
-                                 config_text=_config_text(changes, desired, secrets))
+                                 config_text=config_text)
         except StepFailed as exc:
             return result(changes, error=str(exc.cause), step=exc.step, observed=observed)
         return result(changes, observed=observed, commands=steps)
@@ -384,8 +398,8 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
         snapshot = with_desired_secrets(snapshot, desired, secrets)
         marker = target.checkpoint_path(interface) if target is not None else None
         if marker is not None:  # before the first write: a kill from here on is recovered
-            checkpoint.write(marker, snapshot, interface=interface, netns=runner.netns,
-                             config_path=config_path)
+            checkpoint.write(marker, checkpoint.Inverse.of(changes, snapshot),
+                             interface=interface, netns=runner.netns, config_path=config_path)
     except (CommandError, OSError, ValueError) as exc:  # nothing changed yet: just report
         return result(changes, error=f"cannot snapshot the host before apply: {exc}",
                       step="snapshot", observed=observed)
@@ -394,8 +408,7 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     after: ObservedState | None = None
     try:
         try:
-            apply_plan(changes, ApplyTarget(runner, interface, secrets,
-                                            _config_text(changes, desired, secrets)))
+            apply_plan(changes, ApplyTarget(runner, interface, secrets, config_text))
         except StepFailed as exc:
             failed_step, error = exc.step, f"{exc.cause}"
         clock.lap("apply")
@@ -484,9 +497,14 @@ def with_desired_secrets(snapshot: Snapshot, desired: HostState, secrets: Secret
 
 
 def _config_text(changes: Plan, desired: HostState, secrets: Secrets) -> str | None:
-    """The config file's text, rendered only when the plan writes it (it holds the keys)."""
+    """The config file's text when the plan writes it (it holds the keys). render_host
+    always renders it; rendering it again here would need the gateway (its AmneziaWG
+    block), so a missing text is a bug, never silently a file without obfuscation."""
     if changes.of(WriteConfig) and desired.interface is not None:
-        return secrets.config_text or render_config(desired.interface, desired.peers, secrets)
+        if secrets.config_text is None:
+            raise EngineError("the rendered config file text is missing: render_host always "
+                              "renders it; refusing to write a file without it")
+        return secrets.config_text
     return None
 
 
@@ -498,7 +516,8 @@ def snapshot_state(snapshot: Snapshot) -> HostState:
 
 
 def restore(snapshot: Snapshot, runner: Runner, interface: str, config_path: Path | None,
-            *, fallback_firewall: Path | None = None) -> str | None:
+            *, fallback_firewall: Path | None = None,
+            current: ObservedState | None = None) -> str | None:
     """Converge the host back to the snapshot (peers with their PSKs, routes, firewall text,
     config file). Returns None when the host matches the snapshot again, else why not.
 
@@ -512,7 +531,8 @@ def restore(snapshot: Snapshot, runner: Runner, interface: str, config_path: Pat
     want = snapshot_state(snapshot)
     content = snapshot.config_content.decode() if snapshot.config_content is not None else None
     try:
-        current = observe(runner, interface, config_path=config_path)
+        if current is None:
+            current = observe(runner, interface, config_path=config_path)
         back = plan(want, current)
         if not back.empty:
             apply_plan(back, ApplyTarget(runner, interface, snapshot.secrets, content))
