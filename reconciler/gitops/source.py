@@ -20,6 +20,8 @@ import git
 from reconciler.repo.state import SourceFile
 
 PIN_PREFIX = "refs/tunnelctl/"
+LISTINGS_KEPT = 4  # commits whose file listing is kept (head, applied, held orgs' bases)
+MAX_DIFF_FILES = 2048  # a bigger diff between two commits: list the new tree whole
 YAML_SUFFIXES = (".yaml", ".yml")
 # Never prompt for credentials or host keys: the service has no terminal. No global or system
 # git config either: a hook, alias, url rewrite or credential helper set for root's own use
@@ -81,6 +83,7 @@ class GitSource:
         self._repo: git.Repo | None = None
         self._blobs: dict[str, bytes] = {}  # blob id -> content of recently read trees
         self._touched: set[str] = set()  # blob ids read since the last prune_blobs()
+        self._listings: dict[str, dict[str, SourceFile]] = {}  # commit -> path -> file
 
     # -- repository ------------------------------------------------------------------------
 
@@ -229,31 +232,101 @@ class GitSource:
 
         `orgs` restricts the result to those orgs' files (used to take a broken org's files
         from an older commit). Blob contents are read from git only when their id is new.
+        A commit after one listed before is listed as that listing plus `git diff-tree`
+        between the two (a one-file commit reads one line, not the 16k-entry tree), and an
+        unchanged file is the very SourceFile object of the last listing (so a load can see
+        it unchanged by identity).
         """
+        listing = self._listing(sha)
+        if orgs is None:
+            result = list(listing.values())
+        else:
+            result = [f for f in listing.values() if org_of(f.path) in orgs]
+        self._touched.update(f.blob_id for f in result if f.blob_id is not None)
+        return result
+
+    def _listing(self, sha: str) -> dict[str, SourceFile]:
+        """path -> SourceFile of `sha`, in git's path order (kept for the last few commits)."""
+        found = self._listings.pop(sha, None)
+        if found is None:
+            base = next(reversed(self._listings), None) if self._listings else None
+            found = self._listing_from(base, sha) if base is not None else None
+            if found is None:
+                found = self._full_listing(sha)
+        self._listings[sha] = found  # most recently used last
+        while len(self._listings) > LISTINGS_KEPT:
+            self._listings.pop(next(iter(self._listings)))
+        return found
+
+    def _full_listing(self, sha: str) -> dict[str, SourceFile]:
         args = ["ls-tree", "-r", "-z", "--full-tree", sha]
         if self.repo_path:
             args += ["--", self.repo_path]
         _, out, _ = self.git(args)
-        # git prints normalised paths ("a/b.yaml", no "." or "//"), so string slicing gives
-        # what PurePosixPath.relative_to would, at a fraction of the cost on 16k files.
-        prefix = self.repo_path + "/" if self.repo_path else ""
-        result: list[SourceFile] = []
+        result: dict[str, SourceFile] = {}
         for entry in out.split("\0"):
             if not entry:
                 continue
             meta, _, path = entry.partition("\t")
             _mode, kind, blob_id = meta.split(" ")
-            if kind != "blob" or not path.endswith(YAML_SUFFIXES):
+            if kind != "blob":
                 continue
-            if prefix:
-                if not path.startswith(prefix):
-                    continue  # ls-tree was limited to repo_path: never the case
-                path = path[len(prefix):]
-            if orgs is not None and org_of(path) not in orgs:
-                continue
-            result.append(SourceFile(path, self._blob(blob_id), blob_id))
-            self._touched.add(blob_id)
+            rel = self._relative(path)
+            if rel is not None:
+                result[rel] = SourceFile(rel, self._blob(blob_id), blob_id)
         return result
+
+    def _listing_from(self, base: str, sha: str) -> dict[str, SourceFile] | None:
+        """`sha`'s listing as `base`'s patched with `git diff-tree -r` base sha (renames as a
+        delete and an add); None when the diff is large (a full listing is then cheaper)."""
+        args = ["diff-tree", "-r", "-z", "--raw", "--no-renames", "--no-commit-id",
+                base, sha]
+        if self.repo_path:
+            args += ["--", self.repo_path]
+        try:
+            _, out, _ = self.git(args)
+        except SourceError:
+            return None
+        fields = out.split("\0")
+        changes: list[tuple[str, str, str]] = []  # (status, path, new blob id)
+        for i in range(0, len(fields) - 1, 2):
+            meta, path = fields[i], fields[i + 1]
+            # ":100644 100644 <old> <new> M": the new mode's object type decides
+            parts = meta.lstrip(":").split(" ")
+            if len(parts) != 5:
+                return None
+            new_mode, new_id, status = parts[1], parts[3], parts[4]
+            if status != "D" and new_mode == "160000":
+                status = "D"  # a submodule now: not a blob, as ls-tree's listing skips it
+            changes.append((status[0], path, new_id))
+        if len(changes) > MAX_DIFF_FILES:
+            return None
+        old = self._listings[base]
+        result = dict(old)
+        reorder = False
+        for status, path, blob_id in changes:
+            rel = self._relative(path)
+            if rel is None:
+                continue
+            if status == "D":
+                reorder |= result.pop(rel, None) is not None
+            else:
+                reorder |= rel not in result
+                result[rel] = SourceFile(rel, self._blob(blob_id), blob_id)
+        if reorder:  # git lists a tree recursively in byte order of the full paths
+            result = {k: result[k] for k in sorted(result, key=lambda p: p.encode())}
+        return result
+
+    def _relative(self, path: str) -> str | None:
+        """The repo-relative path of a YAML file under repo_path, else None."""
+        if not path.endswith(YAML_SUFFIXES):
+            return None
+        # git prints normalised paths ("a/b.yaml", no "." or "//"), so string slicing gives
+        # what PurePosixPath.relative_to would, at a fraction of the cost on 16k files.
+        if self.repo_path:
+            prefix = self.repo_path + "/"
+            return path[len(prefix):] if path.startswith(prefix) else None
+        return path
 
     def _blob(self, blob_id: str) -> bytes:
         data = self._blobs.get(blob_id)
