@@ -15,7 +15,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 from dataclasses import replace
 from ipaddress import (
     IPv4Address,
@@ -208,15 +207,15 @@ def test_amneziawg_dual_stack_is_an_awg_quick_file_with_both_addresses(
 # ---- the routing-loop guard with an IPv6 endpoint --------------------------------------------
 
 
-def _v6_endpoint_gateway(ranges6: tuple[str, ...]) -> Gateway:
-    gw = load_repo(dual_stack_repo(Path(tempfile.mkdtemp()) / "r")).gateways["cloud-1"]
+def _v6_endpoint_gateway(folder: Path, ranges6: tuple[str, ...]) -> Gateway:
+    gw = load_repo(dual_stack_repo(folder / "r")).gateways["cloud-1"]
     return gw.model_copy(update={"endpoint": "[2001:db8::1]:51821",
                                  "routed_ranges6": tuple(IPv6Network(r) for r in ranges6)})
 
 
 def test_ipv6_routed_range_covering_an_ipv6_endpoint_is_refused(secret_dir: Path,
                                                                 tmp_path: Path) -> None:
-    looped = _v6_endpoint_gateway(("2001:db8::/32",))
+    looped = _v6_endpoint_gateway(tmp_path, ("2001:db8::/32",))
     with pytest.raises(cc.CustomerConfigError,
                        match=r"2001:db8::/32 would cover the endpoint 2001:db8::1.*routed_ranges6"):
         cc.customer_allowed_ips6(looped)
@@ -230,8 +229,8 @@ def test_ipv6_routed_range_covering_an_ipv6_endpoint_is_refused(secret_dir: Path
         cc.load(repo, "acme-voip/hq", secret_dir=secret_dir)
 
 
-def test_ipv6_endpoint_outside_the_ranges_renders(secret_dir: Path) -> None:
-    gw = _v6_endpoint_gateway(("fd42:4242:ff00::/64",))
+def test_ipv6_endpoint_outside_the_ranges_renders(tmp_path: Path) -> None:
+    gw = _v6_endpoint_gateway(tmp_path, ("fd42:4242:ff00::/64",))
     assert cc.customer_allowed_ips6(gw)[-1] == IPv6Network("fd42:4242:ff00::/64")
     # an IPv4 range never "covers" an IPv6 endpoint, nor the other way round
     assert cc.customer_allowed_ips(gw.model_copy(update={
