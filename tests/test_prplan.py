@@ -288,3 +288,96 @@ def test_turning_on_amneziawg_warns_that_every_customer_must_reconfigure() -> No
     warning = next(w for w in diff.warnings if "amneziawg" in w.message)
     assert "must be reconfigured" in warning.message
     assert "Jc=" in render_markdown(diff)
+
+
+# ---- IPv6 (subnet6, lans6, a gateway's pool6) ---------------------------------------------------
+
+V6_GATEWAY = GATEWAY_YAML + "address6: fd42:4242:1::1/48\npool6: fd42:4242:1::/48\n"
+
+
+def tunnel6(org: str, name: str, subnet: str, subnet6: str | None = None,
+            lans6: tuple[str, ...] = (), extra: str = "") -> str:
+    v6 = f"subnet6: {subnet6}\n" if subnet6 else ""
+    v6 += f"lans6: [{', '.join(lans6)}]\n" if lans6 else ""
+    return tunnel_yaml(org, name, subnet, pubkey=key((org, name, 6)), extra=v6 + extra)
+
+
+BASE6 = {
+    "acme/hq.yaml": tunnel6("acme", "hq", "10.20.0.4/30", "fd42:4242:1:1::/64", ("fd00:10::/48",)),
+    "acme/branch.yaml": tunnel6("acme", "branch", "10.20.0.8/30", "fd42:4242:1:2::/64"),
+    "bluebird/main.yaml": tunnel6("bluebird", "main", "10.20.0.12/30"),
+    "carrot/old.yaml": tunnel6("carrot", "old", "10.20.0.16/30", "fd42:4242:1:4::/64"),
+    "dodo/lab.yaml": tunnel6("dodo", "lab", "10.20.0.20/30", "fd42:4242:1:5::/64",
+                             ("fd00:20::/48",)),
+}
+HEAD6 = {
+    **BASE6,
+    "acme/hq.yaml": tunnel6("acme", "hq", "10.20.0.4/30", "fd42:4242:1:1::/64",
+                            ("fd00:10::/48", "fd00:11::/48")),
+    "acme/branch.yaml": tunnel6("acme", "branch", "10.20.0.8/30", "fd42:4242:1:7::/64"),
+    "bluebird/main.yaml": tunnel6("bluebird", "main", "10.20.0.12/30", "fd42:4242:1:3::/64"),
+    "carrot/new.yaml": tunnel6("carrot", "new", "10.20.0.24/30", "fd42:4242:1:8::/64",
+                               ("fd00:30::/48",), extra="notes: IPv6 clinic\n"),
+    "dodo/lab.yaml": tunnel6("dodo", "lab", "10.20.0.20/30"),
+}
+del HEAD6["carrot/old.yaml"]
+
+
+def _diff6() -> prplan.RepoDiff:
+    base = repo_load(BASE6, gateway=V6_GATEWAY)
+    head = repo_load(HEAD6, gateway=V6_GATEWAY + "routed_ranges6: [fd42:4242:2::/64]\n")
+    assert base.problems == () and head.problems == ()
+    return prplan.diff_states(base, head, prplan.Ref("main", "a" * 40),
+                              prplan.Ref("ipv6", "b" * 40))
+
+
+def test_a_dual_stack_change_matches_golden_files() -> None:
+    diff = _diff6()
+    _golden("prplan_ipv6.txt", render_text(diff))
+    _golden("prplan_ipv6.json", render_json(diff))
+    _golden("prplan_ipv6.md", render_markdown(diff))
+
+
+def test_subnet6_and_lans6_changes_warn_like_subnet_and_lans() -> None:
+    diff = _diff6()
+    fields = {c.ident: {f.field: (f.old, f.new) for f in c.fields}
+              for c in diff.tunnel_changes if c.action == "change"}
+    assert fields == {
+        "acme/hq": {"lans6": ("fd00:10::/48", "fd00:10::/48, fd00:11::/48")},
+        "acme/branch": {"subnet6": ("fd42:4242:1:2::/64", "fd42:4242:1:7::/64")},
+        "bluebird/main": {"subnet6": ("-", "fd42:4242:1:3::/64")},
+        "dodo/lab": {"subnet6": ("fd42:4242:1:5::/64", "-"), "lans6": ("fd00:20::/48", "-")},
+    }
+    warnings = {(w.subject, w.kind): w.message for w in diff.warnings}
+    assert "fd00:11::/48 will be routed to this tunnel" in warnings["acme/hq", "lan-change"]
+    assert "the customer must change its IPv6 tunnel address to fd42:4242:1:7::2" in \
+        warnings["acme/branch", "subnet6-change"]
+    assert "needs the IPv6 tunnel address fd42:4242:1:3::2" in \
+        warnings["bluebird/main", "subnet6-change"]
+    assert "fd00:20::/48 will no longer be routed" in warnings["dodo/lab", "lan-change"]
+    assert "IPv6 traffic stops" in warnings["dodo/lab", "subnet6-change"]
+    # routed_ranges6 is shown, but reaching one more cloud range is no customer-facing risk
+    assert [f.field for f in diff.gateway_changes[0].fields] == ["routed_ranges6"]
+    assert not any(w.subject.startswith("gateway") for w in diff.warnings)
+
+
+def test_a_gateway_gaining_losing_or_moving_ipv6_warns() -> None:
+    v4 = repo_load({"acme/hq.yaml": tunnel6("acme", "hq", "10.20.0.4/30")})
+    v6 = repo_load({"acme/hq.yaml": tunnel6("acme", "hq", "10.20.0.4/30", "fd42:4242:1:1::/64")},
+                   gateway=V6_GATEWAY)
+    moved = repo_load({"acme/hq.yaml": tunnel6("acme", "hq", "10.20.0.4/30",
+                                               "fd42:4242:1:1::/64")},
+                      gateway=V6_GATEWAY.replace("address6: fd42:4242:1::1/48",
+                                                 "address6: fd42:4242:1::fe/48"))
+    refs = prplan.Ref("main", "a" * 40), prplan.Ref("pr", "b" * 40)
+
+    def gateway_warning(base: RepoState, head: RepoState) -> str:
+        found = [w for w in prplan.diff_states(base, head, *refs).warnings
+                 if w.subject == "gateway cloud-1"]
+        assert [w.kind for w in found] == ["gateway-change"]
+        return found[0].message
+
+    assert "gives gateway cloud-1 IPv6 (pool6 fd42:4242:1::/48)" in gateway_warning(v4, v6)
+    assert "every IPv6 packet from its tenants is dropped" in gateway_warning(v6, v4)
+    assert ("address6 fd42:4242:1::1/48 -> fd42:4242:1::fe/48): all 1 customer router(s) "
+            "using IPv6") in gateway_warning(v6, moved)

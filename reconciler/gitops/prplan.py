@@ -25,12 +25,14 @@ from reconciler.repo.state import ParseCache, RepoState, SourceFile, load_files
 MANY_REMOVALS_COUNT = 10
 MANY_REMOVALS_SHARE = 0.25
 
-TUNNEL_FIELDS = ("gateway", "subnet", "lans", "services", "status", "public_key",
+TUNNEL_FIELDS = ("gateway", "subnet", "lans", "subnet6", "lans6", "services", "status",
+                 "public_key",
                  "persistent_keepalive", "cloud_keepalive", "psk_rotation", "revoked_at",
                  "notes")
 GATEWAY_FIELDS = ("interface", "listen_port", "address", "pool", "allocation_prefix", "reserved",
                   "infra_interfaces", "endpoint", "public_key", "mtu", "services",
-                  "default_services", "routed_ranges", "amneziawg")
+                  "default_services", "routed_ranges", "amneziawg", "address6", "pool6",
+                  "allocation_prefix6", "reserved6", "routed_ranges6")
 # Gateway fields every customer router copies: changing one breaks every tunnel until reconfigured.
 CUSTOMER_FACING_GATEWAY_FIELDS = ("address", "endpoint", "public_key", "listen_port", "mtu",
                                   "amneziawg")
@@ -58,6 +60,13 @@ class TunnelView:
     revoked_at: str
     notes: str
     cloud_keepalive: int = 0
+    subnet6: str = ""  # "" when the tunnel is IPv4 only
+    address6: str = ""  # the customer's IPv6 tunnel address
+    lans6: tuple[str, ...] = ()
+
+    @property
+    def has_ipv6(self) -> bool:
+        return bool(self.subnet6 or self.lans6)
 
     @property
     def ident(self) -> str:
@@ -222,7 +231,8 @@ def tunnel_view(tunnel: Tunnel, gateways: Mapping[str, Gateway]) -> TunnelView:
         public_key=tunnel.public_key, persistent_keepalive=tunnel.persistent_keepalive,
         psk_rotation=tunnel.psk_rotation, cloud_keepalive=tunnel.cloud_keepalive,
         revoked_at=str(tunnel.revoked_at) if tunnel.revoked_at is not None else "",
-        notes=tunnel.notes,
+        notes=tunnel.notes, subnet6=str(tunnel.subnet6 or ""),
+        address6=str(tunnel.customer_address6 or ""), lans6=tuple(str(n) for n in tunnel.lans6),
     )
 
 
@@ -304,8 +314,9 @@ def risk_warnings(changes: Iterable[TunnelChange], gw_changes: Iterable[GatewayC
         if c.action == "remove":
             b = c.view
             leaving += b.status == TunnelStatus.active.value
+            nets = f"{b.subnet}, {b.subnet6}" if b.subnet6 else b.subnet
             out.append(RiskWarning(c.ident, "remove",
-                               f"deletes {c.ident} ({b.subnet}): its peer is removed and the subnet "
+                               f"deletes {c.ident} ({nets}): its peer is removed and the subnet "
                                "is free for reuse at once; 'status: revoked' keeps it reserved"))
             continue
         if c.action != "change":
@@ -324,6 +335,10 @@ def risk_warnings(changes: Iterable[TunnelChange], gw_changes: Iterable[GatewayC
                 detail = f"; {', '.join(gone)} will no longer be routed" if gone else ""
                 out.append(RiskWarning(c.ident, "lan-change", f"changes the routed LANs of {c.ident} "
                                    f"({f.old} -> {f.new}){detail}"))
+            elif f.field == "lans6":
+                out.append(_lans6_warning(c.ident, f))
+            elif f.field == "subnet6":
+                out.append(_subnet6_warning(c, f))
             elif f.field == "services":
                 gone = sorted(_split(f.old) - _split(f.new))
                 if gone:
@@ -347,6 +362,9 @@ def risk_warnings(changes: Iterable[TunnelChange], gw_changes: Iterable[GatewayC
             out.append(RiskWarning(f"gateway {g.name}", "gateway-remove",
                                f"removes gateway {g.name}: its host keeps its last state but no "
                                "longer receives changes"))
+        v6 = _gateway_ipv6_warning(g, head)
+        if v6 is not None:
+            out.append(v6)
         for f in g.fields:
             if f.field in CUSTOMER_FACING_GATEWAY_FIELDS:
                 users = sum(1 for t in head.tunnels
@@ -366,6 +384,50 @@ def risk_warnings(changes: Iterable[TunnelChange], gw_changes: Iterable[GatewayC
                               f"takes {leaving} tunnel(s) out of service{share}: "
                               "check this is intended"))
     return out
+
+
+def _lans6_warning(ident: str, f: FieldChange) -> RiskWarning:
+    old, new = _split(f.old), _split(f.new)
+    detail = [f"{', '.join(sorted(new - old))} will be routed to this tunnel"] if new - old else []
+    if old - new:
+        detail.append(f"{', '.join(sorted(old - new))} will no longer be routed")
+    return RiskWarning(ident, "lan-change", f"changes the routed IPv6 LANs of {ident} "
+                       f"({f.old} -> {f.new}); {'; '.join(detail)}")
+
+
+def _subnet6_warning(c: TunnelChange, f: FieldChange) -> RiskWarning:
+    address6 = c.after.address6 if c.after is not None else ""
+    if f.old == "-":
+        message = (f"gives {c.ident} the IPv6 prefix {f.new}: the customer's router needs the "
+                   f"IPv6 tunnel address {address6} to use it")
+    elif f.new == "-":
+        message = (f"takes IPv6 away from {c.ident} ({f.old}): the customer's IPv6 traffic "
+                   "stops")
+    else:
+        message = (f"moves {c.ident} from {f.old} to {f.new}: the customer must change its "
+                   f"IPv6 tunnel address to {address6}")
+    return RiskWarning(c.ident, "subnet6-change", message)
+
+
+def _gateway_ipv6_warning(g: GatewayChange, head: RepoState) -> RiskWarning | None:
+    """One warning when a gateway gains, loses or moves its IPv6 (address6/pool6)."""
+    fields = {f.field: f for f in g.fields if f.field in ("address6", "pool6")}
+    if not fields:
+        return None
+    pool6 = fields.get("pool6")
+    if pool6 is not None and pool6.old == "-":
+        message = (f"gives gateway {g.name} IPv6 (pool6 {pool6.new}): a tunnel carries IPv6 only "
+                   "once it has a subnet6, and its customer configures the address")
+    elif pool6 is not None and pool6.new == "-":
+        message = (f"removes IPv6 from gateway {g.name} (pool6 {pool6.old}): every IPv6 packet "
+                   "from its tenants is dropped, and tunnels may no longer have subnet6 or lans6")
+    else:
+        users = sum(1 for t in head.tunnels if t.gateway == g.name and t.subnet6 is not None
+                    and t.status is TunnelStatus.active)
+        moved = "; ".join(f"{f.field} {f.old} -> {f.new}" for f in fields.values())
+        message = (f"changes the IPv6 of gateway {g.name} ({moved}): all {users} customer "
+                   "router(s) using IPv6 on it must be reconfigured")
+    return RiskWarning(f"gateway {g.name}", "gateway-change", message)
 
 
 # ---- entry points ------------------------------------------------------------------------------

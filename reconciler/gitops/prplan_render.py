@@ -24,7 +24,16 @@ def _field_line(f: FieldChange) -> str:
 
 def _brief(v: TunnelView) -> str:
     return (f"{v.subnet}  address {v.address}  lans {v.value('lans')}  "
-            f"services {v.value('services')}  status {v.status}")
+            f"services {v.value('services')}  status {v.status}{_brief6(v)}")
+
+
+def _brief6(v: TunnelView) -> str:
+    """The IPv6 facts of a tunnel that has any ("" for IPv4-only ones: plans of IPv4 repos
+    read as they always did)."""
+    if not v.has_ipv6:
+        return ""
+    address = f"  address6 {v.address6}" if v.address6 else ""
+    return f"  subnet6 {v.value('subnet6')}{address}  lans6 {v.value('lans6')}"
 
 
 # ---- text --------------------------------------------------------------------------------------
@@ -77,10 +86,14 @@ def render_text(diff: RepoDiff) -> str:
 def _view_json(v: TunnelView | None) -> dict[str, Any] | None:
     if v is None:
         return None
-    return {"subnet": v.subnet, "address": v.address, "gateway": v.gateway, "lans": list(v.lans),
-            "services": list(v.services), "status": v.status, "public_key": v.public_key,
-            "persistent_keepalive": v.persistent_keepalive, "psk_rotation": v.psk_rotation,
-            "revoked_at": v.revoked_at or None, "notes": v.notes}
+    data: dict[str, Any] = {
+        "subnet": v.subnet, "address": v.address, "gateway": v.gateway, "lans": list(v.lans),
+        "services": list(v.services), "status": v.status, "public_key": v.public_key,
+        "persistent_keepalive": v.persistent_keepalive, "psk_rotation": v.psk_rotation,
+        "revoked_at": v.revoked_at or None, "notes": v.notes}
+    if v.has_ipv6:  # only tunnels with IPv6 carry the keys (IPv4 plans stay as they were)
+        data.update(subnet6=v.subnet6 or None, address6=v.address6 or None, lans6=list(v.lans6))
+    return data
 
 
 def _change_json(c: TunnelChange) -> dict[str, Any]:
@@ -149,8 +162,10 @@ def _org_table(diff: RepoDiff, org: str) -> list[str]:
              "|:-:|:--|:--|:--|:--|:--|:--|:--|"]
     for c in diff.for_org(org):
         other = "<br>".join(_md(_field_line(f)) for f in c.fields if f.field not in COLUMNS)
+        if c.action != "change" and c.view.has_ipv6:
+            other = _md(_brief6(c.view).strip().replace("  ", ", "))
         if c.action == "add" and c.view.notes:
-            other = f"notes: {_md(c.view.notes)}"
+            other = "<br>".join(x for x in (other, f"notes: {_md(c.view.notes)}") if x)
         cells = " | ".join(_cell(c, n) for n in COLUMNS)
         lines.append(f"| `{SYMBOL[c.action]}` | `{c.view.name}` | {cells} | {other or ''} |")
     return lines
