@@ -473,7 +473,7 @@ class Lab:
         """Log of the probe server in `netns` (cloud, infra, a router or a LAN host)."""
         return ServeLog(self.log_dir / f"serve-{netns}.jsonl")
 
-    def flow(self, netns: str, dst: IPv4Address | str, *, interval: float = 0.05,
+    def flow(self, netns: str, dst: IPv4Address | IPv6Address | str, *, interval: float = 0.05,
              proto: str = "icmp", port: int = SIP_PORT) -> Flow:
         """Start a tracked ping/UDP flow; `stop()` it for the loss summary."""
         self._require_live()

@@ -16,13 +16,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
 from reconciler.engine.runner import Runner
 
 from .processes import TrackedProcess, spawn, stop, wait_for
+
+Address = IPv4Address | IPv6Address | str  # either family (netprobe picks by the address)
 
 NETPROBE = Path(__file__).resolve().with_name("netprobe.py")
 
@@ -44,8 +46,8 @@ def _probe(netns: str, args: list[str], timeout: float) -> tuple[bool, dict[str,
     return res.returncode == 0, json.loads(res.stdout or "{}")
 
 
-def udp_probe(netns: str, dst: IPv4Address | str, port: int, *, payload: str | None = None,
-              src: IPv4Address | str | None = None, spoof: bool = False,
+def udp_probe(netns: str, dst: Address, port: int, *, payload: str | None = None,
+              src: Address | None = None, spoof: bool = False,
               timeout: float = 1.0) -> bool:
     """Send one datagram from `netns`; True when the same payload is echoed back in time.
 
@@ -60,13 +62,13 @@ def udp_probe(netns: str, dst: IPv4Address | str, port: int, *, payload: str | N
     return _probe(netns, args, timeout)[0]
 
 
-def tcp_probe(netns: str, dst: IPv4Address | str, port: int, *, timeout: float = 1.0) -> bool:
+def tcp_probe(netns: str, dst: Address, port: int, *, timeout: float = 1.0) -> bool:
     """True when a TCP connection to dst:port is accepted within `timeout`."""
     return _probe(netns, ["tcp", "--dst", str(dst), "--port", str(port),
                           "--timeout", str(timeout)], timeout)[0]
 
 
-def ping(netns: str, dst: IPv4Address | str, *, count: int = 1, timeout: float = 1.0) -> bool:
+def ping(netns: str, dst: Address, *, count: int = 1, timeout: float = 1.0) -> bool:
     """ICMP echo from `netns` (like `ping -c COUNT -W TIMEOUT`): True when every reply came."""
     return _probe(netns, ["ping", "--dst", str(dst), "--count", str(count),
                           "--timeout", str(timeout)], timeout * count)[0]
@@ -86,7 +88,7 @@ class Flow:
     Use through `Lab.flow(...)`, which tracks the process so teardown stops it on any error.
     """
 
-    def __init__(self, netns: str, dst: IPv4Address | str, *, workdir: Path,
+    def __init__(self, netns: str, dst: Address, *, workdir: Path,
                  interval: float = 0.05, proto: str = "icmp", port: int = 5060,
                  on_start: Callable[[TrackedProcess, subprocess.Popen[bytes]], None] | None = None,
                  ) -> None:
@@ -129,7 +131,7 @@ class ServeLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def received(self, payload: str, *, proto: str = "udp", dport: int | None = None,
-                 src: IPv4Address | str | None = None) -> bool:
+                 src: Address | None = None) -> bool:
         """Did a packet carrying `payload` arrive (on `dport`, from `src`, when given)?"""
         for e in self.entries():
             if e["proto"] == proto and e["payload"] == payload \
@@ -138,6 +140,6 @@ class ServeLog:
                 return True
         return False
 
-    def connections(self, *, dport: int, src: IPv4Address | str | None = None) -> int:
+    def connections(self, *, dport: int, src: Address | None = None) -> int:
         return sum(1 for e in self.entries() if e["proto"] == "tcp" and e["dport"] == dport
                    and (src is None or e["src"] == str(src)))
