@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import json
 import subprocess
+from ipaddress import IPv6Address
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from test_engine_netns import EngineHost, FailOnce, host  # noqa: F401  (the fixture)
 
+from reconciler.engine.cycle import reconcile
 from reconciler.engine.hoststate import ROUTE_PROTO, Route
 from reconciler.engine.observe import observe_changes
 from reconciler.engine.plan import AddRoute, DeleteRoute, Plan, UpdatePeer
 from reconciler.engine.runner import Runner
+from reconciler.lab import Lab, generate_repo, ping
+from reconciler.repo.state import load_repo
 
 pytestmark = pytest.mark.lab
 
@@ -183,3 +189,39 @@ def test_the_change_path_reads_ipv6_routes_back(host: EngineHost) -> None:  # no
     assert after.routes == before.routes - {Route("fd99:2::/48", host.ifname)} | {
         Route("fd99:9::/48", host.ifname)}
     assert after.routes == host.observe().routes
+
+
+def v6(address: IPv6Address | None) -> IPv6Address:
+    assert address is not None, "a dual-stack router has IPv6 addresses"
+    return address
+
+
+def test_cloud_reaches_customer_ipv6_lans_through_the_lab_and_loses_a_removed_one(
+        lab: Any, tmp_path: Path) -> None:
+    """The data plane of the host side alone, in the lab (customer routers with real
+    wireguard-go): from the cloud namespace to each router's ::2 and IPv6 LAN host, over the
+    engine's peers, address6 and IPv6 LAN routes (replies pass the firewall as replies)."""
+    gen = generate_repo(tmp_path / "repo", 3, gateway="gw-six", dual_stack=True, lan_every=1,
+                        sip_only_every=0)
+    world: Lab = lab(gen.root, private_keys=gen.private_keys)
+    first = reconcile(load_repo(gen.root), world.target())
+    assert first.ok, f"{first.failed_step}: {first.error}"
+    assert reconcile(load_repo(gen.root), world.target()).plan.empty
+    assert all(world.wait_handshakes(world.routers, timeout=12).values())
+    routers = list(world.routers.values())
+    for r in routers:
+        assert ping(world.netns, v6(r.address6), count=2), r.ident
+        assert ping(world.netns, v6(r.host_address6), count=2), r.ident
+    # One tenant's IPv6 LAN leaves its file: its route and allowed IP go, the others stay.
+    gone, kept = routers[0], routers[1]
+    repo = load_repo(gen.root)
+    path = gen.root / repo.paths[gone.ident]
+    data = yaml.safe_load(path.read_text())
+    data.pop("lans6")
+    path.write_text(yaml.safe_dump(data))
+    removed = reconcile(load_repo(gen.root), world.target())
+    assert removed.ok, removed.error
+    assert [c.route.dst for c in removed.plan.of(DeleteRoute)] == [str(gone.lans6[0])]
+    assert not ping(world.netns, v6(gone.host_address6), count=1)
+    assert ping(world.netns, v6(kept.host_address6), count=2)
+    assert ping(world.netns, v6(gone.address6), count=2)
