@@ -163,3 +163,14 @@ def test_every_file_in_a_mixed_overlap_gets_a_problem(
                 expected.add(f"o{i}/t.yaml")
     flagged = {p.file for p in state.problems if conflict_partner(p.message)}
     assert flagged == expected
+
+
+def test_an_ipv6_endpoint_inside_pool6_or_a_customers_lans6_would_loop_the_tunnel() -> None:
+    inside = DUAL.replace("endpoint: 203.0.113.10:51821", "endpoint: '[fd42:4242:1::99]:51821'")
+    p = one(load({}, gateway=inside), "gateway.yaml")
+    assert "fd42:4242:1::/48 contains the public endpoint fd42:4242:1::99" in p.message
+    assert p.line == inside.splitlines().index("pool6: fd42:4242:1::/48") + 1
+    outside = DUAL.replace("endpoint: 203.0.113.10:51821", "endpoint: '[fd00:1::9]:51821'")
+    state = load({A: tun("acme", "hq", "10.20.0.4/30", lans6=("fd00:1::/48",))}, gateway=outside)
+    assert "LAN fd00:1::/48 overlaps the gateway's public endpoint fd00:1::9" in \
+        one(state, A).message

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from reconciler.repo.model import Gateway, Tunnel, TunnelStatus
 from reconciler.repo.yamlio import Loc
@@ -96,6 +96,15 @@ def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
 
+def _endpoint6(gw: Gateway) -> IPv6Address | None:
+    """The endpoint host when it is a literal IPv6 address."""
+    try:
+        ip = ip_address(gw.endpoint_host)
+    except ValueError:
+        return None
+    return ip if isinstance(ip, IPv6Address) else None
+
+
 def check_gateways(files: Sequence[GatewayFile]) -> list[Finding]:
     out: list[Finding] = []
     first: dict[str, GatewayFile] = {}
@@ -105,13 +114,17 @@ def check_gateways(files: Sequence[GatewayFile]) -> list[Finding]:
             out.append(Finding(gf.path, ("name",), f"gateway name {gw.name!r} is already used by "
                                f"{first[gw.name].path}; each gateway needs its own name"))
         first.setdefault(gw.name, gf)
-        ip = gw.endpoint_ip
+        ip: IPv4Address | IPv6Address | None = gw.endpoint_ip
+        checks: tuple[tuple[str, Sequence[IPv4Network | IPv6Network]], ...] = (
+            ("pool", (gw.pool,)), ("reserved", gw.reserved), ("routed_ranges", gw.routed_ranges))
+        if ip is None and (ip := _endpoint6(gw)) is not None:
+            checks = (("pool6", (gw.pool6,) if gw.pool6 else ()), ("reserved6", gw.reserved6),
+                      ("routed_ranges6", gw.routed_ranges6))
         if ip is not None:
-            for field, nets in (("pool", (gw.pool,)), ("reserved", gw.reserved),
-                                ("routed_ranges", gw.routed_ranges)):
+            for field, nets in checks:
                 for i, net in enumerate(nets):
                     if ip in net:
-                        loc: Loc = (field,) if field == "pool" else (field, i)
+                        loc: Loc = (field,) if field.startswith("pool") else (field, i)
                         out.append(Finding(gf.path, loc, f"{net} contains the public endpoint "
                                            f"{ip}; customers' routers would route the tunnel "
                                            "into itself. Remove the endpoint from this range"))
@@ -144,6 +157,10 @@ class _GatewayFacts:
         self.infra6 += [(f"cloud service range {r} ({gf.path})", _span6(r))
                         for r in gw.routed_ranges6]
         self.lan6_forbidden = list(self.infra6)
+        ip6 = _endpoint6(gw)
+        if ip6 is not None:  # a literal IPv6 endpoint: no customer LAN may capture it
+            self.lan6_forbidden.append((f"the gateway's public endpoint {ip6}",
+                                        _span6(IPv6Network(ip6))))
         if gw.pool6 is not None and gw.address6 is not None:
             self.lan6_forbidden[:0] = [
                 (f"the IPv6 tunnel pool {gw.pool6}", _span6(gw.pool6)),
