@@ -321,6 +321,20 @@ def test_flush_prefixes_uses_the_family_of_each_prefix() -> None:
                          "-d", "fd42:4242:1::1", "--sport", "1", "--dport", "2")]
 
 
+def test_read_map_element_compares_ipv6_addresses_not_spellings() -> None:
+    rec = _Recorder(listing="")
+    answers = {"fd42::2": "table inet tunnelctl {\n\tmap tenant_hosts6 {\n\t\telements = { "
+               "fd42:0:0:0:0:0:0:2 : jump svc_sip }\n\t}\n}\n",
+               "fd42::3": "elements = { fd42::4 : jump svc_sip }"}
+
+    def run(argv: Sequence[str], **kw: Any) -> Result:
+        return Result(tuple(argv), 0, answers[argv[-2]], "")
+
+    rec.run = run  # type: ignore[method-assign]
+    assert read_map_element(rec, "fd42::2/128", "tenant_hosts6") == "jump svc_sip"
+    assert read_map_element(rec, "fd42::3/128", "tenant_hosts6") is None
+
+
 def test_closed_boot_table_names_no_family() -> None:
     """Its drops match by interface only: IPv6 from tenants drops like IPv4 (the lab test
     below sends the packets)."""

@@ -9,6 +9,7 @@ by `read_snapshot`, into memory only.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import threading
 import time
@@ -413,7 +414,10 @@ def read_map_element(runner: Runner, key: str, map_name: str = TENANT_MAPS[1]) -
     m = _GET_ELEMENT_RE.search(res.stdout)
     if m is None:
         raise ValueError(f"nft get element {addr}: unexpected output {res.stdout[:200]!r}")
-    return m.group(2) if m.group(1) == addr else None
+    found = m.group(1)
+    if found != addr and ":" in found:  # IPv6: nft's and Python's spelling may differ
+        return m.group(2) if ipaddress.ip_address(found) == ipaddress.ip_address(addr) else None
+    return m.group(2) if found == addr else None
 
 
 def _patched_firewall(before: Firewall | None, change: ReplaceFirewall,
