@@ -296,7 +296,7 @@ _HOST_DESTINATIONS = _UNICAST | {"local"}  # not blackhole/unreachable/prohibit/
 
 
 def parse_host_routes(text: str) -> list[tuple[str, str, str, str]]:
-    """`ip -4 -json route show table all`: (dst, dev, table, proto) of every route that sends
+    """`ip -4|-6 -json route show table all`: (dst, dev, table, proto) of every route that sends
     traffic somewhere, whoever made it. A multipath route is listed under its first hop's dev."""
     out = []
     for r in _json(text, "ip -json route"):
