@@ -174,3 +174,16 @@ def test_an_ipv6_endpoint_inside_pool6_or_a_customers_lans6_would_loop_the_tunne
     state = load({A: tun("acme", "hq", "10.20.0.4/30", lans6=("fd00:1::/48",))}, gateway=outside)
     assert "LAN fd00:1::/48 overlaps the gateway's public endpoint fd00:1::9" in \
         one(state, A).message
+
+
+def test_the_scaffolded_gateway_offers_ipv6_as_commented_keys_that_load_when_uncommented() -> None:
+    from reconciler.operator.scaffold import GatewaySpec, Pin, render_scaffold
+    from reconciler.repo.state import SourceFile, load_files
+
+    text = render_scaffold(GatewaySpec("cloud-2", "vpn.example:51821"),
+                           Pin("o/t", "0123456789abcdef" * 2 + "01234567")).files["gateway.yaml"]
+    plain = load_files([SourceFile("gateway.yaml", text.encode())])
+    assert plain.problems == () and not plain.gateways["cloud-2"].dual_stack
+    enabled = text.replace("# address6:", "address6:").replace("# pool6:", "pool6:")
+    state = load_files([SourceFile("gateway.yaml", enabled.encode())])
+    assert state.problems == () and state.gateways["cloud-2"].dual_stack
