@@ -272,3 +272,62 @@ def test_lab_down_refuses_a_lab_whose_test_process_still_runs(lab) -> None:  # t
     res = CliRunner().invoke(cli, ["lab", "down", "--name", built.name])
     assert res.exit_code != 0 and "belongs to running process" in res.output
     assert all(uapi_socket_busy(i) for i in built.wg_interfaces)
+
+
+# -- IPv6 (dual-stack repos) ---------------------------------------------------------------------
+def test_dual_stack_generated_repo_and_router_layout(tmp_path: Path) -> None:
+    gen = generate_repo(tmp_path / "gen", 6, dual_stack=True, lan_every=2, v4_only_every=3)
+    state = load_repo(gen.root)
+    assert state.problems == ()
+    gw = next(iter(state.gateways.values()))
+    assert gw.dual_stack and gw.pool6 is not None and gw.gateway_subnet6 is not None
+    by_ident = {t.ident: t for t in state.tunnels}
+    v6 = [t for t in state.tunnels if t.subnet6 is not None]
+    assert len(v6) == 4  # every third stays IPv4 only
+    assert all(t.subnet6 in gw.pool6.subnets(new_prefix=64) for t in v6 if t.subnet6)
+    assert not any(t.subnet6 and t.subnet6.overlaps(gw.gateway_subnet6) for t in v6)
+    assert len({t.subnet6 for t in v6}) == 4
+    # IPv6 LANs only for tenants with a LAN and a subnet6; none overlap the pool.
+    assert all(bool(t.lans6) == bool(t.lans and t.subnet6) for t in state.tunnels)
+    assert not any(lan.overlaps(gw.pool6) for t in state.tunnels for lan in t.lans6)
+    for g in gen.tunnels:
+        assert (g.subnet6, g.lans6) == (by_ident[g.ident].subnet6, by_ident[g.ident].lans6)
+    with_lan6 = next(t for t in v6 if t.lans6)
+    r = plan_router("abcdef", 3, with_lan6)
+    assert with_lan6.subnet6 is not None
+    assert r.address6 == with_lan6.subnet6.network_address + 2 and r.prefixlen6 == 64
+    assert r.host_netns and r.lan_address6 == with_lan6.lans6[0].network_address + 1
+    assert r.host_address6 == with_lan6.lans6[0].network_address + 0x10
+    v4_only = plan_router("abcdef", 4, next(t for t in state.tunnels if t.subnet6 is None))
+    assert v4_only.address6 is None and v4_only.host_address6 is None and v4_only.lans6 == ()
+
+
+def test_an_ipv4_generated_repo_is_unchanged_by_dual_stack_support(tmp_path: Path) -> None:
+    gen = generate_repo(tmp_path / "gen", 3, lan_every=1)
+    gateway = (gen.root / "gateway.yaml").read_text()
+    assert "address6" not in gateway and "pool6" not in gateway
+    assert all("subnet6" not in t.path.read_text() and t.subnet6 is None for t in gen.tunnels)
+
+
+@pytest.mark.lab
+def test_dual_stack_lab_plumbing_works_without_the_engine(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Routers, LAN hosts, infra and the routed-range host get IPv6 that works at once (no
+    tentative address); the cloud's tunnel interface stays bare: address6 is the engine's."""
+    gen = generate_repo(tmp_path / "gen", 2, dual_stack=True, lan_every=1)
+    built = lab(gen.root, private_keys=gen.private_keys)
+    gw = built.gateway
+    r = next(iter(built.routers.values()))
+    assert r.address6 and r.host_netns and r.host_address6 and r.lan_address6
+    dump = Runner(r.netns).run(["wg", "show", r.interface, "allowed-ips"]).stdout.split()
+    assert dump[1:] == [f"{gw.address.ip}/32", f"{gw.address6.ip}/128", *map(str, gw.routed_ranges6)]
+    assert "inet6" not in Runner().run(["ip", "-n", built.netns, "addr", "show", built.interface,
+                                        "scope", "global"]).stdout
+    for ns in built.namespaces:
+        assert "tentative" not in Runner().run(["ip", "-n", ns, "-6", "addr"]).stdout, ns
+    assert ping(r.host_netns, r.lan_address6)
+    assert built.infra is not None and ping(built.infra.netns, built.infra.cloud_address6)
+    assert built.routed is not None and built.routed.address6 and built.routed.cloud_address6
+    assert ping(built.netns, built.routed.address6)
+    assert ping(built.netns, built.infra.address6)
+    sysctl = Runner(built.netns).run(["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout
+    assert sysctl.strip() == "1"
