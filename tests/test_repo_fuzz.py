@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 from datetime import date
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -96,6 +96,10 @@ def tunnels(draw: st.DrawFn) -> Tunnel:
         subnet=IPv4Network((0x0A140000 + 4 * draw(st.integers(1, 16383)), 30)),
         lans=tuple(IPv4Network(f"192.168.{i}.0/24")
                    for i in draw(st.lists(st.integers(0, 255), unique=True, max_size=3))),
+        subnet6=draw(st.none() | st.integers(1, 65535).map(
+            lambda i: IPv6Network(f"fd42:4242:1:{i:x}::/64"))),
+        lans6=tuple(IPv6Network(f"fd00:{i:x}::/48")
+                    for i in draw(st.lists(st.integers(0, 65535), unique=True, max_size=3))),
         status=status,
         revoked_at=draw(st.dates(date(2000, 1, 1), date(2099, 12, 31)))
         if status is TunnelStatus.revoked else None,
