@@ -98,7 +98,7 @@ def service(args: dict[str, Any]) -> dict[str, Any]:
     controller_module.reconcile = recorder  # type: ignore[attr-defined]  # measuring only
     settings = Settings(
         repo_url=args["bare"], branch="main", gateway=args["gateway"], interval=30.0,
-        state_dir=Path(args["state_dir"]), runtime_dir=Path(args["state_dir"]) / "run",
+        state_dir=Path(args["state_dir"]),
         secret_dir=Path(args["secret_dir"]), config_dir=Path(args["config_dir"]),
         netns=args["netns"], interface=args["interface"], metrics_address="", watch=False,
         host="bench", max_removal_share=1.0)
