@@ -13,6 +13,8 @@ same probes arrive. No assertion is about time.
 from __future__ import annotations
 
 import base64
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -22,9 +24,18 @@ from typing import Any
 import pytest
 
 from reconciler.engine.cycle import ReconcileResult, reconcile
-from reconciler.engine.plan import UpdatePeer
+from reconciler.engine.plan import AddPeer, RemovePeer, UpdatePeer
 from reconciler.engine.runner import Runner
-from reconciler.lab import GeneratedRepo, Lab, generate_repo, nonce, ping, tcp_probe, udp_probe
+from reconciler.lab import (
+    GeneratedRepo,
+    Lab,
+    add_generated_tunnels,
+    generate_repo,
+    nonce,
+    ping,
+    tcp_probe,
+    udp_probe,
+)
 from reconciler.lab.layout import Router
 from reconciler.lab.repogen import LAN6_SPACE
 from reconciler.repo.model import Tunnel
@@ -249,6 +260,46 @@ def test_control_without_the_table_the_same_ipv6_probes_arrive(hostile: Cast) ->
     assert [label for label, got in arrived.items() if not got] == []
     assert not repaired.plan.empty  # the missing table was seen and restored
     assert [label for label, got in _forbidden6(hostile).items() if got] == []
+
+
+# -- changes while traffic flows ---------------------------------------------------------------
+def test_a_changed_service_profile_moves_the_tenants_ipv6_access(dual: Cast, tmp_path: Path) -> None:
+    """The sip-only tenant becomes rtp-only: its IPv6 map entry changes verdict in place."""
+    lab, r = dual.lab, dual.sip_only
+    repo = tmp_path / "repo"
+    shutil.copytree(dual.root, repo)
+    tunnel = dual.tunnels[r.ident]
+    tunnel_file = repo / tunnel.org / f"{tunnel.name}.yaml"
+    tunnel_file.write_text(tunnel_file.read_text().replace("services: [sip]", "services: [rtp]"))
+    try:
+        converge(lab, repo)
+        assert _udp_arrived(lab, r.netns, dual.cloud6, RTP, lab.netns, expect_echo=True)
+        assert not _udp_arrived(lab, r.netns, dual.cloud6, SIP, lab.netns)
+    finally:
+        converge(lab, dual.root)
+    assert _udp_arrived(lab, r.netns, dual.cloud6, SIP, lab.netns, expect_echo=True)
+    assert not _udp_arrived(lab, r.netns, dual.cloud6, RTP, lab.netns)
+
+
+def test_an_ipv6_flow_loses_nothing_while_dual_stack_tenants_come_and_go(
+        dual: Cast, tmp_path: Path) -> None:
+    big = tmp_path / "repo"
+    shutil.copytree(dual.root, big)
+    added = add_generated_tunnels(big, 40, gateway=dual.lab.gateway.name, org_prefix="more",
+                                  lan_every=2)
+    assert load_repo(big).problems == () and all(t.subnet6 for t in added)
+    assert sum(1 for t in added if t.lans6) == 20
+    assert dual.a.host_netns
+    flow = dual.lab.flow(dual.a.host_netns, dual.cloud6, interval=0.02)
+    flow.wait_ready(timeout=10)
+    time.sleep(0.3)
+    grow = converge(dual.lab, big)
+    time.sleep(0.3)
+    shrink = converge(dual.lab, dual.root)
+    time.sleep(0.3)
+    result = flow.stop()
+    assert len(grow.plan.of(AddPeer)) == 40 and len(shrink.plan.of(RemovePeer)) == 40
+    assert result.sent >= 30 and result.lost == ()
 
 
 # -- a gateway without IPv6 ------------------------------------------------------------------
