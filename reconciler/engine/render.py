@@ -232,9 +232,12 @@ def _sources6(gateway: Gateway, t: Tunnel) -> tuple[tuple[int, int], ...]:
     packet from tenants."""
     if not gateway.dual_stack or (t.subnet6 is None and not t.lans6):
         return ()
+    host = t.customer_address6
+    if not t.lans6 and host is not None:
+        return ((int(host), 128),)  # the common case, without collapsing
     nets = list(t.lans6)
-    if t.customer_address6 is not None:
-        nets.append(ipaddress.IPv6Network((t.customer_address6, 128)))
+    if host is not None:
+        nets.append(ipaddress.IPv6Network((host, 128)))
     return tuple((int(n.network_address), n.prefixlen)
                  for n in ipaddress.collapse_addresses(nets))
 
