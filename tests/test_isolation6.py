@@ -36,6 +36,7 @@ from reconciler.lab import (
     tcp_probe,
     udp_probe,
 )
+from reconciler.lab.demo_checks import Roles, run_checks
 from reconciler.lab.layout import Router
 from reconciler.lab.repogen import LAN6_SPACE
 from reconciler.repo.model import Tunnel
@@ -260,6 +261,14 @@ def test_control_without_the_table_the_same_ipv6_probes_arrive(hostile: Cast) ->
     assert [label for label, got in arrived.items() if not got] == []
     assert not repaired.plan.empty  # the missing table was seen and restored
     assert [label for label, got in _forbidden6(hostile).items() if got] == []
+
+
+def test_the_demo_isolation_report_covers_ipv6_on_a_dual_stack_gateway(dual: Cast) -> None:
+    results = run_checks(dual.lab, Roles(dual.a.ident, dual.sip_only.ident, dual.b.ident, None))
+    assert [(r.name, r.observed) for r in results if not r.passed] == []
+    six = [r for r in results if "IPv6" in r.name]
+    assert {r.expected for r in six} == {"allowed", "blocked"} and len(six) == 5
+    assert f"[{dual.cloud6}] udp/{SIP}" in {r.destination for r in six}
 
 
 # -- changes while traffic flows ---------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from reconciler.lab import Lab, nonce, tcp_probe, udp_probe
 
@@ -36,9 +36,9 @@ class Roles:
     disabled: str | None  # a disabled tunnel that still has a router knocking
 
 
-def _udp(lab: Lab, name: str, src_ns: str, src_label: str, dst: IPv4Address, port: int,
-         receiver_ns: str, expect_allowed: bool, timeout: float, *,
-         spoof_from: IPv4Address | None = None) -> CheckResult:
+def _udp(lab: Lab, name: str, src_ns: str, src_label: str, dst: IPv4Address | IPv6Address,
+         port: int, receiver_ns: str, expect_allowed: bool, timeout: float, *,
+         spoof_from: IPv4Address | IPv6Address | None = None) -> CheckResult:
     payload = nonce("demo")
     echoed = udp_probe(src_ns, dst, port, payload=payload, timeout=timeout,
                        src=spoof_from, spoof=spoof_from is not None)
@@ -50,7 +50,8 @@ def _udp(lab: Lab, name: str, src_ns: str, src_label: str, dst: IPv4Address, por
     else:
         observed = "never arrived"
     passed = echoed if expect_allowed else (not echoed and not arrived)
-    return CheckResult(name, src_label, f"{dst} udp/{port}",
+    where = f"[{dst}]" if isinstance(dst, IPv6Address) else str(dst)
+    return CheckResult(name, src_label, f"{where} udp/{port}",
                        "allowed" if expect_allowed else "blocked", observed, passed)
 
 
@@ -110,10 +111,43 @@ def run_checks(lab: Lab, roles: Roles, *, timeout: float = 1.0,
     out.append(_udp(lab, "spoofed source (other tenant's address)", full.netns,
                     f"{roles.full} as {sip_only.address}", cloud, SIP, lab.netns, False, timeout,
                     spoof_from=sip_only.address))
+    out += _ipv6_checks(lab, roles, timeout, step)
     if roles.disabled:
         step("disabled tunnel")
         hs = lab.latest_handshake(roles.disabled)
         out.append(CheckResult("disabled tunnel → handshake", roles.disabled,
                                f"cloud udp/{gw.listen_port}", "blocked",
                                "handshake!" if hs else "no handshake", hs == 0))
+    return out
+
+
+def _ipv6_checks(lab: Lab, roles: Roles, timeout: float,
+                 step: Callable[[str], None]) -> list[CheckResult]:
+    """The same isolation over IPv6, on a dual-stack gateway whose two roles have subnet6."""
+    gw = lab.gateway
+    full, sip_only = lab.routers[roles.full], lab.routers[roles.sip_only]
+    if gw.address6 is None or full.address6 is None or sip_only.address6 is None:
+        return []
+    cloud6 = gw.address6.ip
+    out: list[CheckResult] = []
+    step("IPv6: tenant to its own SIP port")
+    out.append(_udp(lab, "tenant → own SIP port (IPv6)", full.netns, roles.full, cloud6, SIP,
+                    lab.netns, True, timeout))
+    step("IPv6: tenant without RTP to RTP")
+    out.append(_udp(lab, "tenant without RTP → RTP (IPv6)", sip_only.netns, roles.sip_only,
+                    cloud6, RTP, lab.netns, False, timeout))
+    step("IPv6: tenant to another tenant")
+    lab.route_into_tunnel(roles.full, [f"{sip_only.address6}/128"])
+    out.append(_udp(lab, "tenant → other tenant (IPv6)", full.netns, roles.full,
+                    sip_only.address6, SIP, sip_only.netns, False, timeout))
+    if lab.infra:
+        step("IPv6: tenant to infrastructure")
+        lab.route_into_tunnel(roles.full, [f"{lab.infra.address6}/128"])
+        out.append(_udp(lab, f"tenant → infrastructure ({lab.infra.cloud_interface}, IPv6)",
+                        full.netns, roles.full, lab.infra.address6, SIP, lab.infra.netns, False,
+                        timeout))
+    step("IPv6: spoofed source address")
+    out.append(_udp(lab, "spoofed IPv6 source (other tenant's address)", full.netns,
+                    f"{roles.full} as {sip_only.address6}", cloud6, SIP, lab.netns, False,
+                    timeout, spoof_from=sip_only.address6))
     return out
