@@ -122,13 +122,17 @@ def _udp_arrived(lab: Lab, src_ns: str, dst: Address, port: int, receiver_ns: st
                        timeout=1.0 if expect_echo else NEGATIVE_TIMEOUT)
     if expect_echo:
         assert echoed, (src_ns, dst, port)
-    return lab.serve_log(receiver_ns).received(payload, dport=port)
+    arrived = lab.serve_log(receiver_ns).received(payload, dport=port)
+    assert arrived or lab.dead_daemons() == []  # "never arrived" needs a live receiver
+    return arrived
 
 
 def _tcp_arrived(lab: Lab, src_ns: str, dst: Address, port: int, receiver_ns: str) -> bool:
     before = lab.serve_log(receiver_ns).connections(dport=port)
     tcp_probe(src_ns, dst, port, timeout=NEGATIVE_TIMEOUT)
-    return lab.serve_log(receiver_ns).connections(dport=port) > before
+    arrived = lab.serve_log(receiver_ns).connections(dport=port) > before
+    assert arrived or lab.dead_daemons() == []
+    return arrived
 
 
 # -- a tenant and the cloud's own address6 -------------------------------------------------------
@@ -248,6 +252,7 @@ def test_a_spoofed_ipv6_source_is_dropped(hostile: Cast) -> None:
               timeout=NEGATIVE_TIMEOUT)
     assert log.received(own, src=a.address6) and log.received(legit, src=b.address6)
     assert not log.received(forged) and not log.received(foreign)
+    assert lab.dead_daemons() == []
 
 
 def test_control_without_the_table_the_same_ipv6_probes_arrive(hostile: Cast) -> None:
@@ -390,3 +395,28 @@ def test_a_hand_widened_peer_still_meets_the_tables_ipv6_drop(v4gw: V4Gateway) -
     assert repaired.plan.of(UpdatePeer)  # the hand-widened AllowedIPs were drift
     assert "::/0" not in _allowed_ips(lab, v4gw.public_key)
     assert [label for label, got in _v6_to_the_host(v4gw).items() if got] == []
+
+
+# -- an address6 prefix that does not cover the tenants --------------------------------------------
+def test_customer_128s_outside_address6s_prefix_are_routed(lab: Any, tmp_path: Path) -> None:
+    """address6 with a /64 (not the pool's /48): each customer's ::2 needs its own /128 route
+    for the replies. Control: without that route the request still arrives, the echo does not."""
+    gen = generate_repo(tmp_path / "repo", 2, gateway="gw-narrow", dual_stack=True, lan_every=0)
+    gw_file = gen.root / "gateway.yaml"
+    gw_file.write_text(gw_file.read_text().replace("address6: fd42:4242:1::1/48",
+                                                   "address6: fd42:4242:1::1/64"))
+    built: Lab = lab(gen.root, private_keys=gen.private_keys)
+    converge(built, gen.root)
+    r = next(iter(built.routers.values()))
+    assert r.address6 and built.gateway.address6 and built.wait_handshake(r.ident, timeout=12)
+    assert r.address6 not in built.gateway.address6.network
+    cloud6, log = built.gateway.address6.ip, built.serve_log(built.netns)
+    assert _udp_arrived(built, r.netns, cloud6, SIP, built.netns, expect_echo=True)
+    Runner(built.netns).run(["ip", "-6", "route", "del", f"{r.address6}/128", "dev",
+                             built.interface, "proto", "252"])
+    payload = nonce("noroute")
+    assert not udp_probe(r.netns, cloud6, SIP, payload=payload, timeout=NEGATIVE_TIMEOUT)
+    assert log.received(payload, src=r.address6)
+    assert built.dead_daemons() == []  # the server could not answer, and kept serving
+    assert not converge(built, gen.root).plan.empty  # the missing route is drift, restored
+    assert _udp_arrived(built, r.netns, cloud6, SIP, built.netns, expect_echo=True)

@@ -331,3 +331,16 @@ def test_dual_stack_lab_plumbing_works_without_the_engine(lab, tmp_path: Path) -
     assert ping(built.netns, built.infra.address6)
     sysctl = Runner(built.netns).run(["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout
     assert sysctl.strip() == "1"
+
+
+@pytest.mark.lab
+def test_dead_daemons_names_a_probe_server_that_died(lab) -> None:  # type: ignore[no-untyped-def]
+    built = lab(TENANTS, routers=1)
+    assert built.dead_daemons() == []
+    serve = next(p for p in built._live.state.processes if p.role == f"serve {built.netns}")
+    os.kill(serve.pid, signal.SIGKILL)
+    for _ in range(200):  # the kill lands asynchronously
+        if built.dead_daemons():
+            break
+        time.sleep(0.01)
+    assert built.dead_daemons() == [f"serve {built.netns}"]

@@ -103,13 +103,21 @@ def serve(args: argparse.Namespace) -> int:
                         data, peer = sock.recvfrom(65535)  # IPv6: (addr, port, flow, scope)
                         _log_line(log, proto="udp", src=peer[0], sport=peer[1], dst=dst,
                                   dport=port, payload=data.decode(errors="replace"))
-                        sock.sendto(data, peer)
+                        try:
+                            sock.sendto(data, peer)
+                        except OSError:  # no route back (a test may remove it): keep serving
+                            pass
                     else:
-                        conn, peer = sock.accept()
+                        try:
+                            conn, peer = sock.accept()
+                        except OSError:  # the connection was reset before we took it
+                            continue
                         _log_line(log, proto="tcp", src=peer[0], sport=peer[1], dst=dst,
                                   dport=port, payload="")
                         try:
                             conn.sendall(b"ok\n")
+                        except OSError:
+                            pass
                         finally:
                             conn.close()
         except _Stop:

@@ -469,6 +469,15 @@ class Lab:
         return self.wait_handshakes([ident], timeout=timeout)[ident]
 
     # -- traffic ---------------------------------------------------------------------------
+    def dead_daemons(self) -> list[str]:
+        """Roles of the lab's wireguard-go and probe servers that are no longer running.
+
+        A test that concludes "never arrived" should check this is empty: a crashed server
+        logs nothing, which would make every later negative pass vacuously."""
+        live = self._require_live()
+        return [p.role for p in live.state.processes
+                if p.role.startswith(("wireguard-go ", "serve ")) and not p.is_running()]
+
     def serve_log(self, netns: str) -> ServeLog:
         """Log of the probe server in `netns` (cloud, infra, a router or a LAN host)."""
         return ServeLog(self.log_dir / f"serve-{netns}.jsonl")
