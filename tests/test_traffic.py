@@ -185,6 +185,7 @@ def _forbidden_probes(lab: Lab) -> dict[str, bool]:
 def test_isolation_by_real_packets(hostile: Lab) -> None:
     arrived = _forbidden_probes(hostile)
     assert [label for label, got in arrived.items() if got] == []
+    assert hostile.dead_daemons() == []  # every receiver was alive to log what came
     a, b = hostile.routers[A], hostile.routers[B]
     assert not ping(a.netns, b.address, timeout=NEGATIVE_TIMEOUT)
     assert hostile.infra is not None
