@@ -211,6 +211,11 @@ def measure_service(repo: BenchRepo, result: SizeResult, runs: int) -> None:
         result.add("change", item["to_verified"])
         result.add("change_cycle", item["cycle"])
         result.add("change_engine", eng["timings"].get("total", 0.0))
+        result.add("change_outside_engine",
+                   item["to_verified"] - eng["timings"].get("total", 0.0))
+        for stage, seconds in eng["timings"].items():
+            if stage != "total":
+                result.add(f"change_{stage}", seconds)
         result.facts.setdefault("change_plans", []).append(eng["summary"])
         result.facts.setdefault("change_sizes", []).append(eng["changes"])
     result.add("rss_service_kb", out["maxrss_kb"])

@@ -43,12 +43,17 @@ def _seconds_row(label: str, key: str) -> Row:
 
 
 def rows() -> list[Row]:
-    stage_keys = ("render", "observe", "plan", "snapshot", "apply", "verify")
+    stage_keys = ("render", "observe", "plan", "guard", "snapshot", "apply", "verify",
+                  "after")
 
-    def stages(r: SizeResult) -> str:
-        parts = [f"{k} {secs(median(r, 'cold_' + k))}" for k in stage_keys
-                 if median(r, "cold_" + k) is not None]
-        return ", ".join(parts) or "-"
+    def stages_of(prefix: str) -> Callable[[SizeResult], str]:
+        def stages(r: SizeResult) -> str:
+            parts = [f"{k} {secs(median(r, prefix + k))}" for k in stage_keys
+                     if median(r, prefix + k) is not None]
+            return ", ".join(parts) or "-"
+        return stages
+
+    stages = stages_of("cold_")
 
     def cold_vs_floor(r: SizeResult) -> str:
         x = median(r, "cold_over_floor")
@@ -92,6 +97,9 @@ def rows() -> list[Row]:
         ("naive / cold converge", naive_vs_cold),
         _seconds_row("one-tenant change: commit -> verified (service)", "change"),
         _seconds_row("  engine part (render..verify)", "change_engine"),
+        ("    engine stages", stages_of("change_")),
+        _seconds_row("  outside the engine: fetch, listing, load, admission, intent",
+                     "change_outside_engine"),
         _seconds_row("  whole cycle: + full enforce, audit commit + push", "change_cycle"),
         _seconds_row("no-op cycle (service: fetch + full observe + plan)", "noop"),
         ("  host writes in no-op cycles", noop_writes),

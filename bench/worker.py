@@ -129,7 +129,8 @@ def service(args: dict[str, Any]) -> dict[str, Any]:
                 "engine": _result(res) if res is not None else None,
                 "engine_calls": len(recorder.calls),
                 "writes": sum(r.writes for _, r in recorder.calls),
-                "reads": reads}
+                "reads": reads,
+                "maxrss_kb": maxrss_kb()}  # the peak so far: which cycle reached it
 
     out: dict[str, Any] = {"cold": cycle("cold"), "noop": [], "change": []}
     out["recovery"] = {"start": round(start_seconds, 6),

@@ -179,6 +179,9 @@ def test_restore_keys_are_completed_from_the_desired_ones() -> None:
     assert full.secrets.psk(key) == "P" * 43 + "="
     wrong = with_desired_secrets(snap, desired, Secrets("PRIV", {key: "Q" * 43 + "="}))
     assert wrong.secrets.psk(key) is None  # a different PSK is never put back
+    right = Secrets("PRIV", {key: "P" * 43 + "="})
+    assert with_desired_secrets(snap, desired, right, keys=[]).secrets.psk(key) is None
+    assert with_desired_secrets(snap, desired, right, keys=[key]).secrets.psk(key) == "P" * 43 + "="
 
 
 def test_host_target_keeps_locks_out_of_the_runtime_directory(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import binascii
 import gc
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -392,13 +392,17 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     refusal = guard(changes, observed) if guard is not None else None
     if refusal is not None:
         return result(changes, error=refusal, step="guard", observed=observed)
+    clock.lap("guard")  # host routes, the removal share, the service's intent record
     log.info("applying on %s: %s", interface, changes.summary_line())
     try:
         snapshot = read_snapshot(runner, interface, observed, config_path, changes)
-        snapshot = with_desired_secrets(snapshot, desired, secrets)
         marker = target.checkpoint_path(interface) if target is not None else None
         if marker is not None:  # before the first write: a kill from here on is recovered
-            checkpoint.write(marker, checkpoint.Inverse.of(changes, snapshot),
+            inverse = checkpoint.Inverse.of(changes, snapshot)
+            # The changed peers' keys, completed from the desired ones (a peer updated with
+            # the same PSK is read without it, but a restore may have to re-add it).
+            keyed = with_desired_secrets(snapshot, desired, secrets, keys=inverse.peers)
+            checkpoint.write(marker, checkpoint.Inverse.of(changes, keyed),
                              interface=interface, netns=runner.netns, config_path=config_path)
     except (CommandError, OSError, ValueError) as exc:  # nothing changed yet: just report
         return result(changes, error=f"cannot snapshot the host before apply: {exc}",
@@ -425,6 +429,7 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
                 assert after is not None
                 knownstate.remember(key, desired, after, full_at if fast else time.monotonic())
                 _after_verified(target, desired, changes, runner, marker)
+                clock.lap("after")  # the table persisted, conntrack, the checkpoint removed
                 return result(changes, applied=True, verified=True, observed=after)
             failed_step = "verify"
             if residue is not None:
@@ -434,6 +439,8 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
         failed_step = failed_step or "apply"
         error = f"{error + '; ' if error else ''}{type(exc).__name__}: {exc}"
     log.warning("apply failed at %s: %s; restoring the snapshot", failed_step, error)
+    # Keys for every peer only now: a restore may have to re-add any (wireguard-go restarted).
+    snapshot = with_desired_secrets(snapshot, desired, secrets)
     rollback_error = restore(snapshot, runner, interface, config_path,
                              fallback_firewall=target.firewall_path if target else None)
     clock.lap("rollback")
@@ -472,14 +479,18 @@ def _after_verified(target: HostTarget | None, desired: HostState, changes: Plan
         checkpoint.clear(marker)
 
 
-def with_desired_secrets(snapshot: Snapshot, desired: HostState, secrets: Secrets) -> Snapshot:
+def with_desired_secrets(snapshot: Snapshot, desired: HostState, secrets: Secrets,
+                         keys: Iterable[str] | None = None) -> Snapshot:
     """The snapshot's keys completed from the desired ones wherever they are the same key
     (same PSK digest, same public key): read_snapshot reads keys only for what the plan
-    touches, but a restore may have to re-add any peer (wireguard-go restarted meanwhile)."""
+    touches, but a restore may have to re-add any peer (wireguard-go restarted meanwhile).
+    `keys`: only those peers' (the checkpoint's), instead of all 16k."""
     st = snapshot.state
     psks = dict(snapshot.secrets.psks)
     wanted = desired.peers
-    for key, peer in st.peers.items():
+    peers = st.peers.items() if keys is None else \
+        [(k, st.peers[k]) for k in keys if k in st.peers]
+    for key, peer in peers:
         if key not in psks and peer.psk_digest is not None:
             want = secrets.psk(key)
             if want is None:

@@ -20,7 +20,7 @@ import git
 from reconciler.repo.state import SourceFile
 
 PIN_PREFIX = "refs/tunnelctl/"
-LISTINGS_KEPT = 4  # commits whose file listing is kept (head, applied, held orgs' bases)
+LISTINGS_KEPT = 2  # commits whose listing is kept: the head and the one before (16k entries each)
 MAX_DIFF_FILES = 2048  # a bigger diff between two commits: list the new tree whole
 YAML_SUFFIXES = (".yaml", ".yml")
 # Never prompt for credentials or host keys: the service has no terminal. No global or system

@@ -16,6 +16,7 @@ commit was superseded or refused meanwhile.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,34 @@ from reconciler.service.state import (
 )
 
 log = logging.getLogger("tunnelctl.service")
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def limit_arenas(count: int = 2) -> None:
+    """At most `count` glibc malloc arenas: observe's reader threads would each get their
+    own, and the big transient of a cycle (the nft listing's JSON, a 16k-peer dump) would
+    stay spread over them (service peak RSS, issue 13). No effect off glibc."""
+    mallopt = getattr(_LIBC, "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, count)
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system after a cycle, so that the next
+    cycle's transient starts from what is really in use, not from the last peak."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 @dataclass(frozen=True)
 class CycleReport:
@@ -110,6 +139,7 @@ class Controller:
 
     def start(self) -> None:
         """Load state.json and rebuild the last good RepoState from the mirror."""
+        limit_arenas()
         try:
             self.state = self.store.load()
         except ValueError as exc:
@@ -186,6 +216,7 @@ class Controller:
         self._push_audit()
         self.journal.kill_point("push")
         self.source.prune_blobs()
+        trim_heap()
         self._finish(head, reports, duration, started=now)
         return reports
 
