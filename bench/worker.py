@@ -119,6 +119,7 @@ def service(args: dict[str, Any]) -> dict[str, Any]:
         reports = ctl.cycle()
         total = time.perf_counter() - t0
         reads = {k: round(v, 6) for k, v in observe_module.last_reads.items()}
+        ctl.collect_garbage()  # as the service loop does after each cycle, while it waits
         changed = [(t, r) for t, r in recorder.calls if r.changed]
         t_end, res = changed[0] if changed else (recorder.calls[-1] if recorder.calls
                                                  else (time.perf_counter(), None))

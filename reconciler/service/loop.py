@@ -233,6 +233,7 @@ class Service:
                 self.notifier.status(status_line(controller))
             self.notifier.watchdog(force=True)
             deadline = time.monotonic() + s.interval
+            controller.collect_garbage()  # what the cycle skipped, while nothing waits
             ping = (self.notifier.watchdog_interval or 2.0) / 2
             while not self.triggers.stopping:
                 left = deadline - time.monotonic()
