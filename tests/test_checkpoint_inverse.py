@@ -5,10 +5,16 @@ before the plan, and it leaves what the plan did not touch as found (issue 13)."
 from __future__ import annotations
 
 import random
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from reconciler.engine import checkpoint
+from reconciler.engine.cycle import HostTarget, reconcile, recover_interrupted
 from reconciler.engine.hoststate import (
     TENANT_MAP,
     ConfigFile,
@@ -19,7 +25,7 @@ from reconciler.engine.hoststate import (
     Route,
     Secrets,
 )
-from reconciler.engine.observe import Snapshot
+from reconciler.engine.observe import Snapshot, observe
 from reconciler.engine.plan import (
     AddPeer,
     AddRoute,
@@ -31,6 +37,9 @@ from reconciler.engine.plan import (
     WriteConfig,
     plan,
 )
+from reconciler.engine.runner import Result, Runner
+from reconciler.lab import add_generated_tunnels, generate_repo
+from reconciler.repo.state import load_repo
 
 IFACE = InterfaceConfig("wg9", 51820, "PUB", "10.20.0.1/16", 1420, True)
 RULES = frozenset({("chain", "input", "filter", "input", 0, "drop"),
@@ -141,3 +150,85 @@ def test_the_inverse_leaves_what_the_plan_did_not_touch(tmp_path: Path) -> None:
                          before.config)
     undone = inverse.over(only).state
     assert dict(undone.peers) == {key: before.peers[key]}
+
+
+# ------------------------------------------------------------------ on a real host (lab)
+
+
+class _Killed(BaseException):
+    """Not an Exception: the engine's rollback does not catch it, as with kill -9."""
+
+
+def _killing_runner(netns: str, after: int) -> Runner:
+    class KillAfter(Runner):
+        def _check(self) -> None:
+            if self.writes >= after:
+                raise _Killed
+
+        def run(self, argv: Sequence[str], **kw: Any) -> Result:
+            res = super().run(argv, **kw)
+            self._check()
+            return res
+
+        def uapi(self, interface: str, request: str, *, write: bool = False) -> str:
+            res = super().uapi(interface, request, write=write)
+            self._check()
+            return res
+
+        def write_file(self, path: Path, content: str, mode: int = 0o600) -> None:
+            super().write_file(path, content, mode)
+            self._check()
+
+    return KillAfter(netns=netns)
+
+
+def _live(runner: Runner, target: HostTarget) -> tuple[object, ...]:
+    assert target.interface is not None
+    st = observe(runner, target.interface, config_path=target.config_path(target.interface))
+    return (st.interface, dict(st.peers), st.routes, st.firewall, st.config)
+
+
+@pytest.mark.lab
+def test_a_killed_apply_is_undone_exactly_by_its_inverse(tmp_path: Path,
+                                                         lab: Callable[..., Any]) -> None:
+    """Converge tree A, apply tree B (peers removed, added, updated; LAN routes and map
+    elements removed; the config file) killed after its 1st, 2nd, ... host write; the
+    checkpoint's inverse puts back exactly host A, and the next apply converges to B."""
+    gen = generate_repo(tmp_path / "a", 12, gateway="lab-1")
+    b = tmp_path / "b"
+    shutil.copytree(gen.root, b)
+    files = sorted(b.glob("*/*.yaml"))
+    for f in files[:2]:
+        f.unlink()
+    for f in files[2:8]:
+        text = f.read_text().replace("persistent_keepalive: 25",
+                                     "persistent_keepalive: 25\ncloud_keepalive: 20")
+        f.write_text("\n".join("lans: []" if ln.startswith("lans:") else ln
+                               for ln in text.splitlines()) + "\n")
+    add_generated_tunnels(b, 2, gateway="lab-1", org_prefix="new", lan_every=1)
+    repo_a, repo_b = load_repo(gen.root), load_repo(b)
+    assert repo_a.ok and repo_b.ok
+    the_lab = lab(gen.root, routers=0, infra=False, services=False,
+                  private_keys=gen.private_keys)
+    target = the_lab.target()
+    runner = Runner(netns=target.netns)
+    killed_at = []
+    for after in range(1, 12):
+        assert reconcile(repo_a, target, gateway="lab-1").ok
+        before = _live(runner, target)
+        try:
+            res = reconcile(repo_b, target, gateway="lab-1",
+                            runner=_killing_runner(target.netns or "", after))
+        except _Killed:
+            killed_at.append(after)
+            assert list(target.checkpoint_dir.glob("*.pending")), "no checkpoint was left"
+            done = recover_interrupted(target)
+            assert done and "restored" in done[0], done
+            assert _live(runner, target) == before, f"killed after write {after}"
+            assert not list(target.checkpoint_dir.glob("*.pending*"))
+            continue
+        assert res.ok and res.applied  # fewer writes than `after`: it ran to the end
+        break
+    assert len(killed_at) >= 3, killed_at  # firewall, peers, routes, config: each a write
+    assert reconcile(repo_b, target, gateway="lab-1").ok
+    assert reconcile(repo_b, target, gateway="lab-1", dry_run=True).plan.empty
