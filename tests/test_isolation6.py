@@ -277,25 +277,29 @@ def test_the_demo_isolation_report_covers_ipv6_on_a_dual_stack_gateway(dual: Cas
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "engine: the input chain drops ICMPv6 Packet Too Big (and ICMP frag-needed) that a tenant's "
-    "router sends about the cloud's own replies: a related error travels in the original "
-    "direction, so `ct direction reply ct state established,related accept` misses it and the "
-    "final drop takes it; IPv6 routers never fragment, so the reply path black-holes. "
-    "Fix: accept `meta l4proto { icmp, ipv6-icmp } ct state related` from the tenant interface"))
-def test_packet_too_big_from_a_tenant_reaches_the_cloud(dual: Cast) -> None:
-    """A customer LAN with a smaller MTU than the tunnel (1280 < 1420): the cloud's big reply
-    needs the router's Packet Too Big to get through; then the retry fits."""
+    "engine: the input and forward chains drop ICMPv6 Packet Too Big (and ICMP frag-needed) "
+    "that a tenant's router sends about the replies of the cloud or a routed-range host: a "
+    "related error travels in the original direction, so `ct direction reply ct state "
+    "established,related accept` misses it and the final drop takes it; IPv6 routers never "
+    "fragment, so the reply path black-holes. Fix: accept `meta l4proto { icmp, ipv6-icmp } "
+    "ct state related` from the tenant interface in both chains"))
+@pytest.mark.parametrize("target", ["address6", "routed_ranges6"])
+def test_packet_too_big_from_a_tenant_reaches_the_sender(dual: Cast, target: str) -> None:
+    """A customer LAN with a smaller MTU than the tunnel (1280 < 1420): a big reply needs the
+    router's Packet Too Big to reach its sender; then the retry fits."""
     lab, a = dual.lab, dual.a
-    assert a.host_netns
+    assert a.host_netns and lab.routed and lab.routed.address6
+    dst, receiver = ((dual.cloud6, lab.netns) if target == "address6"
+                     else (lab.routed.address6, lab.routed.netns))
     payload = nonce("pmtu") + "x" * 1300  # fits the tunnel, not the customer's LAN
     try:
         for ns, dev in ((a.netns, "lan0"), (a.host_netns, "eth0")):
             Runner(ns).run(["ip", "link", "set", dev, "mtu", "1280"])
-        echoed = [udp_probe(a.host_netns, dual.cloud6, SIP, payload=payload) for _ in range(3)]
+        echoed = [udp_probe(a.host_netns, dst, SIP, payload=payload) for _ in range(3)]
     finally:
         for ns, dev in ((a.netns, "lan0"), (a.host_netns, "eth0")):
             Runner(ns).run(["ip", "link", "set", dev, "mtu", "1500"])
-    assert lab.serve_log(lab.netns).received(payload)  # the request arrived: the reply is lost
+    assert lab.serve_log(receiver).received(payload)  # the request arrived: the reply is lost
     assert echoed[-1], echoed
 
 
