@@ -149,7 +149,7 @@ def test_rendered_structure_matches_the_listing() -> None:
     assert {e for e in desired.elements if e[0] != "elem"} == \
         {e for e in observed.elements if e[0] != "elem"}
     rules = sorted(e for e in observed.elements if e[0] == "rule")
-    assert len(rules) == 10 and all(str(e[3]).startswith("[{") for e in rules)
+    assert len(rules) == 11 and all(str(e[3]).startswith("[{") for e in rules)
 
 
 def test_rendered_table_observed_back_plans_no_firewall_change() -> None:
@@ -166,8 +166,8 @@ def test_verdict_changed_by_hand_with_the_same_comment_is_drift() -> None:
     edited = parse_nft_table(fixture("nft_table_accept.json"))
     assert edited is not None and edited != desired
     assert {e for e in desired.elements ^ edited.elements} == {
-        ("rule", "input", 5, '[{"counter":null},{"drop":null}]'),
-        ("rule", "input", 5, '[{"counter":null},{"accept":null}]')}
+        ("rule", "input", 6, '[{"counter":null},{"drop":null}]'),
+        ("rule", "input", 6, '[{"counter":null},{"accept":null}]')}
     changes = plan(HostState(None, {}, frozenset(), desired),
                    HostState(None, {}, frozenset(), edited))
     assert [type(c) for c in changes] == [ReplaceFirewall]

@@ -118,7 +118,7 @@ def test_example_firewall_text() -> None:
     assert "flush" not in text  # never a flush: the whole table is replaced atomically
     # One set of elements, not one rule per tenant; every rule is compared by its body.
     rules = [ln for ln in text.splitlines() if ln.startswith("\t\t") and " comment " in ln]
-    assert len(rules) == fw.counts()["rule"] == 10
+    assert len(rules) == fw.counts()["rule"] == 11
     assert fw.counts()["elem"] == 5
 
 
@@ -126,7 +126,7 @@ def test_firewall_is_one_map_not_rules_per_tenant() -> None:
     gw = gateway()
     tunnels = [tunnel(i) for i in range(1, 200)]
     fw = render_firewall(gw, tunnels, "wg1")
-    assert fw.counts()["rule"] == 9  # independent of the tenant count
+    assert fw.counts()["rule"] == 10  # independent of the tenant count
     assert fw.counts()["elem"] == 199
 
 

@@ -106,8 +106,21 @@ class CtState:
         return "ct state " + ",".join(self.states)
 
     def json(self) -> dict[str, Any]:
-        return {"match": {"op": "in", "left": {"ct": {"key": "state"}},
-                          "right": list(self.states)}}
+        # nft lists one state as a plain string and several as a list
+        right: Any = self.states[0] if len(self.states) == 1 else list(self.states)
+        return {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": right}}
+
+
+@dataclass(frozen=True)
+class IcmpProto:
+    """`meta l4proto { icmp, ipv6-icmp }`: ICMP of either family (an inet table's packet)."""
+
+    def text(self) -> str:
+        return "meta l4proto { icmp, ipv6-icmp }"
+
+    def json(self) -> dict[str, Any]:
+        return {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
+                          "right": {"set": ["icmp", "ipv6-icmp"]}}}
 
 
 @dataclass(frozen=True)
@@ -262,8 +275,8 @@ class Verdict:
         return {self.kind: None}
 
 
-Statement = (IfMatch | CtDirection | CtState | DaddrIs | DaddrInSet | IcmpEchoRequest | DportIn | SaddrVmap
-             | Counter | Verdict)
+Statement = (IfMatch | CtDirection | CtState | DaddrIs | DaddrInSet | IcmpEchoRequest | IcmpProto
+             | DportIn | SaddrVmap | Counter | Verdict)
 
 
 @dataclass(frozen=True)

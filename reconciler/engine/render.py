@@ -47,6 +47,7 @@ from reconciler.engine.nftables import (
     DportIn,
     Hook,
     IcmpEchoRequest,
+    IcmpProto,
     IfMatch,
     NftValueError,
     Rule,
@@ -411,12 +412,18 @@ def _chains(interface: str, address: ipaddress.IPv4Address,
     # Established only for replies: a connection a tenant opened is judged packet by packet,
     # so one opened while the table was missing, or to a service since removed, stops.
     reply, est = CtDirection("reply"), CtState(("established", "related"))
+    # An ICMP error a tenant's router sends about a packet we sent it (Packet Too Big, frag
+    # needed, unreachable) travels in the connection's original direction: without this the
+    # final drop takes it and path MTU discovery black-holes a customer LAN with a smaller MTU.
+    # `related` is set only for an error that quotes an existing connection.
+    icmp_errors = (IcmpProto(), CtState(("related",)), accept)
     svc = tuple(Chain(p.chain, tuple(
         Rule((DportIn(_proto(proto), ports), accept), "services: " + ", ".join(p.services))
         for proto, ports in p.ports)) for p in profiles)
     inp = Chain("input", (
         Rule((IfMatch("iifname", "!=", interface), accept), "not from tenants: other tables"),
         Rule((reply, est, accept), "replies"),
+        Rule(icmp_errors, "icmp errors about our replies"),
         Rule((DaddrIs(address), IcmpEchoRequest(), accept), "ping the cloud address"),
         Rule((DaddrIs(address), SaddrVmap(TENANT_HOSTS)), "tenant services by source address"),
         Rule((DaddrIs(address), SaddrVmap(TENANT_MAP)), "tenant services by source lan"),
@@ -425,7 +432,8 @@ def _chains(interface: str, address: ipaddress.IPv4Address,
     ), Hook("input", -5, "accept"))
     fwd: list[Rule] = []
     if routed or routed6:
-        fwd.append(Rule((oif_out, reply, est, accept), "replies from routed ranges"))
+        fwd += [Rule((oif_out, reply, est, accept), "replies from routed ranges"),
+                Rule((iif_in, *icmp_errors), "icmp errors about routed replies")]
     if routed:
         fwd += [Rule((iif_in, DaddrInSet(ROUTED_SET), SaddrVmap(TENANT_HOSTS)),
                      "routed ranges: tenant services by source address"),
