@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -269,3 +269,41 @@ def test_check_detects_a_foreign_peer_on_an_existing_interface(host: Host) -> No
     assert rc == 1, out
     assert f"1 peer(s) not in the repository: {stranger}" in out
     assert repo_key not in out
+
+
+# ---- dual stack --------------------------------------------------------------------------------
+
+
+def test_addresses_include_global_ipv6_but_not_link_local() -> None:
+    text = """[{"ifname": "wg1", "flags": ["POINTOPOINT", "NOARP", "UP"], "addr_info": [
+      {"family": "inet", "local": "10.20.0.1", "prefixlen": 16, "scope": "global"},
+      {"family": "inet6", "local": "fd42:4242:1::1", "prefixlen": 48, "scope": "global"},
+      {"family": "inet6", "local": "fe80::1234", "prefixlen": 64, "scope": "link"}]}]"""
+    assert bs.parse_addresses(text) == (("10.20.0.1/16", "fd42:4242:1::1/48"), True)
+
+
+def test_foreign_routes_into_pool6_are_found_by_family() -> None:
+    routes = """[
+      {"dst": "fd42:4242:1:7::/64", "dev": "eth1", "table": "main"},
+      {"dst": "fd42:4242:1::/48", "dev": "wg1"},
+      {"dst": "fe80::/64", "dev": "eth0"},
+      {"dst": "10.20.9.0/24", "dev": "eth2"}
+    ]"""
+    found = bs.foreign_pool_routes(routes, IPv4Network("10.20.0.0/16"), "wg1",
+                                   IPv6Network("fd42:4242:1::/48"))
+    assert found == ("fd42:4242:1:7::/64 dev eth1 table main", "10.20.9.0/24 dev eth2 table main")
+    assert bs.foreign_pool_routes(routes, IPv4Network("10.20.0.0/16"), "wg1") == (
+        "10.20.9.0/24 dev eth2 table main",)
+
+
+def test_dual_stack_gateway_wants_and_adds_address6(tmp_path: Path) -> None:
+    gw = load_repo(TENANTS).gateways["cloud-1"].model_copy(update={
+        "address6": IPv6Interface("fd42:4242:1::1/48"), "pool6": IPv6Network("fd42:4242:1::/48")})
+    target = bs.BootstrapTarget(gw, "wg1", tmp_path, frozenset())
+    facts = _facts(link_exists=True, is_wireguard=True, listen_port=51821,
+                   addresses=("10.20.0.1/16",), link_up=True, firewall_table=True)
+    missing = [f.message for f in bs.assess(facts, target) if f.level == "missing"]
+    assert "wg1 lacks fd42:4242:1::1/48" in missing
+    steps = [s.description for s in bs.plan_steps(facts, target)]
+    assert "add address fd42:4242:1::1/48 to wg1" in steps
+    assert not any("10.20.0.1/16" in s for s in steps)

@@ -17,7 +17,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from reconciler.engine import psk, wgkeys
@@ -116,8 +116,11 @@ def parse_ss_udp_ports(text: str) -> frozenset[int]:
     return frozenset(ports)
 
 
-def foreign_pool_routes(routes_json: str, pool: IPv4Network, interface: str) -> tuple[str, ...]:
-    """Routes of `ip -json route show table all` that overlap the pool on another device."""
+def foreign_pool_routes(routes_json: str, pool: IPv4Network, interface: str,
+                        pool6: IPv6Network | None = None) -> tuple[str, ...]:
+    """Routes of `ip -json route show table all` (both families) that overlap the pool, or
+    pool6 on a dual-stack gateway, on another device."""
+    pools = [p for p in (pool, pool6) if p is not None]
     found: list[str] = []
     for route in json.loads(routes_json or "[]"):
         dst = route.get("dst", "")
@@ -127,20 +130,22 @@ def foreign_pool_routes(routes_json: str, pool: IPv4Network, interface: str) -> 
             net = ipaddress.ip_network(dst, strict=False)
         except ValueError:
             continue
-        if isinstance(net, IPv4Network) and net.overlaps(pool):
+        if any(net.version == p.version and net.overlaps(p) for p in pools):
             table = route.get("table", "main")
             found.append(f"{dst} dev {route.get('dev', '-')} table {table}")
     return tuple(found)
 
 
 def parse_addresses(addr_json: str) -> tuple[tuple[str, ...], bool]:
-    """IPv4 addresses ("10.20.0.1/16") and the UP flag from `ip -json addr show dev IF`."""
+    """Addresses ("10.20.0.1/16", "fd42:4242:1::1/48") and the UP flag from `ip -json addr
+    show dev IF`; not the link-local fe80:: a tun device gets by itself."""
     links = json.loads(addr_json or "[]")
     if not links:
         return (), False
     link = links[0]
     addrs = tuple(f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
-                  if a.get("family") == "inet")
+                  if a.get("family") == "inet"
+                  or (a.get("family") == "inet6" and a.get("scope") != "link"))
     return addrs, "UP" in link.get("flags", [])
 
 
@@ -203,7 +208,8 @@ def observe_host(runner: Runner, target: BootstrapTarget) -> HostFacts:
         addresses=addresses,
         link_up=up,
         udp_ports=parse_ss_udp_ports(ss.stdout),
-        pool_routes=foreign_pool_routes(routes.stdout, target.gateway.pool, iface),
+        pool_routes=foreign_pool_routes(routes.stdout, target.gateway.pool, iface,
+                                        target.gateway.pool6),
         firewall_table=table.returncode == 0,
         kernel_wireguard=Path("/sys/module/wireguard").is_dir(),
     )
@@ -254,9 +260,9 @@ def assess(facts: HostFacts, target: BootstrapTarget) -> tuple[Finding, ...]:
             out.append(Finding("conflict", "interface key", f"{iface} runs with public key "
                                f"{facts.interface_public_key}, not the one of "
                                f"{target.private_key_path} ({facts.host_public_key or 'absent'})"))
-        wanted = str(gw.address)
-        if wanted not in facts.addresses:
-            out.append(Finding("missing", "address", f"{iface} lacks {wanted}"))
+        for wanted in _addresses(gw):
+            if wanted not in facts.addresses:
+                out.append(Finding("missing", "address", f"{iface} lacks {wanted}"))
         if not facts.link_up:
             out.append(Finding("missing", "link", f"{iface} is down"))
     ours = facts.is_wireguard and facts.listen_port == port
@@ -322,14 +328,20 @@ def plan_steps(facts: HostFacts, target: BootstrapTarget) -> tuple[Step, ...]:
             f"{gw.listen_port}",
             partial(_run, argv=("wg", "set", iface, "listen-port", str(gw.listen_port),
                                 "private-key", str(target.private_key_path)))))
-    if str(gw.address) not in facts.addresses:
-        steps.append(Step(f"add address {gw.address} to {iface}",
-                          partial(_run, argv=("ip", "addr", "add", str(gw.address), "dev", iface))))
+    for wanted in _addresses(gw):
+        if wanted not in facts.addresses:
+            steps.append(Step(f"add address {wanted} to {iface}",
+                              partial(_run, argv=("ip", "addr", "add", wanted, "dev", iface))))
     if not facts.link_up:
         steps.append(Step(f"set {iface} mtu {gw.mtu} and up",
                           partial(_run, argv=("ip", "link", "set", iface, "mtu", str(gw.mtu),
                                               "up"))))
     return tuple(steps)
+
+
+def _addresses(gw: Gateway) -> tuple[str, ...]:
+    """The interface's addresses: address, and address6 on a dual-stack gateway."""
+    return (str(gw.address),) + ((str(gw.address6),) if gw.address6 is not None else ())
 
 
 def _run(runner: Runner, argv: tuple[str, ...], stdin: str | None = None) -> None:
