@@ -50,7 +50,7 @@ from reconciler.engine.observe import (
     observe_changes,
     read_snapshot,
 )
-from reconciler.engine.plan import Plan, WriteConfig, plan
+from reconciler.engine.plan import Plan, UpdatePeer, WriteConfig, plan
 from reconciler.engine.psk import psk_digest, read_host_secret
 from reconciler.engine.render import RenderError, render_host
 from reconciler.engine.runner import CommandError, Runner
@@ -398,10 +398,10 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
         snapshot = read_snapshot(runner, interface, observed, config_path, changes)
         marker = target.checkpoint_path(interface) if target is not None else None
         if marker is not None:  # before the first write: a kill from here on is recovered
-            inverse = checkpoint.Inverse.of(changes, snapshot)
             # The changed peers' keys, completed from the desired ones (a peer updated with
             # the same PSK is read without it, but a restore may have to re-add it).
-            keyed = with_desired_secrets(snapshot, desired, secrets, keys=inverse.peers)
+            keyed = with_desired_secrets(snapshot, desired, secrets,
+                                         keys=[c.old.public_key for c in changes.of(UpdatePeer)])
             checkpoint.write(marker, checkpoint.Inverse.of(changes, keyed),
                              interface=interface, netns=runner.netns, config_path=config_path)
     except (CommandError, OSError, ValueError) as exc:  # nothing changed yet: just report
