@@ -276,17 +276,12 @@ def test_the_demo_isolation_report_covers_ipv6_on_a_dual_stack_gateway(dual: Cas
     assert f"[{dual.cloud6}] udp/{SIP}" in {r.destination for r in six}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine: the input and forward chains drop ICMPv6 Packet Too Big (and ICMP frag-needed) "
-    "that a tenant's router sends about the replies of the cloud or a routed-range host: a "
-    "related error travels in the original direction, so `ct direction reply ct state "
-    "established,related accept` misses it and the final drop takes it; IPv6 routers never "
-    "fragment, so the reply path black-holes. Fix: accept `meta l4proto { icmp, ipv6-icmp } "
-    "ct state related` from the tenant interface in both chains"))
 @pytest.mark.parametrize("target", ["address6", "routed_ranges6"])
 def test_packet_too_big_from_a_tenant_reaches_the_sender(dual: Cast, target: str) -> None:
     """A customer LAN with a smaller MTU than the tunnel (1280 < 1420): a big reply needs the
-    router's Packet Too Big to reach its sender; then the retry fits."""
+    router's Packet Too Big to reach its sender; then the retry fits. The error travels in
+    the connection's original direction, so the reply-only accept does not cover it: the
+    table accepts ICMP errors that conntrack marks related, in both chains."""
     lab, a = dual.lab, dual.a
     assert a.host_netns and lab.routed and lab.routed.address6
     dst, receiver = ((dual.cloud6, lab.netns) if target == "address6"
