@@ -9,12 +9,15 @@ import hashlib
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 from git_remote import ConfigRemote
 
 from reconciler.gitops.source import GitSource
 from reconciler.lab import generate_repo
-from reconciler.repo.state import ParseCache, SourceFile, load_files
+from reconciler.repo import state as state_module
+from reconciler.repo.state import ParseCache, RepoState, SourceFile, load_files
 
 GATEWAY = "lab-1"
 
@@ -76,7 +79,17 @@ def _mutate(rng: random.Random, files: dict[str, bytes], spare: list[bytes],
             del files[p]
 
 
-def test_patched_load_equals_a_full_load(tmp_path: Path) -> None:
+def test_patched_load_equals_a_full_load(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    patched: list[bool] = []
+    real = state_module._patched
+
+    def counting(*args: Any) -> RepoState | None:
+        out = real(*args)
+        patched.append(out is not None)
+        return out
+
+    monkeypatch.setattr(state_module, "_patched", counting)
     rng = random.Random(1414)
     files, spare = _pool(tmp_path, 40)
     cache = ParseCache()
@@ -98,7 +111,8 @@ def test_patched_load_equals_a_full_load(tmp_path: Path) -> None:
         assert got == want, step
         patched_steps += was_clean and got.ok
         _mutate(rng, files, spare, step)
-    assert patched_steps > 40  # the patched path did run
+    assert patched_steps > 40
+    assert sum(patched) > 40 and not all(patched)  # both ways were taken, many times
 
 
 def test_diff_tree_listing_equals_ls_tree(tmp_path: Path) -> None:
