@@ -93,25 +93,36 @@ class Inverse:
     def of(plan: Plan, snapshot: Snapshot) -> Inverse:
         """The inverse of `plan` with the keys and texts `snapshot` read before it."""
         peers: dict[str, Peer | None] = {}
-        for c in plan.changes:
+        added: list[Route] = []
+        deleted: list[Route] = []
+        fw: ReplaceFirewall | None = None
+        iface: SetInterface | None = None
+        config: WriteConfig | None = None
+        for c in plan.changes:  # one pass: a cold converge plans 21.8k changes
             if isinstance(c, AddPeer):
                 peers[c.peer.public_key] = None
-            elif isinstance(c, RemovePeer):
-                peers[c.peer.public_key] = c.peer
+            elif isinstance(c, AddRoute):
+                added.append(c.route)
             elif isinstance(c, UpdatePeer):
                 peers[c.old.public_key] = c.old
-        added = frozenset(c.route for c in plan.of(AddRoute))
-        deleted = frozenset(c.route for c in plan.of(DeleteRoute))
-        fw = plan.of(ReplaceFirewall)
-        fw_undo = _firewall_undo(fw[-1], snapshot.firewall_text) if fw else None
-        iface = plan.of(SetInterface)
-        config = plan.of(WriteConfig)
+            elif isinstance(c, RemovePeer):
+                peers[c.peer.public_key] = c.peer
+            elif isinstance(c, DeleteRoute):
+                deleted.append(c.route)
+            elif isinstance(c, ReplaceFirewall):
+                fw = c
+            elif isinstance(c, SetInterface):
+                iface = iface or c
+            elif isinstance(c, WriteConfig):
+                config = c
+        fw_undo = _firewall_undo(fw, snapshot.firewall_text) if fw is not None else None
         have = snapshot.secrets.psks
         psks = {k: have[k] for k, old in peers.items() if old is not None and k in have}
-        priv = snapshot.secrets.private_key if iface else None
-        return Inverse(peers, added, deleted, fw_undo, (iface[0].old,) if iface else None,
-                       (config[-1].old,) if config else None, Secrets(priv, psks),
-                       snapshot.config_content if config else None)
+        priv = snapshot.secrets.private_key if iface is not None else None
+        return Inverse(peers, frozenset(added), frozenset(deleted), fw_undo,
+                       (iface.old,) if iface is not None else None,
+                       (config.old,) if config is not None else None, Secrets(priv, psks),
+                       snapshot.config_content if config is not None else None)
 
     def over(self, current: ObservedState) -> Snapshot:
         """The state to restore: `current` with every changed value put back (pure)."""
