@@ -80,3 +80,38 @@ def test_interrupted_apply_is_kept_for_the_next_apply_or_closed(tmp_path: Path) 
     last = audit.entries()[-1]
     assert last.result == "failed" and last.intent == other.id and "interrupted" in last.reason
     assert store.load_intent() is None and third.pending is None
+
+
+_MDWE_CHILD = """
+import ctypes, sys
+from pathlib import Path
+libc = ctypes.CDLL(None, use_errno=True)
+# PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN): what the unit's MemoryDenyWriteExecute=yes sets;
+# inherited by git, whose PCRE2 JIT then cannot map executable memory.
+if libc.prctl(65, 1, 0, 0, 0) != 0:
+    sys.exit(77)
+from reconciler.gitops.audit import AuditLog
+from reconciler.gitops.source import GitSource
+src = GitSource(sys.argv[1], sys.argv[2], Path(sys.argv[3]))
+audit = AuditLog(src, "cloud-1", "h1")
+print(audit.has_intent(sys.argv[4]), audit.has_intent("0" * 32))
+"""
+
+
+def test_has_intent_works_without_writable_executable_memory(tmp_path: Path) -> None:
+    """The unit runs with MemoryDenyWriteExecute: `git log --grep` (PCRE2 JIT, even for -F)
+    died there, so a restart after an interrupted apply crashed (found under real systemd)."""
+    import subprocess
+    import sys
+
+    journal, audit, _ = make(tmp_path)
+    intent = journal.begin(journal.make(B, A, "cloud-1", {"peers_add": 1}, {}, ""))
+    Journal(journal.store, "h1", journal.append, journal.audit_log, None).settle(B)
+    src = audit.source
+    proc = subprocess.run([sys.executable, "-c", _MDWE_CHILD, src.url, src.branch,
+                           str(src.mirror_dir), intent.id], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode == 77:
+        pytest.skip("the kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False"]

@@ -80,6 +80,9 @@ class PushResult:
     replayed: bool = False  # had to rebuild on top of someone else's entries
 
 
+INTENT_SCAN = 1000  # recent entries has_intent reads
+
+
 class AuditLog:
     def __init__(self, source: GitSource, gateway: str, host: str, *,
                  push_timeout: float = 20.0) -> None:
@@ -105,9 +108,13 @@ class AuditLog:
         if not intent_id or self.source.resolve(self.local_ref) is None:
             return False
         needle = json.dumps({"intent": intent_id}, separators=(",", ":"))[1:-1]
-        _, out, _ = self.source.git(["log", "-F", f"--grep={needle}", "--format=%H", "-n", "1",
+        # Not `git log --grep`: git matches even -F patterns with PCRE2's JIT, which the
+        # unit's MemoryDenyWriteExecute forbids, so the resume after a crash died there. An
+        # open intent's entry, when written, is among the branch's last ones (one intent is
+        # open at a time), so a bounded scan of recent messages is exact.
+        _, out, _ = self.source.git(["log", "--format=%B%x00", "-n", str(INTENT_SCAN),
                                      self.local_ref])
-        return bool(out.strip())
+        return any(needle in message for message in out.split("\0"))
 
     def _commit_on(self, parent: str | None, entry: AuditEntry) -> str:
         path = entry.day_path
