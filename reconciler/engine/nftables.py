@@ -111,16 +111,35 @@ class CtState:
         return {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": right}}
 
 
+# ICMP error types that quote a packet (and so can be conntrack's `related`). By type, not
+# `meta l4proto { icmp, ipv6-icmp }`: nft resolves protocol names through /etc/protocols and
+# lists them as numbers where that file is missing (minimal images), which would make the same
+# rule compare differently from host to host.
+ICMP_ERRORS = {"ip": ("destination-unreachable", "time-exceeded", "parameter-problem"),
+               "ip6": ("destination-unreachable", "packet-too-big", "time-exceeded",
+                       "parameter-problem")}
+
+
 @dataclass(frozen=True)
-class IcmpProto:
-    """`meta l4proto { icmp, ipv6-icmp }`: ICMP of either family (an inet table's packet)."""
+class IcmpErrorType:
+    """`icmp type { destination-unreachable, ... }`, or with family ip6 the icmpv6 ones."""
+
+    family: Family = "ip"
+
+    def __post_init__(self) -> None:
+        _family(self.family)
+
+    @property
+    def proto(self) -> str:
+        return "icmp" if self.family == "ip" else "icmpv6"
 
     def text(self) -> str:
-        return "meta l4proto { icmp, ipv6-icmp }"
+        return f"{self.proto} type {{ {', '.join(ICMP_ERRORS[self.family])} }}"
 
     def json(self) -> dict[str, Any]:
-        return {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
-                          "right": {"set": ["icmp", "ipv6-icmp"]}}}
+        return {"match": {"op": "==", "left": {"payload": {"protocol": self.proto,
+                                                           "field": "type"}},
+                          "right": {"set": list(ICMP_ERRORS[self.family])}}}
 
 
 @dataclass(frozen=True)
@@ -275,7 +294,7 @@ class Verdict:
         return {self.kind: None}
 
 
-Statement = (IfMatch | CtDirection | CtState | DaddrIs | DaddrInSet | IcmpEchoRequest | IcmpProto
+Statement = (IfMatch | CtDirection | CtState | DaddrIs | DaddrInSet | IcmpEchoRequest | IcmpErrorType
              | DportIn | SaddrVmap | Counter | Verdict)
 
 

@@ -47,7 +47,7 @@ from reconciler.engine.nftables import (
     DportIn,
     Hook,
     IcmpEchoRequest,
-    IcmpProto,
+    IcmpErrorType,
     IfMatch,
     NftValueError,
     Rule,
@@ -416,14 +416,15 @@ def _chains(interface: str, address: ipaddress.IPv4Address,
     # needed, unreachable) travels in the connection's original direction: without this the
     # final drop takes it and path MTU discovery black-holes a customer LAN with a smaller MTU.
     # `related` is set only for an error that quotes an existing connection.
-    icmp_errors = (IcmpProto(), CtState(("related",)), accept)
+    related = CtState(("related",))
+    errors = [IcmpErrorType("ip")] + ([IcmpErrorType("ip6")] if address6 is not None else [])
     svc = tuple(Chain(p.chain, tuple(
         Rule((DportIn(_proto(proto), ports), accept), "services: " + ", ".join(p.services))
         for proto, ports in p.ports)) for p in profiles)
     inp = Chain("input", (
         Rule((IfMatch("iifname", "!=", interface), accept), "not from tenants: other tables"),
         Rule((reply, est, accept), "replies"),
-        Rule(icmp_errors, "icmp errors about our replies"),
+        *(Rule((e, related, accept), "icmp errors about our replies") for e in errors),
         Rule((DaddrIs(address), IcmpEchoRequest(), accept), "ping the cloud address"),
         Rule((DaddrIs(address), SaddrVmap(TENANT_HOSTS)), "tenant services by source address"),
         Rule((DaddrIs(address), SaddrVmap(TENANT_MAP)), "tenant services by source lan"),
@@ -433,7 +434,8 @@ def _chains(interface: str, address: ipaddress.IPv4Address,
     fwd: list[Rule] = []
     if routed or routed6:
         fwd += [Rule((oif_out, reply, est, accept), "replies from routed ranges"),
-                Rule((iif_in, *icmp_errors), "icmp errors about routed replies")]
+                *(Rule((iif_in, e, related, accept), "icmp errors about routed replies")
+                  for e in errors)]
     if routed:
         fwd += [Rule((iif_in, DaddrInSet(ROUTED_SET), SaddrVmap(TENANT_HOSTS)),
                      "routed ranges: tenant services by source address"),
