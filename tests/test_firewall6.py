@@ -95,10 +95,10 @@ def test_dual_stack_input_and_forward_rules() -> None:
     assert input_rules == [
         'iifname != "wg1" accept',
         "ct direction reply ct state established,related accept",
-        "icmp type { destination-unreachable, time-exceeded, parameter-problem } ct state "
-        "related accept",
-        "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, "
-        "parameter-problem } ct state related accept",
+        ("icmp type { destination-unreachable, time-exceeded, parameter-problem } ct state "
+        "related accept"),
+        ("icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, "
+        "parameter-problem } ct state related accept"),
         "ip daddr 10.20.0.1 icmp type echo-request accept",
         "ip daddr 10.20.0.1 ip saddr vmap @tenant_hosts",
         "ip daddr 10.20.0.1 ip saddr vmap @tenant_profiles",
@@ -110,10 +110,10 @@ def test_dual_stack_input_and_forward_rules() -> None:
     fwd = [ln.split(" comment ")[0] for ln in fwd[:fwd.index("}")]]
     assert fwd == [
         'oifname "wg1" ct direction reply ct state established,related accept',
-        'iifname "wg1" icmp type { destination-unreachable, time-exceeded, parameter-problem }'
-        ' ct state related accept',
-        'iifname "wg1" icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, '
-        'parameter-problem } ct state related accept',
+        ('iifname "wg1" icmp type { destination-unreachable, time-exceeded, parameter-problem }'
+        ' ct state related accept'),
+        ('iifname "wg1" icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, '
+        'parameter-problem } ct state related accept'),
         'iifname "wg1" ip6 daddr @routed_ranges6 ip6 saddr vmap @tenant_hosts6',
         'iifname "wg1" ip6 daddr @routed_ranges6 ip6 saddr vmap @tenant_profiles6',
         'iifname "wg1" counter drop', 'oifname "wg1" counter drop']

@@ -9,14 +9,13 @@ from typing import Any
 from reconciler.engine.hoststate import Route
 from reconciler.engine.psk import derive_psk, psk_digest
 from reconciler.engine.render import (
-    _merge_ports,
     active_tunnels,
-    profile_chain,
     render_config,
     render_firewall,
     render_host,
     render_routes,
 )
+from reconciler.engine.render_firewall import _merge_ports, profile_chain
 from reconciler.engine.wgkeys import keypair, public_key
 from reconciler.repo.model import Gateway, Tunnel
 from reconciler.repo.state import load_repo

@@ -1,0 +1,225 @@
+"""Render, incrementally (pure): the last whole render patched with the contributions of
+the few tunnel models that changed, instead of rebuilding 16k peers, 5k routes and a
+21.8k-element table (issue 13: a one-tenant change rendered in ~0.2 s). The result equals a
+whole render (a randomised test holds them equal); anything the patch cannot express exactly
+returns None and the caller renders whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from reconciler.engine.hoststate import (
+    TENANT_HOSTS,
+    TENANT_HOSTS6,
+    TENANT_MAP,
+    TENANT_MAP6,
+    ConfigFile,
+    Firewall,
+    HostState,
+    Peer,
+    Route,
+    Secrets,
+)
+from reconciler.engine.parsers import firewall_from_elements
+from reconciler.engine.render_config import peer_block, render_config
+from reconciler.engine.render_firewall import (
+    check_disjoint,
+    last_table_of,
+    profile_chain,
+    remember_table,
+    v6_cidr,
+)
+from reconciler.engine.render_tenant import (
+    MEMO,
+    TenantParts,
+    is_active,
+    one_peer,
+    tenant_parts,
+    v4_cidr,
+)
+from reconciler.repo.model import Gateway, Tunnel
+
+PATCH_MIN = 256  # below this a whole render is as cheap as patching
+PATCH_MAX_CHANGED = 64  # changed tunnel models; more render whole
+
+
+@dataclass
+class Index:
+    """What the last render was made of, so a render of a few changed tunnel models patches
+    it instead of rebuilding 16k peers, 5k routes and a 21.8k-element table (issue 13: a
+    one-tenant change rendered in ~0.2 s). Counts make every removal exact: a route or a
+    service profile goes only when no remaining tunnel still contributes it."""
+
+    result: tuple[HostState, Secrets]
+    routes: dict[Route, int]
+    profiles: dict[tuple[str, ...], int]
+    hosts: dict[int, str]  # tenant host map: address -> chain
+    lans: dict[tuple[int, int], str]  # tenant interval map: (network, length) -> chain
+    hosts6: dict[int, str]  # the IPv6 maps the same way (empty on an IPv4-only gateway)
+    lans6: dict[tuple[int, int], str]
+
+    @classmethod
+    def of(cls, result: tuple[HostState, Secrets], gateway: Gateway,
+           seq: Sequence[Tunnel]) -> Index | None:
+        state = result[0]
+        if state.interface is None or state.firewall is None:
+            return None
+        ifname = state.interface.name
+        routes: dict[Route, int] = {}
+        profiles: dict[tuple[str, ...], int] = {}
+        hosts: dict[int, str] = {}
+        lans: dict[tuple[int, int], str] = {}
+        hosts6: dict[int, str] = {}
+        lans6: dict[tuple[int, int], str] = {}
+        for t in seq:
+            if not is_active(gateway, t):
+                continue
+            part = tenant_parts(gateway, t, ifname, MEMO.tenants)
+            for r in part.routes:
+                routes[r] = routes.get(r, 0) + 1
+            if part.services:
+                profiles[part.services] = profiles.get(part.services, 0) + 1
+                chain = profile_chain(part.services)
+                for v, n in part.sources:
+                    if n == 32:
+                        hosts[v] = chain
+                    else:
+                        lans[(v, n)] = chain
+                for v, n in part.sources6:
+                    if n == 128:
+                        hosts6[v] = chain
+                    else:
+                        lans6[(v, n)] = chain
+        return cls(result, routes, profiles, hosts, lans, hosts6, lans6)
+
+
+def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
+             gateway: Gateway, host_secret: bytes) -> Index | None:
+    """The last render with the changed tunnel models' contributions taken out and the new
+    ones put in; None when a whole render is needed (many changes, a service profile that
+    appears or goes, a clash the whole render reports with its own error)."""
+    new_ids = set(map(id, seq))
+    old_ids = set(map(id, old_seq))
+    removed = [t for t in old_seq if id(t) not in new_ids]
+    added = [t for t in seq if id(t) not in old_ids]
+    if len(removed) + len(added) > PATCH_MAX_CHANGED or len(new_ids) != len(seq):
+        return None
+    rm = [t for t in removed if is_active(gateway, t)]
+    add = sorted((t for t in added if is_active(gateway, t)), key=lambda t: t.ident)
+    state, secrets = index.result
+    assert state.interface is not None and state.firewall is not None
+    ifname = state.interface.name
+    peers = dict(state.peers)
+    psks = dict(secrets.psks)
+    routes = dict(index.routes)
+    profiles = dict(index.profiles)
+    hosts, lans = dict(index.hosts), dict(index.lans)
+    hosts6, lans6 = dict(index.hosts6), dict(index.lans6)
+    gone_items: set[tuple[str | int, ...]] = set()
+    new_items: set[tuple[str | int, ...]] = set()
+    swaps: list[tuple[Peer, str | None, Peer | None]] = []  # config blocks to replace
+    for t in rm:
+        part = MEMO.tenants.get(id(t))
+        if part is None or part.tunnel is not t or peers.get(t.public_key) is None:
+            return None
+        swaps.append((peers.pop(t.public_key), psks.pop(t.public_key, None), None))
+        for r in part.routes:
+            routes[r] -= 1
+            if not routes[r]:
+                del routes[r]
+        if part.services:
+            profiles[part.services] -= 1
+            chain = profile_chain(part.services)
+            for v, n in part.sources:
+                gone_items.add(_source_item(v, n, chain))
+                if (hosts.pop(v, None) if n == 32 else lans.pop((v, n), None)) != chain:
+                    return None
+            for v, n in part.sources6:
+                gone_items.add(_source_item6(v, n, chain))
+                if (hosts6.pop(v, None) if n == 128 else lans6.pop((v, n), None)) != chain:
+                    return None
+    new_parts: dict[int, TenantParts] = {}
+    for t in add:
+        if t.public_key in peers:
+            return None  # the whole render names the clash
+        part = tenant_parts(gateway, t, ifname, new_parts)
+        for r in part.routes:
+            routes[r] = routes.get(r, 0) + 1
+        if part.services:
+            if not profiles.get(part.services):
+                return None  # a new service profile: a new chain, the table's structure
+            profiles[part.services] += 1
+            chain = profile_chain(part.services)
+            for v, n in part.sources:
+                if v in hosts if n == 32 else (v, n) in lans:
+                    return None
+                if n == 32:
+                    hosts[v] = chain
+                else:
+                    lans[(v, n)] = chain
+                new_items.add(_source_item(v, n, chain))
+            for v, n in part.sources6:
+                if v in hosts6 if n == 128 else (v, n) in lans6:
+                    return None
+                if n == 128:
+                    hosts6[v] = chain
+                else:
+                    lans6[(v, n)] = chain
+                new_items.add(_source_item6(v, n, chain))
+        peer, psk = one_peer(t, host_secret)
+        peers[t.public_key] = peer
+        psks[t.public_key] = psk
+    if any(c == 0 for c in profiles.values()):
+        return None  # a service profile went: a chain goes
+    # Render the table from the patched maps (exact text and checks), its elements patched.
+    keyed = sorted((v, n, c) for (v, n), c in lans.items())
+    host_list = sorted(hosts.items())
+    check_disjoint(keyed, host_list)
+    old_fw = state.firewall
+    last = last_table_of(old_fw, gateway, ifname)
+    if last.tenant_map6:
+        keyed6 = sorted((v, n, c) for (v, n), c in lans6.items())
+        host_list6 = sorted(hosts6.items())
+        check_disjoint(keyed6, host_list6, 128)
+        table = dataclasses.replace(last, elements=keyed, hosts=host_list, elements6=keyed6,
+                                    hosts6=host_list6)
+    else:
+        table = dataclasses.replace(last, elements=keyed, hosts=host_list)
+    elements = (old_fw.elements - (gone_items - new_items)) | (new_items - gone_items)
+    fw = firewall_from_elements(elements, family=old_fw.family, table=old_fw.table)
+    remember_table(fw.fingerprint, table)
+    firewall = Firewall(fw.family, fw.table, fw.fingerprint, fw.elements,
+                        table.text(fw.fingerprint))
+    # Config: a changed peer's block replaced in place; anything else rendered again.
+    config = state.config
+    text = secrets.config_text
+    if config is not None and text is not None:
+        for old_peer, old_psk, _ in swaps:
+            new_peer = peers.get(old_peer.public_key)
+            block = peer_block(old_peer, old_psk)
+            if new_peer is None or new_peer.owner != old_peer.owner or text.count(block) != 1:
+                text = None
+                break
+            text = text.replace(block, peer_block(new_peer, psks.get(new_peer.public_key)))
+        if text is None or len(swaps) != len(add):
+            text = render_config(state.interface, peers, Secrets(secrets.private_key, psks),
+                                 gateway.amneziawg)
+        config = ConfigFile(config.path, ConfigFile.digest_of(text.encode()))
+    for t in rm:
+        MEMO.tenants.pop(id(t), None)
+        MEMO.peers.pop(id(t), None)
+    MEMO.tenants.update(new_parts)
+    result = (HostState(state.interface, peers, frozenset(routes), firewall, config),
+              Secrets(secrets.private_key, psks, text))
+    return Index(result, routes, profiles, hosts, lans, hosts6, lans6)
+
+
+def _source_item(v: int, n: int, chain: str) -> tuple[str, str, str, str]:
+    return ("elem", TENANT_HOSTS if n == 32 else TENANT_MAP, v4_cidr(v, n), "jump " + chain)
+
+
+def _source_item6(v: int, n: int, chain: str) -> tuple[str, str, str, str]:
+    return ("elem", TENANT_HOSTS6 if n == 128 else TENANT_MAP6, v6_cidr(v, n), "jump " + chain)
