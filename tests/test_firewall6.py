@@ -37,7 +37,7 @@ from reconciler.engine.nftables import (
     Chain,
     DaddrInSet,
     DaddrIs,
-    IcmpEchoRequest,
+    IcmpType,
     NftValueError,
     Rule,
     SaddrVmap,
@@ -177,7 +177,9 @@ def _table(**over: Any) -> Table:
     lambda: DaddrIs("fd42::1"),  # type: ignore[arg-type]
     lambda: SaddrVmap("tenant_hosts6", "ip7"),  # type: ignore[arg-type]
     lambda: DaddrInSet("routed_ranges6", "inet"),  # type: ignore[arg-type]
-    lambda: IcmpEchoRequest("ip4"),  # type: ignore[arg-type]
+    lambda: IcmpType(("echo-request",), "ip4"),  # type: ignore[arg-type]
+    lambda: IcmpType(("echo-reply; accept",)),
+    lambda: IcmpType(()),
 ])
 def test_ipv6_values_that_must_not_reach_nft_are_refused(make: Any) -> None:
     with pytest.raises(NftValueError):

@@ -111,37 +111,6 @@ class CtState:
         return {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": right}}
 
 
-# ICMP error types that quote a packet (and so can be conntrack's `related`). By type, not
-# `meta l4proto { icmp, ipv6-icmp }`: nft resolves protocol names through /etc/protocols and
-# lists them as numbers where that file is missing (minimal images), which would make the same
-# rule compare differently from host to host.
-ICMP_ERRORS = {"ip": ("destination-unreachable", "time-exceeded", "parameter-problem"),
-               "ip6": ("destination-unreachable", "packet-too-big", "time-exceeded",
-                       "parameter-problem")}
-
-
-@dataclass(frozen=True)
-class IcmpErrorType:
-    """`icmp type { destination-unreachable, ... }`, or with family ip6 the icmpv6 ones."""
-
-    family: Family = "ip"
-
-    def __post_init__(self) -> None:
-        _family(self.family)
-
-    @property
-    def proto(self) -> str:
-        return "icmp" if self.family == "ip" else "icmpv6"
-
-    def text(self) -> str:
-        return f"{self.proto} type {{ {', '.join(ICMP_ERRORS[self.family])} }}"
-
-    def json(self) -> dict[str, Any]:
-        return {"match": {"op": "==", "left": {"payload": {"protocol": self.proto,
-                                                           "field": "type"}},
-                          "right": {"set": list(ICMP_ERRORS[self.family])}}}
-
-
 @dataclass(frozen=True)
 class CtDirection:
     """`ct direction reply`: a packet that answers a connection the other side opened. With
@@ -210,26 +179,42 @@ class DaddrInSet:
                           "right": f"@{self.set}"}}
 
 
-@dataclass(frozen=True)
-class IcmpEchoRequest:
-    """`icmp type echo-request`, or with family ip6 `icmpv6 type echo-request`."""
+# ICMP types by name: ping, and the errors that quote a packet (so conntrack can mark them
+# `related`). By type, not `meta l4proto { icmp, ipv6-icmp }`: nft resolves protocol names
+# through /etc/protocols and lists them as numbers where that file is missing (minimal images),
+# which would make the same rule compare differently from host to host.
+ECHO_REQUEST = ("echo-request",)
+ICMP_ERRORS = {"ip": ("destination-unreachable", "time-exceeded", "parameter-problem"),
+               "ip6": ("destination-unreachable", "packet-too-big", "time-exceeded",
+                       "parameter-problem")}
+_ICMP_TYPES = frozenset(ECHO_REQUEST + ICMP_ERRORS["ip"] + ICMP_ERRORS["ip6"])
 
+
+@dataclass(frozen=True)
+class IcmpType:
+    """`icmp type echo-request`, `icmp type { a, b }`; with family ip6 the icmpv6 ones."""
+
+    types: tuple[str, ...]
     family: Family = "ip"
 
     def __post_init__(self) -> None:
         _family(self.family)
+        if not self.types or not _ICMP_TYPES.issuperset(self.types):
+            raise NftValueError(f"bad icmp types {self.types!r}")
 
     @property
     def proto(self) -> str:
         return "icmp" if self.family == "ip" else "icmpv6"
 
     def text(self) -> str:
-        return f"{self.proto} type echo-request"
+        types = self.types[0] if len(self.types) == 1 else f"{{ {', '.join(self.types)} }}"
+        return f"{self.proto} type {types}"
 
     def json(self) -> dict[str, Any]:
+        right: Any = self.types[0] if len(self.types) == 1 else {"set": list(self.types)}
         return {"match": {"op": "==", "left": {"payload": {"protocol": self.proto,
                                                            "field": "type"}},
-                          "right": "echo-request"}}
+                          "right": right}}
 
 
 @dataclass(frozen=True)
@@ -294,7 +279,7 @@ class Verdict:
         return {self.kind: None}
 
 
-Statement = (IfMatch | CtDirection | CtState | DaddrIs | DaddrInSet | IcmpEchoRequest | IcmpErrorType
+Statement = (IfMatch | CtDirection | CtState | DaddrIs | DaddrInSet | IcmpType
              | DportIn | SaddrVmap | Counter | Verdict)
 
 

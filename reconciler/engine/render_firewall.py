@@ -28,6 +28,8 @@ from reconciler.engine.hoststate import (
     Firewall,
 )
 from reconciler.engine.nftables import (
+    ECHO_REQUEST,
+    ICMP_ERRORS,
     Chain,
     Counter,
     CtDirection,
@@ -36,8 +38,7 @@ from reconciler.engine.nftables import (
     DaddrIs,
     DportIn,
     Hook,
-    IcmpEchoRequest,
-    IcmpErrorType,
+    IcmpType,
     IfMatch,
     NftValueError,
     Rule,
@@ -210,7 +211,8 @@ def _chains(interface: str, address: ipaddress.IPv4Address,
     # final drop takes it and path MTU discovery black-holes a customer LAN with a smaller MTU.
     # `related` is set only for an error that quotes an existing connection.
     related = CtState(("related",))
-    errors = [IcmpErrorType("ip")] + ([IcmpErrorType("ip6")] if address6 is not None else [])
+    errors = [IcmpType(ICMP_ERRORS["ip"])] + (
+        [IcmpType(ICMP_ERRORS["ip6"], "ip6")] if address6 is not None else [])
     svc = tuple(Chain(p.chain, tuple(
         Rule((DportIn(_proto(proto), ports), accept), "services: " + ", ".join(p.services))
         for proto, ports in p.ports)) for p in profiles)
@@ -218,7 +220,7 @@ def _chains(interface: str, address: ipaddress.IPv4Address,
         Rule((IfMatch("iifname", "!=", interface), accept), "not from tenants: other tables"),
         Rule((reply, est, accept), "replies"),
         *(Rule((e, related, accept), "icmp errors about our replies") for e in errors),
-        Rule((DaddrIs(address), IcmpEchoRequest(), accept), "ping the cloud address"),
+        Rule((DaddrIs(address), IcmpType(ECHO_REQUEST), accept), "ping the cloud address"),
         Rule((DaddrIs(address), SaddrVmap(TENANT_HOSTS)), "tenant services by source address"),
         Rule((DaddrIs(address), SaddrVmap(TENANT_MAP)), "tenant services by source lan"),
         *_input6(address6),
@@ -248,7 +250,7 @@ def _input6(address6: ipaddress.IPv6Address | None) -> tuple[Rule, ...]:
     """The input rules for IPv6 to the cloud's address6; none on an IPv4-only gateway."""
     if address6 is None:
         return ()
-    return (Rule((DaddrIs(address6), IcmpEchoRequest("ip6"), Verdict("accept")),
+    return (Rule((DaddrIs(address6), IcmpType(ECHO_REQUEST, "ip6"), Verdict("accept")),
                  "ping the cloud ipv6 address"),
             Rule((DaddrIs(address6), SaddrVmap(TENANT_HOSTS6, "ip6")),
                  "tenant services by source ipv6 address"),

@@ -102,56 +102,52 @@ def _check_wg_key(value: Any) -> str:
     return value
 
 
-def _parse_cidr(value: Any) -> IPv4Network:
-    if isinstance(value, IPv4Network):
+# Per family: (class, name, example, host prefix length, what canonical means, where the
+# other family goes). IPv4 and IPv6 values live in separate keys (lans / lans6, ...).
+_FAMILIES: dict[int, tuple[type[IPv4Network | IPv6Network], str, str, int, str, str]] = {
+    4: (IPv4Network, "IPv4", "192.168.1.0/24", 32, "network address, host bits zero",
+        ("IPv6 networks go in the matching '...6' key (lans6, subnet6, pool6, reserved6, "
+        "routed_ranges6)")),
+    6: (IPv6Network, "IPv6", "fd42:4242:1::/48", 64, ("network address, host bits zero, "
+        "lowercase, zeros compressed"), "IPv4 networks go in the key without the '6'"),
+}
+
+
+def _parse_network(value: Any, version: int) -> IPv4Network | IPv6Network:
+    cls, name, example, host_len, canonical, elsewhere = _FAMILIES[version]
+    if isinstance(value, cls):
         return value
     if not isinstance(value, str):
         raise ValueError(  # noqa: TRY004
-            f"expected an IPv4 CIDR string such as '192.168.1.0/24', got {value!r}")
+            f"expected an {name} CIDR string such as '{example}', got {value!r}")
     text = value.strip()
     if "/" not in text:
-        raise ValueError(f"{value!r} has no prefix length; write it as a CIDR, e.g. '{text}/32'")
+        raise ValueError(f"{value!r} has no prefix length; write it as a CIDR, e.g. "
+                         f"'{text}/{host_len}'")
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 CIDR such as '192.168.1.0/24'") from None
+        raise ValueError(f"{value!r} is not an {name} CIDR such as '{example}'") from None
     if net.prefixlen == 0:
         raise ValueError(f"{value!r} covers every address and would capture all traffic; "
                          "name the specific network instead")
-    if not isinstance(net, IPv4Network):
-        raise ValueError(  # noqa: TRY004
-            f"{value!r} is IPv6; IPv6 networks go in the matching '...6' key "
-            "(lans6, subnet6, pool6, reserved6, routed_ranges6)")
+    if not isinstance(net, cls):
+        other = "IPv6" if version == 4 else "IPv4"
+        raise ValueError(f"{value!r} is {other}; {elsewhere}")  # noqa: TRY004
     if str(net) != text:
-        raise ValueError(
-            f"{value!r} is not canonical; write it as '{net}' (network address, host bits zero)"
-        )
+        raise ValueError(f"{value!r} is not canonical; write it as '{net}' ({canonical})")
+    return net
+
+
+def _parse_cidr(value: Any) -> IPv4Network:
+    net = _parse_network(value, 4)
+    assert isinstance(net, IPv4Network)
     return net
 
 
 def _parse_cidr6(value: Any) -> IPv6Network:
-    if isinstance(value, IPv6Network):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(  # noqa: TRY004
-            f"expected an IPv6 CIDR string such as 'fd42:4242:1::/48', got {value!r}")
-    text = value.strip()
-    if "/" not in text:
-        raise ValueError(f"{value!r} has no prefix length; write it as a CIDR, e.g. '{text}/64'")
-    try:
-        net = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IPv6 CIDR such as 'fd42:4242:1::/48'") from None
-    if not isinstance(net, IPv6Network):
-        raise ValueError(  # noqa: TRY004
-            f"{value!r} is IPv4; IPv4 networks go in the key without the '6'")
-    if net.prefixlen == 0:
-        raise ValueError(f"{value!r} covers every address and would capture all traffic; "
-                         "name the specific network instead")
-    if str(net) != text:
-        raise ValueError(
-            f"{value!r} is not canonical; write it as '{net}' (network address, host bits "
-            "zero, lowercase, zeros compressed)")
+    net = _parse_network(value, 6)
+    assert isinstance(net, IPv6Network)
     return net
 
 
