@@ -43,15 +43,25 @@ def v4_cidr(value: int, length: int) -> str:
     return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}"
 
 
-def tunnel_allowed_ips(tunnel: Tunnel) -> tuple[str, ...]:
+def customer_int(tunnel: Tunnel) -> int:
+    """tunnel.customer_address as an integer, without building an IPv4Address (at 16k tunnels
+    the ipaddress arithmetic was a fifth of a cold render)."""
+    return int(tunnel.subnet.network_address) + 2
+
+
+def tunnel_allowed_ips(tunnel: Tunnel, host: int | None = None) -> tuple[str, ...]:
     """The customer's /32 plus its LANs: what cryptokey routing accepts from this peer.
 
     The canonical_ips form (deduplicated, sorted by address then prefix length), built from
     the model's IPv4 objects, which are already normalised, instead of from text.
     """
-    nets = {(int(tunnel.customer_address), 32)}
-    nets.update((int(n.network_address), n.prefixlen) for n in tunnel.lans)
-    v4 = tuple(v4_cidr(v, n) for v, n in sorted(nets))
+    host = customer_int(tunnel) if host is None else host
+    if not tunnel.lans:
+        v4: tuple[str, ...] = (v4_cidr(host, 32),)
+    else:
+        nets = {(host, 32)}
+        nets.update((int(n.network_address), n.prefixlen) for n in tunnel.lans)
+        v4 = tuple(v4_cidr(v, n) for v, n in sorted(nets))
     if tunnel.subnet6 is None and not tunnel.lans6:
         return v4  # IPv4-only: the path every tunnel of a v4 gateway takes
     return v4 + _v6_allowed_ips(tunnel)
@@ -123,14 +133,28 @@ def render_routes(gateway: Gateway, tunnels: Sequence[Tunnel], interface: str,
 
 
 def _tenant_routes(gateway: Gateway, t: Tunnel, interface: str,
-                   host: ipaddress.IPv4Address | None = None) -> tuple[Route, ...]:
-    host = host if host is not None else t.customer_address
+                   host: int | None = None) -> tuple[Route, ...]:
+    host = customer_int(t) if host is None else host
     out = [Route(v4_cidr(int(lan.network_address), lan.prefixlen), interface) for lan in t.lans]
-    if host not in gateway.address.network:
-        out.append(Route(f"{host}/32", interface))
+    lo, hi = _on_link(gateway)
+    if not lo <= host <= hi:
+        out.append(Route(v4_cidr(host, 32), interface))
     if t.subnet6 is not None or t.lans6:
         out += _tenant_routes6(gateway, t, interface)
     return tuple(out)
+
+
+def _on_link(gateway: Gateway) -> tuple[int, int]:
+    """The first and last address of the gateway's on-link prefix, kept for the last gateway
+    asked (a render asks 16k times about one)."""
+    global _on_link_last
+    if _on_link_last[0] is not gateway:
+        net = gateway.address.network
+        _on_link_last = (gateway, (int(net.network_address), int(net.broadcast_address)))
+    return _on_link_last[1]
+
+
+_on_link_last: tuple[Gateway | None, tuple[int, int]] = (None, (0, -1))
 
 
 def _tenant_routes6(gateway: Gateway, t: Tunnel, interface: str) -> list[Route]:
@@ -168,12 +192,11 @@ def tenant_parts(gateway: Gateway, t: Tunnel, interface: str,
         used[id(t)] = entry
         return entry
     services = tunnel_services(gateway, t)
-    address = t.customer_address
-    host = int(address)
+    host = customer_int(t)
     sources: tuple[tuple[int, int], ...]
     if not t.lans:
         sources = ((host, 32),)
-    elif len(t.lans) == 1 and address not in t.lans[0] and not (
+    elif len(t.lans) == 1 and not _holds(t.lans[0], host) and not (
             t.lans[0].prefixlen == 32 and int(t.lans[0].network_address) >> 1 == host >> 1):
         # One LAN that neither holds the host nor pairs with it into a /31: nothing to merge.
         lan = t.lans[0]
@@ -181,10 +204,14 @@ def tenant_parts(gateway: Gateway, t: Tunnel, interface: str,
     else:  # nft refuses overlapping intervals: collapsed as collapse_addresses does
         nets = ipaddress.collapse_addresses([ipaddress.IPv4Network((host, 32)), *t.lans])
         sources = tuple((int(n.network_address), n.prefixlen) for n in nets)
-    entry = TenantParts(t, gateway, interface, _tenant_routes(gateway, t, interface, address),
+    entry = TenantParts(t, gateway, interface, _tenant_routes(gateway, t, interface, host),
                          services, sources, _sources6(gateway, t))
     used[id(t)] = entry
     return entry
+
+
+def _holds(net: ipaddress.IPv4Network, host: int) -> bool:
+    return int(net.network_address) <= host <= int(net.broadcast_address)
 
 
 def _sources6(gateway: Gateway, t: Tunnel) -> tuple[tuple[int, int], ...]:
@@ -205,11 +232,22 @@ def _sources6(gateway: Gateway, t: Tunnel) -> tuple[tuple[int, int], ...]:
 
 def tunnel_services(gateway: Gateway, tunnel: Tunnel) -> tuple[str, ...]:
     names = tunnel.services if tunnel.services is not None else gateway.default_services
+    global _services_last
+    if _services_last[0] is not gateway:
+        _services_last = (gateway, {})
+    known = _services_last[1]  # by the names asked for: 16k tunnels ask for a handful of lists
+    found = known.get(names)
+    if found is not None:
+        return found
     unknown = [n for n in names if n not in gateway.services]
     if unknown:
         raise RenderError(f"{tunnel.ident}: services {unknown} are not in gateway "
                           f"{gateway.name}'s catalog {sorted(gateway.services)}")
-    return tuple(sorted(set(names)))
+    found = known[names] = tuple(sorted(set(names)))
+    return found
+
+
+_services_last: tuple[Gateway | None, dict[tuple[str, ...], tuple[str, ...]]] = (None, {})
 
 
 MEMO = Memo()
