@@ -40,7 +40,7 @@ from reconciler.engine.hostboot import (
     persist_firewall,
     persisted_text,
 )
-from reconciler.engine.hostroutes import PlanGuard, lan_owners, with_host_routes
+from reconciler.engine.hostroutes import HostRoutesRead, PlanGuard, lan_owners, with_host_routes
 from reconciler.engine.hoststate import HostState, ObservedState, Secrets
 from reconciler.engine.observe import (
     InterfaceMissing,
@@ -266,6 +266,8 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
         first = "; ".join(str(p) for p in repo.problems[:3])
         return result(Plan(), error=f"the repo has {len(repo.problems)} problem(s), host "
                       f"left untouched: {first}", step="load")
+    # The service's change path: the host routes the guard may need, read beside render.
+    prefetched = None if not quick or dry_run else _prefetch_routes(repo, gateway, target, runner)
     try:
         desired, secrets = desired_state(repo, gateway, target)
     except (EngineError, RenderError) as exc:
@@ -275,7 +277,7 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
     interface = desired.interface.name
     config_path = target.config_path(interface)
     # Whoever calls: a tenant LAN may never take over or shadow a route of the host's own.
-    guard = with_host_routes(guard, runner, interface, lan_owners(repo))
+    guard = with_host_routes(guard, runner, interface, lan_owners(repo), prefetched)
     try:
         lock = nullcontext() if dry_run else host_lock(target, interface)
         with lock:
@@ -290,6 +292,15 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
                           guard, quick, show_commands, target)
     except LockBusy as exc:
         return result(Plan(), error=str(exc), step="lock")
+
+
+def _prefetch_routes(repo: RepoState, gateway: str | None, target: HostTarget,
+                     runner: Runner) -> HostRoutesRead | None:
+    try:
+        gw = select_gateway(repo, gateway)
+    except Exception:  # noqa: BLE001 - render reports it; nothing to read ahead then
+        return None
+    return HostRoutesRead(runner, target.interface or gw.interface)
 
 
 def _recover(target: HostTarget, runner: Runner, interface: str) -> str | None:

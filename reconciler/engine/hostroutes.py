@@ -16,6 +16,7 @@ entry, skipped by type) could never overlap a LAN anyway: lans6 are unique local
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -85,10 +86,44 @@ def route_conflicts(new_routes: Iterable[str], host: Iterable[HostRoute],
 PlanGuard = Callable[[Plan, ObservedState], "str | None"]
 
 
+class HostRoutesRead:
+    """The host's IPv4 routes, read and parsed in a thread started before render: on the
+    service's change path (a plan that adds a LAN route) the guard then waits for a read that
+    ran beside render and plan instead of after them (~55 ms at 16k tenants, a process and
+    5k routes' JSON). The read still precedes every write, as the guard's own read did."""
+
+    def __init__(self, runner: Runner, interface: str) -> None:
+        self.interface = interface
+        self._runner = runner
+        self._done = threading.Event()
+        self._routes: tuple[HostRoute, ...] = ()
+        self._error: BaseException | None = None
+        threading.Thread(target=self._read, name="host-routes", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            self._routes = foreign_routes(self._runner.run(HOST_ROUTES_ARGV).stdout,
+                                          self.interface)
+        except BaseException as exc:  # noqa: BLE001 - raised again where it is awaited
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def routes(self) -> tuple[HostRoute, ...]:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._routes
+
+
 def with_host_routes(then: PlanGuard | None, runner: Runner, interface: str,
-                     owners: Mapping[str, str]) -> PlanGuard:
+                     owners: Mapping[str, str],
+                     prefetched: HostRoutesRead | None = None) -> PlanGuard:
     """A plan guard (see engine.cycle.reconcile) that refuses a plan whose new routes conflict
-    with host routes, then asks `then`. Reads the host's routes only when a route is added."""
+    with host routes, then asks `then`. Reads the host's routes only when a route is added
+    (the IPv4 ones from `prefetched` when given for this interface)."""
+    if prefetched is not None and prefetched.interface != interface:
+        prefetched = None
 
     def guard(plan: Plan, observed: ObservedState) -> str | None:
         new = [c.route.dst for c in plan.changes if isinstance(c, AddRoute)]
@@ -96,7 +131,11 @@ def with_host_routes(then: PlanGuard | None, runner: Runner, interface: str,
             return then(plan, observed) if then is not None else None
         host: tuple[HostRoute, ...] = ()
         for argv, family in ((HOST_ROUTES_ARGV, "."), (HOST_ROUTES6_ARGV, ":")):
-            if any(family in dst for dst in new):  # each family's routes only when needed
+            if not any(family in dst for dst in new):
+                continue  # each family's routes only when needed
+            if family == "." and prefetched is not None:
+                host += prefetched.routes()
+            else:
                 host += foreign_routes(runner.run(argv).stdout, interface)
         conflicts = route_conflicts(new, host, owners)
         if not conflicts:

@@ -30,6 +30,7 @@ from reconciler.engine.hoststate import (
     PeerStatus,
     Route,
     Secrets,
+    note_derived,
 )
 from reconciler.engine.nftgen import Generation
 from reconciler.engine.parsers import (
@@ -339,6 +340,7 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
                     peers.pop(key, None)
         routes = routes_f.result() if routes_f is not None else before.routes
         found = {key: f.result() for key, f in elem_f.items()}
+    note_derived(peers, before.peers, keys)  # plan then compares only these against before
     firewall = before.firewall
     if committed is not None:
         firewall = committed

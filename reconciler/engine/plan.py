@@ -25,6 +25,7 @@ from .hoststate import (
     InterfaceConfig,
     Peer,
     Route,
+    changed_keys,
 )
 
 FieldChange = tuple[str, Any, Any]  # (field, old, new)
@@ -220,6 +221,10 @@ def plan_peers(desired: HostState, observed: HostState) -> list[Change]:
     if last is not None and last[0] is want_peers and last[1] is have_peers \
             and len(want_peers) == last[2] and len(have_peers) == last[2]:
         return []  # the very two peer maps found equal last time (render and parse reuse them)
+    if last is not None:
+        near = _plan_near(want_peers, have_peers, last)
+        if near is not None:
+            return near
     wants = list(want_peers.values())
     haves = list(map(have_peers.get, want_peers))
     known = _equal_by_have
@@ -248,6 +253,29 @@ def plan_peers(desired: HostState, observed: HostState) -> list[Change]:
     out: list[Change] = []
     extra = have_peers.keys() - want_peers.keys()
     _equal_peer_maps = None if differ or extra else (want_peers, have_peers, len(want_peers))
+    for key in sorted(differ, key=lambda k: (want_peers[k].owner or "", k)):
+        want = want_peers[key]
+        have = have_peers.get(key)
+        out.append(AddPeer(want, want.owner) if have is None else UpdatePeer(have, want))
+    out.extend(RemovePeer(have_peers[k]) for k in sorted(extra))
+    return out
+
+
+def _plan_near(want_peers: Mapping[str, Peer], have_peers: Mapping[str, Peer],
+               last: tuple[Mapping[str, Peer], Mapping[str, Peer], int]) -> list[Change] | None:
+    """The peer changes when both maps derive by a few recorded keys (hoststate lineage) from
+    the last pair found equal: only those keys can differ. None when that is not known."""
+    global _equal_peer_maps
+    kw = changed_keys(want_peers, last[0])
+    kh = changed_keys(have_peers, last[1]) if kw is not None else None
+    if kw is None or kh is None or len(last[0]) != last[2] or len(last[1]) != last[2]:
+        return None
+    keys = kw | kh
+    differ = [k for k in keys if k in want_peers and want_peers[k] != have_peers.get(k)]
+    extra = [k for k in keys if k in have_peers and k not in want_peers]
+    if not differ and not extra:  # this pair is the new base (else the old one stays)
+        _equal_peer_maps = (want_peers, have_peers, len(want_peers))
+    out: list[Change] = []
     for key in sorted(differ, key=lambda k: (want_peers[k].owner or "", k)):
         want = want_peers[key]
         have = have_peers.get(key)

@@ -22,6 +22,7 @@ from reconciler.engine.hoststate import (
     Peer,
     Route,
     Secrets,
+    note_derived,
 )
 from reconciler.engine.parsers import firewall_from_elements
 from reconciler.engine.render_config import peer_block, render_config
@@ -212,6 +213,7 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
         MEMO.tenants.pop(id(t), None)
         MEMO.peers.pop(id(t), None)
     MEMO.tenants.update(new_parts)
+    note_derived(peers, state.peers, [t.public_key for t in rm] + [t.public_key for t in add])
     result = (HostState(state.interface, peers, frozenset(routes), firewall, config),
               Secrets(secrets.private_key, psks, text))
     return Index(result, routes, profiles, hosts, lans, hosts6, lans6)
