@@ -46,8 +46,12 @@ def shrunk_sources(plan: Plan) -> list[str]:
     for change in plan.of(ReplaceFirewall):
         old = change.old.elements if change.old is not None else frozenset()
         new = change.new.elements if change.new is not None else frozenset()
-        now = {str(e[2]): str(e[3]) for e in new if e[0] == "elem" and e[1] in TENANT_MAPS}
-        for e in old - new:
+        # An element change's delta is known (plan computed it): a removed key that is still
+        # mapped is among the added elements, so only those are looked through.
+        delta = change.element_delta()
+        gone, kept = (old - new, new) if delta is None else delta
+        now = {str(e[2]): str(e[3]) for e in kept if e[0] == "elem" and e[1] in TENANT_MAPS}
+        for e in gone:
             if e[0] != "elem" or e[1] not in TENANT_MAPS:
                 continue
             key, was = str(e[2]), str(e[3])

@@ -26,6 +26,8 @@ from .hoststate import (
     Peer,
     Route,
     changed_keys,
+    elements_delta,
+    note_same_elements,
 )
 
 FieldChange = tuple[str, Any, Any]  # (field, old, new)
@@ -109,7 +111,9 @@ class ReplaceFirewall:
         old, new = self.old, self.new
         if old is None or new is None or (old.family, old.table) != (new.family, new.table):
             return None
-        removed, added = old.elements - new.elements, new.elements - old.elements
+        known = elements_delta(old.elements, new.elements)  # a patched render's few
+        removed, added = known if known is not None else (old.elements - new.elements,
+                                                          new.elements - old.elements)
         if any(e[0] != "elem" for e in removed) or any(e[0] != "elem" for e in added):
             return None
         return frozenset(removed), frozenset(added)
@@ -204,6 +208,8 @@ def plan(desired: HostState, observed: HostState) -> Plan:
         changes.append(SetInterface(observed.interface, desired.interface))
     if desired.firewall != observed.firewall:
         changes.append(ReplaceFirewall(observed.firewall, desired.firewall))
+    elif desired.firewall is not None and observed.firewall is not None:
+        note_same_elements(desired.firewall.elements, observed.firewall.elements)
     changes.extend(plan_peers(desired, observed))
     changes.extend(plan_routes(desired.routes, observed.routes))
     if desired.config is not None and desired.config != observed.config:

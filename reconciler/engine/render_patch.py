@@ -23,6 +23,7 @@ from reconciler.engine.hoststate import (
     Route,
     Secrets,
     note_derived,
+    note_elements,
 )
 from reconciler.engine.parsers import firewall_from_elements
 from reconciler.engine.render_config import peer_block, render_config
@@ -189,7 +190,9 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
                                     hosts6=host_list6)
     else:
         table = dataclasses.replace(last, elements=keyed, hosts=host_list)
-    elements = (old_fw.elements - (gone_items - new_items)) | (new_items - gone_items)
+    out_items, in_items = frozenset(gone_items - new_items), frozenset(new_items - gone_items)
+    elements = (old_fw.elements - out_items) | in_items
+    note_elements(elements, old_fw.elements, out_items, in_items)
     fw = firewall_from_elements(elements, family=old_fw.family, table=old_fw.table)
     remember_table(fw.fingerprint, table)
     firewall = Firewall(fw.family, fw.table, fw.fingerprint, fw.elements,
