@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import secrets
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -56,4 +57,21 @@ def test_demo_keep_leaves_the_lab_and_prints_how_to_remove_it() -> None:
     finally:
         res = CliRunner().invoke(main, ["lab", "down", "--name", name])
     assert res.exit_code == 0, res.output
+    assert not _leftovers(name) and not (RUN_ROOT / name).exists()
+
+
+def test_demo_of_the_dual_stack_example_proves_ipv6_isolation_too() -> None:
+    """`tunnelctl demo --repo examples/dual-stack`: the same walk with IPv6 inside the tunnels;
+    the new tunnel of the pull request gets the first free subnet6."""
+    name = _name()
+    out = io.StringIO()
+    repo = Path(__file__).resolve().parent.parent / "examples" / "dual-stack"
+    code = run_demo(DemoOptions(fast=True, name=name, tenants=repo), Console(file=out, width=200))
+    text = out.getvalue()
+    assert code == 0, text
+    assert "10.20.0.1/16,fd42:4242:1::1/48" in text and "fd00:10::/64" in text
+    assert "subnet6 fd42:4242:1:4::/64" in text, "the PR's tunnel got the first free prefix"
+    checks = re.findall(r"│ (allowed|blocked)\s+│ .*? │ (PASS|FAIL) │", text)
+    assert "FAIL" not in text and all(mark == "PASS" for _, mark in checks)
+    assert len(re.findall(r"IPv6", text)) >= 5, "the IPv6 rows of the isolation report"
     assert not _leftovers(name) and not (RUN_ROOT / name).exists()

@@ -162,7 +162,10 @@ def bootstrap_cmd(check: bool, dry_run: bool, repo: Path | None, config: Path | 
 @click.option("--fast", is_flag=True, help="no pauses between steps, shorter probe timeouts")
 @click.option("--name", default="demo", show_default=True,
               help="lab name (1-6 lowercase letters/digits)")
-def demo_cmd(keep: bool, fast: bool, name: str) -> None:
+@click.option("--repo", "repo", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="config repo to demo (default: the shipped tenants/; "
+                   "examples/dual-stack adds IPv6 inside the tunnels)")
+def demo_cmd(keep: bool, fast: bool, name: str, repo: Path | None) -> None:
     """Run the end-to-end demo in a throwaway namespace lab (needs root)."""
     import os
 
@@ -173,7 +176,10 @@ def demo_cmd(keep: bool, fast: bool, name: str) -> None:
         raise click.ClickException("the demo builds network namespaces: run it as root "
                                    "(sudo ./scripts/demo)")
     try:
-        code = run_demo(DemoOptions(keep=keep, fast=fast, name=name))
+        options = DemoOptions(keep=keep, fast=fast, name=name)
+        if repo is not None:
+            options = DemoOptions(keep=keep, fast=fast, name=name, tenants=repo.resolve())
+        code = run_demo(options)
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
