@@ -139,3 +139,46 @@ def test_patched_render_equals_a_whole_render(dual: bool) -> None:
         fw = got[4]
         names = {e[1] for e in fw.elements if e[0] == "elem"}  # type: ignore[attr-defined]
         assert {"tenant_hosts6", "tenant_profiles6", "routed_ranges6"} <= names
+
+
+def test_table_text_is_patched_not_formatted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """IPv4 element changes patch the last table text line by line (the first and last line
+    of a map, a new first line, elements moved between chains) and it equals the whole
+    render's text: the randomised test above would pass with the fallback alone, so count."""
+    from reconciler.engine import render_patch
+
+    made: list[bool] = []
+    real = render_patch._patched_text
+
+    def counted(*args: object, **kw: object) -> str | None:
+        out = real(*args, **kw)  # type: ignore[arg-type]
+        made.append(out is not None)
+        return out
+
+    monkeypatch.setattr(render_patch, "_patched_text", counted)
+    rng = random.Random(7)
+    n = 300
+    tunnels = [_tunnel(i) for i in range(n)]
+    _whole(tunnels)
+    edges = [0, n - 1, 0, n - 1]  # the first and last /32 and LAN of the maps
+    for step in range(80):
+        if step < len(edges):
+            i = edges[step]
+            tunnels[i] = tunnels[i].model_copy(update={"services": ("prov",) if step < 2 else None})
+        elif step % 2:  # a LAN comes or goes: interval-map lines at their sorted places
+            i = rng.randrange(len(tunnels))
+            lan = (ipaddress.IPv4Network(f"172.31.{rng.randrange(256)}.0/24"),)
+            tunnels[i] = tunnels[i].model_copy(update={"lans": () if tunnels[i].lans else lan})
+        else:
+            _mutate(rng, tunnels, n)
+        before = R._last_host
+        try:
+            got = _render(tunnels)
+        except RenderError:
+            continue
+        last = R._last_host
+        want = _whole(tunnels)
+        R._last_host = last
+        assert got[6] == want[6], f"step {step}"
+        assert before is not None
+    assert len(made) > 15 and all(made)  # neither map ever empties here: no fallback

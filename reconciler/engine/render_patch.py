@@ -7,6 +7,7 @@ returns None and the caller renders whole.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -195,8 +196,11 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
     note_elements(elements, old_fw.elements, out_items, in_items)
     fw = firewall_from_elements(elements, family=old_fw.family, table=old_fw.table)
     remember_table(fw.fingerprint, table)
+    text6 = any(e[1] in (TENANT_HOSTS6, TENANT_MAP6) for e in out_items | in_items)
+    fw_text = None if text6 else _patched_text(old_fw, fw.fingerprint, out_items, in_items,
+                                               host_list, keyed)
     firewall = Firewall(fw.family, fw.table, fw.fingerprint, fw.elements,
-                        table.text(fw.fingerprint))
+                        fw_text if fw_text is not None else table.text(fw.fingerprint))
     # Config: a changed peer's block replaced in place; anything else rendered again.
     config = state.config
     text = secrets.config_text
@@ -220,6 +224,71 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
     result = (HostState(state.interface, peers, frozenset(routes), firewall, config),
               Secrets(secrets.private_key, psks, text))
     return Index(result, routes, profiles, hosts, lans, hosts6, lans6)
+
+
+def _patched_text(old: Firewall, fingerprint: str, out_items: frozenset[tuple[str | int, ...]],
+                  in_items: frozenset[tuple[str | int, ...]], hosts: list[tuple[int, str]],
+                  keyed: list[tuple[int, int, str]]) -> str | None:
+    """The last table's text with the changed IPv4 map element lines taken out and put in at
+    their sorted places and the new fingerprint: what Table.text writes, without formatting
+    21.8k lines again (~40 ms at 16k tenants). None when a line is not found exactly once or
+    a map would become or was empty (then the caller formats the table whole)."""
+    text = old.text
+    head = f'fp {old.fingerprint}"'
+    if not text or text.count(head) != 1:
+        return None
+    text = text.replace(head, f'fp {fingerprint}"')
+    for e in sorted(out_items, key=_item_order):
+        line = _element_line(e)
+        for pattern, into in (("\n" + line + ",\n", "\n"), (",\n" + line + "\n", "\n")):
+            if text.count(pattern) == 1:
+                text = text.replace(pattern, into)
+                break
+        else:
+            return None
+    for e in sorted(in_items, key=_item_order):
+        before = _predecessor(e, hosts, keyed)
+        line = _element_line(e)
+        if before is None:  # the map's first line: after its `elements = {`
+            start = text.find(f"\tmap {e[1]} {{\n")
+            at = text.find("\t\telements = {\n", start)
+            end = text.find("\t}\n", start)
+            if start < 0 or at < 0 or not at < end:
+                return None
+            at += len("\t\telements = {\n")
+            text = text[:at] + line + ",\n" + text[at:]
+            continue
+        prev = _element_line(before)
+        for pattern, into in (("\n" + prev + ",\n", "\n" + prev + ",\n" + line + ",\n"),
+                              ("\n" + prev + "\n", "\n" + prev + ",\n" + line + "\n")):
+            if text.count(pattern) == 1:
+                text = text.replace(pattern, into)
+                break
+        else:
+            return None
+    return text
+
+
+def _item_order(e: tuple[str | int, ...]) -> tuple[str, int, int]:
+    v, _, n = str(e[2]).partition("/")
+    a, b, c, d = (int(x) for x in v.split("."))
+    return (str(e[1]), (a << 24) | (b << 16) | (c << 8) | d, int(n))
+
+
+def _element_line(e: tuple[str | int, ...]) -> str:
+    key = str(e[2])
+    return f"\t\t\t{key[:-3] if e[1] == TENANT_HOSTS else key} : {e[3]}"
+
+
+def _predecessor(e: tuple[str | int, ...], hosts: list[tuple[int, str]],
+                 keyed: list[tuple[int, int, str]]) -> tuple[str | int, ...] | None:
+    """The element before `e` in its map's sorted element list (the new table's), or None."""
+    _, v, n = _item_order(e)
+    if e[1] == TENANT_HOSTS:
+        i = bisect.bisect_left(hosts, (v,))
+        return None if i == 0 else _source_item(hosts[i - 1][0], 32, hosts[i - 1][1])
+    i = bisect.bisect_left(keyed, (v, n))
+    return None if i == 0 else _source_item(keyed[i - 1][0], keyed[i - 1][1], keyed[i - 1][2])
 
 
 def _source_item(v: int, n: int, chain: str) -> tuple[str, str, str, str]:
