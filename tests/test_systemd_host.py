@@ -33,7 +33,7 @@ from reconciler.engine.wgkeys import generate_private_key, public_key
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNITS = ("tunnelctl.service", "tunnelctl-firewall.service", "tunnelctl-interface@.service")
-INTERVAL = 8  # the service's interval inside (a raw flush is repaired within one)
+INTERVAL = 8  # the service's interval inside (a raw flush is repaired well before it)
 WATCHDOG = 6  # WatchdogSec in the test drop-in (the shipped 120 s is too long to wait for)
 REBOOTS = int(os.environ.get("TUNNELCTL_TEST_REBOOTS", "3"))
 
@@ -395,12 +395,14 @@ def test_nftables_restart_reloads_the_table_within_a_second(host: Host) -> None:
     host.figures["nftables_restart_leaked_packets"] = len(host.leaks(since=t0))
 
 
-def test_raw_flush_is_repaired_within_one_interval(host: Host) -> None:
+def test_raw_flush_is_repaired_at_once(host: Host) -> None:
     t0 = time.time()
     host.c.sh(["nft", "flush", "ruleset"])
     back = host.table_back(timeout=INTERVAL + 10)
     host.figures["raw_flush_table_back_s"] = round(back, 2)
-    assert back <= INTERVAL + 5
+    # The service's ruleset-generation watcher wakes a cycle at once; the interval (8 s
+    # here) would be the bound without it.
+    assert back <= 4.0, back
     time.sleep(1.0)
     host.figures["raw_flush_leaked_packets"] = len(host.leaks(since=t0))
     # The window is the documented one: once the table is back, nothing leaks.

@@ -1,7 +1,9 @@
 """`tunnelctl run`: the level-triggered loop around Controller.cycle.
 
 A cycle runs every interval, and at once on SIGHUP (also what `tunnelctl reconcile` and
-`systemctl reload` send) or when watchfiles sees the refs of a local remote change. The loop,
+`systemctl reload` send), when watchfiles sees the refs of a local remote change, or when the
+host's nf_tables ruleset generation moves (a raw `nft flush ruleset`, an nftables restart, a
+hand edit: the table is back within about a second instead of an interval). The loop,
 and only the loop, pings the systemd watchdog: a cycle that hangs stops the pings and systemd
 restarts the service. One service per state directory, enforced by an flock on
 <state_dir>/locks/service.lock that also holds the pid for `tunnelctl reconcile` (not in the
@@ -28,6 +30,8 @@ from types import FrameType
 
 from reconciler.engine.cycle import recover_interrupted
 from reconciler.engine.files import LockHeld, pid_lock
+from reconciler.engine.nftgen import Generation
+from reconciler.engine.runner import Runner
 from reconciler.service.controller import Controller, CycleReport
 from reconciler.service.logs import event, without_credentials
 from reconciler.service.metrics import ServiceMetrics
@@ -37,6 +41,7 @@ from reconciler.service.settings import Settings
 log = logging.getLogger("tunnelctl.service")
 
 LOCK_NAME = "service.lock"
+FIREWALL_MIN_GAP = 1.0  # seconds between the starts of cycles woken only by the ruleset
 
 
 class AlreadyRunning(RuntimeError):
@@ -155,6 +160,45 @@ class RefWatcher(threading.Thread):
                 self.stop_event.wait(2.0)
 
 
+class FirewallWatcher(threading.Thread):
+    """Fires a trigger when the namespace's nf_tables generation moves away from the one the
+    last cycle started from. Any committed ruleset change by anyone moves it (see
+    engine.nftgen), so a flush or an nftables restart that takes our table away gets a cycle
+    at once; while the table is in place isolation holds, so this shortens the only moments
+    it does not. One netlink request per poll; without the probe the interval is what repairs.
+    The mark is taken at the start of a cycle, so nothing that happens during it is missed;
+    the price is one no-op cycle after a cycle that changed the table itself."""
+
+    POLL = 0.2  # seconds between generation reads
+
+    def __init__(self, netns: str | None, triggers: Triggers) -> None:
+        super().__init__(name="firewall-watcher", daemon=True)
+        self.runner = Runner(netns=netns)
+        self.triggers = triggers
+        self.stop_event = threading.Event()
+        self._mark: Generation | None = None
+        self._lock = threading.Lock()
+
+    def mark(self) -> None:
+        """Called as a cycle starts: the generation that cycle will see."""
+        gen = self.runner.nft_generation()
+        with self._lock:
+            self._mark = gen
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.POLL):
+            gen = self.runner.nft_generation()
+            if gen is None:  # no probe here (or a passing error): the interval repairs drift
+                self.stop_event.wait(5.0)
+                continue
+            with self._lock:
+                moved = self._mark is not None and gen != self._mark
+                if moved:
+                    self._mark = None  # once per change; the next cycle marks again
+            if moved:
+                self.triggers.fire("firewall")
+
+
 # -- the loop ------------------------------------------------------------------------------
 
 
@@ -169,6 +213,7 @@ class Service:
         self.notifier = notifier or Notifier()
         self.triggers = Triggers()
         self.controller: Controller | None = None
+        self.firewall_watcher: FirewallWatcher | None = None
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -198,6 +243,9 @@ class Service:
             if watch_path is not None:
                 watcher = RefWatcher(watch_path, self.triggers, s.branch)
                 watcher.start()
+            self.firewall_watcher = FirewallWatcher(s.netns, self.triggers)
+            self.firewall_watcher.mark()
+            self.firewall_watcher.start()
             metrics_address = controller.state.metrics_address
             controller.start()
             controller.state.pid = os.getpid()
@@ -211,6 +259,7 @@ class Service:
                 self.notifier.stopping()
                 if watcher is not None:
                     watcher.stop_event.set()
+                self.firewall_watcher.stop_event.set()
                 controller.state.pid = None
                 controller.state.phase = "Stalled"
                 controller.state.message = "service stopped"
@@ -223,8 +272,16 @@ class Service:
         s = self.settings
         ready = False
         reasons: set[str] = {"start"}
+        last_start = 0.0
         while not self.triggers.stopping:
+            if reasons == {"firewall"}:
+                # Someone else churning the ruleset must not turn the loop into a busy one.
+                self.triggers.wait(last_start + FIREWALL_MIN_GAP - time.monotonic())
+                reasons |= self.triggers.take()
             self.notifier.watchdog(force=True)
+            last_start = time.monotonic()
+            if self.firewall_watcher is not None:
+                self.firewall_watcher.mark()
             self._cycle(controller, reasons)
             if not ready:
                 self.notifier.ready(status_line(controller))
