@@ -35,7 +35,7 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNITS = ("tunnelctl.service", "tunnelctl-firewall.service", "tunnelctl-interface@.service")
 INTERVAL = 8  # the service's interval inside (a raw flush is repaired well before it)
 WATCHDOG = 6  # WatchdogSec in the test drop-in (the shipped 120 s is too long to wait for)
-REBOOTS = int(os.environ.get("TUNNELCTL_TEST_REBOOTS", "3"))
+REBOOTS = int(os.environ.get("TUNNELCTL_TEST_REBOOTS", "5"))
 
 # `lab` too: it needs root and changes the host (a container), so `-m 'not lab'` skips it.
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.systemd,
