@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import is_not
 
 from reconciler.engine.hoststate import (
     TENANT_HOSTS,
@@ -104,12 +106,19 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
     """The last render with the changed tunnel models' contributions taken out and the new
     ones put in; None when a whole render is needed (many changes, a service profile that
     appears or goes, a clash the whole render reports with its own error)."""
-    new_ids = set(map(id, seq))
-    old_ids = set(map(id, old_seq))
-    removed = [t for t in old_seq if id(t) not in new_ids]
-    added = [t for t in seq if id(t) not in old_ids]
-    if len(removed) + len(added) > PATCH_MAX_CHANGED or len(new_ids) != len(seq):
-        return None
+    changed = _changed_in_place(old_seq, seq)
+    if changed is not None:  # the common case: the same list with a few models replaced
+        removed, added = [old_seq[i] for i in changed], [seq[i] for i in changed]
+        if len(changed) > PATCH_MAX_CHANGED or len(set(map(id, added))) != len(added) \
+                or any(map(_seen_in(old_seq, added), added)):
+            return None
+    else:
+        new_ids = set(map(id, seq))
+        old_ids = set(map(id, old_seq))
+        removed = [t for t in old_seq if id(t) not in new_ids]
+        added = [t for t in seq if id(t) not in old_ids]
+        if len(removed) + len(added) > PATCH_MAX_CHANGED or len(new_ids) != len(seq):
+            return None
     rm = [t for t in removed if is_active(gateway, t)]
     add = sorted((t for t in added if is_active(gateway, t)), key=lambda t: t.ident)
     state, secrets = index.result
@@ -224,6 +233,23 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
     result = (HostState(state.interface, peers, frozenset(routes), firewall, config),
               Secrets(secrets.private_key, psks, text))
     return Index(result, routes, profiles, hosts, lans, hosts6, lans6)
+
+
+def _changed_in_place(old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...]) -> list[int] | None:
+    """The positions where `seq` holds another model than `old_seq`, when both are as long
+    and differ in at most PATCH_MAX_CHANGED places (found in C loops); else None."""
+    if len(old_seq) != len(seq):
+        return None
+    where = list(compress(range(len(seq)), map(is_not, old_seq, seq)))
+    return where if len(where) <= PATCH_MAX_CHANGED else None
+
+
+def _seen_in(old_seq: tuple[Tunnel, ...], added: list[Tunnel]) -> Callable[[Tunnel], bool]:
+    """Whether a model that replaced another also stays elsewhere in the list (then it was
+    moved, not new: the general path sorts that out)."""
+    ids = {id(t) for t in added}
+    elsewhere = {id(t) for t in old_seq if id(t) in ids}
+    return lambda t: id(t) in elsewhere
 
 
 def _patched_text(old: Firewall, fingerprint: str, out_items: frozenset[tuple[str | int, ...]],
