@@ -175,6 +175,26 @@ def parse_wg_dump(text: str, psk_digest: Callable[[str], str], *,
     return WgDump(iface, peers, LazyStatus(status))
 
 
+def expect_peers(peers: Mapping[str, Peer], psk: Callable[[str], str | None]) -> None:
+    """Seed the dump memo with the peers just applied, for the read-back after a big apply
+    (a cold converge: 16k peers nothing is known of). A peer's dump line that shows exactly
+    the fields the peer's own canonical form prints (its allowed IPs in canonical order, its
+    keepalive, its PSK by hash) parses to an equal Peer, so the line takes the memo's path
+    instead of canonicalising and hashing again; any other line is parsed in full. `psk`
+    gives a peer's key (kept only as its hash, as the memo keeps every key)."""
+    global _peer_memo
+    memo = dict(_peer_memo)
+    for key, peer in peers.items():
+        if key in memo:
+            continue
+        value = psk(key) if peer.psk_digest is not None else NONE
+        if value is None:
+            continue
+        memo[key] = (",".join(peer.allowed_ips) if peer.allowed_ips else NONE,
+                     str(peer.keepalive) if peer.keepalive else "off", hash(value), peer)
+    _peer_memo = memo
+
+
 # Peers of the last full dump by public key: (allowed ips, keepalive, hash(psk), Peer).
 _peer_memo: dict[str, tuple[str, str, int, Peer]] = {}
 # The last full dump: (hash of its interface line, hash of its peers' stable fields, the
