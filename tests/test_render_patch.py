@@ -182,3 +182,21 @@ def test_table_text_is_patched_not_formatted_again(monkeypatch: pytest.MonkeyPat
         assert got[6] == want[6], f"step {step}"
         assert before is not None
     assert len(made) > 15 and all(made)  # neither map ever empties here: no fallback
+
+
+@pytest.mark.parametrize("lan", ["172.16.3.0/24", "172.16.3.128/25", "172.16.0.0/16",
+                                 "10.20.0.8/29", "10.20.0.0/16"],
+                         ids=["same LAN", "inside a LAN", "holds LANs", "holds a host",
+                              "holds every host"])
+def test_a_patched_overlap_is_refused_as_a_whole_render_refuses_it(lan: str) -> None:
+    """The patch checks only the sources it put in; an overlap with any other tenant's LAN
+    or /32 still fails with the whole render's error (tunnel 3 has 172.16.3.0/24, tunnel 1
+    the host 10.20.0.10)."""
+    tunnels = [_tunnel(i) for i in range(300)]
+    _whole(tunnels)
+    tunnels[7] = tunnels[7].model_copy(update={"lans": (ipaddress.IPv4Network(lan),)})
+    with pytest.raises(RenderError) as patched:
+        _render(tunnels)
+    with pytest.raises(RenderError) as whole:
+        _whole(tunnels)
+    assert str(patched.value) == str(whole.value)

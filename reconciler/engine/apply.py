@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +51,13 @@ class ApplyTarget:
         return self.runner.has_uapi(self.interface) if self.use_uapi is None else self.use_uapi
 
 
-def apply_plan(plan: Plan, target: ApplyTarget) -> list[str]:
+def apply_plan(plan: Plan, target: ApplyTarget,
+               on_step: Callable[[str], None] | None = None) -> list[str]:
     """Run the plan's steps in order; returns the steps run. Raises StepFailed(step, cause).
 
     Each step is built only after the ones before it ran (iter_steps is lazy), so a step
-    that cannot be built fails at its place in the order, like one whose command fails."""
+    that cannot be built fails at its place in the order, like one whose command fails.
+    `on_step(name)` is told of each step done (the engine starts a read-back early)."""
     done: list[str] = []
     if plan.empty:
         return done
@@ -67,6 +69,8 @@ def apply_plan(plan: Plan, target: ApplyTarget) -> list[str]:
         except Exception as exc:  # any failure names its step; the engine rolls back
             raise StepFailed(step.name, exc) from exc
         done.append(step.name)
+        if on_step is not None:
+            on_step(step.name)
     return done
 
 

@@ -23,6 +23,7 @@ import gc
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,10 +49,11 @@ from reconciler.engine.observe import (
     Snapshot,
     observe,
     observe_changes,
+    read_dump_early,
     read_snapshot,
 )
 from reconciler.engine.parsers import expect_peers
-from reconciler.engine.plan import Plan, UpdatePeer, WriteConfig, plan
+from reconciler.engine.plan import AddPeer, Plan, RemovePeer, UpdatePeer, WriteConfig, plan
 from reconciler.engine.psk import psk_digest, read_host_secret
 from reconciler.engine.render import RenderError, render_host
 from reconciler.engine.runner import CommandError, Runner
@@ -422,9 +424,19 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     clock.lap("snapshot")
     failed_step, error = None, None
     after: ObservedState | None = None
+    early: list[Future[str]] = []  # the quick read-back's dump, started after the peers
+    peer_steps = bool(changes.of(RemovePeer)) + bool(changes.of(AddPeer) or changes.of(UpdatePeer))
+
+    def on_step(name: str) -> None:
+        nonlocal peer_steps
+        if fast and name == "peers":
+            peer_steps -= 1
+            if peer_steps == 0:
+                early.append(read_dump_early(runner, interface))
+
     try:
         try:
-            apply_plan(changes, ApplyTarget(runner, interface, secrets, config_text))
+            apply_plan(changes, ApplyTarget(runner, interface, secrets, config_text), on_step)
         except StepFailed as exc:
             failed_step, error = exc.step, f"{exc.cause}"
         clock.lap("apply")
@@ -433,7 +445,8 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
                 # A big apply (a cold converge): its peers' dump lines parse by the memo.
                 expect_peers(desired.peers, secrets.psk)
             try:
-                after = (observe_changes(runner, interface, changes, observed, config_path)
+                after = (observe_changes(runner, interface, changes, observed, config_path,
+                                         early[0] if early else None)
                          if fast else observe(runner, interface, config_path=config_path))
                 residue = plan(desired, after)
             except Exception as exc:  # noqa: BLE001 - a timeout too: restore, then report

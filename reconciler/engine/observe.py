@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,8 +286,25 @@ def _undo_needs_keys(plan: Plan) -> bool:
 # ------------------------------------------------------------------- verify one change
 
 
+def read_dump_early(runner: Runner, interface: str) -> Future[str]:
+    """`wg show <if> dump` started now in its own thread, for observe_changes: the engine
+    starts it once the plan's last peer step is done, beside the route and config steps
+    that follow (no later step touches a peer)."""
+    future: Future[str] = Future()
+
+    def read() -> None:
+        try:
+            future.set_result(runner.run(["wg", "show", interface, "dump"]).stdout)
+        except BaseException as exc:  # noqa: BLE001 - raised where the result is awaited
+            future.set_exception(exc)
+
+    threading.Thread(target=read, name="verify-dump", daemon=True).start()
+    return future
+
+
 def observe_changes(runner: Runner, interface: str, plan: Plan, before: ObservedState,
-                    config_path: Path | None) -> ObservedState:
+                    config_path: Path | None,
+                    early_dump: Future[str] | None = None) -> ObservedState:
     """`before` with everything `plan` touched read back from the host: the changed peers
     (from one dump, only their lines parsed), all our routes when a route changed, each
     changed element of the tenant map (`nft get element`, one small read per key instead of
@@ -305,7 +322,8 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
                 else set())
 
     def read_peers() -> WgDump:
-        text = runner.run(["wg", "show", interface, "dump"]).stdout
+        text = early_dump.result() if early_dump is not None else \
+            runner.run(["wg", "show", interface, "dump"]).stdout
         # Each changed peer's line found by its key at a line start (a few searches of the
         # text instead of splitting 16k lines); the first line is the interface's.
         wanted = [text.partition("\n")[0]]

@@ -132,6 +132,8 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
     hosts6, lans6 = dict(index.hosts6), dict(index.lans6)
     gone_items: set[tuple[str | int, ...]] = set()
     new_items: set[tuple[str | int, ...]] = set()
+    gone4: list[tuple[int, int, str]] = []  # the IPv4 map sources taken out and put in
+    new4: list[tuple[int, int, str]] = []
     swaps: list[tuple[Peer, str | None, Peer | None]] = []  # config blocks to replace
     for t in rm:
         part = MEMO.tenants.get(id(t))
@@ -147,6 +149,7 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
             chain = profile_chain(part.services)
             for v, n in part.sources:
                 gone_items.add(_source_item(v, n, chain))
+                gone4.append((v, n, chain))
                 if (hosts.pop(v, None) if n == 32 else lans.pop((v, n), None)) != chain:
                     return None
             for v, n in part.sources6:
@@ -173,6 +176,7 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
                 else:
                     lans[(v, n)] = chain
                 new_items.add(_source_item(v, n, chain))
+                new4.append((v, n, chain))
             for v, n in part.sources6:
                 if v in hosts6 if n == 128 else (v, n) in lans6:
                     return None
@@ -187,11 +191,17 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
     if any(c == 0 for c in profiles.values()):
         return None  # a service profile went: a chain goes
     # Render the table from the patched maps (exact text and checks), its elements patched.
-    keyed = sorted((v, n, c) for (v, n), c in lans.items())
-    host_list = sorted(hosts.items())
-    check_disjoint(keyed, host_list)
     old_fw = state.firewall
     last = last_table_of(old_fw, gateway, ifname)
+    lists = _patched_lists(last.elements, last.hosts, gone4, new4, len(lans), len(hosts))
+    if lists is not None:  # the last table's sorted lists patched: no 16k-element sort
+        keyed, host_list = lists
+        if not _disjoint_near(keyed, host_list, new4):
+            return None  # the whole render names the overlap
+    else:
+        keyed = sorted((v, n, c) for (v, n), c in lans.items())
+        host_list = sorted(hosts.items())
+        check_disjoint(keyed, host_list)
     if last.tenant_map6:
         keyed6 = sorted((v, n, c) for (v, n), c in lans6.items())
         host_list6 = sorted(hosts6.items())
@@ -235,6 +245,57 @@ def patched(index: Index, old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...],
     return Index(result, routes, profiles, hosts, lans, hosts6, lans6)
 
 
+def _patched_lists(elements: Sequence[tuple[int, int, str]], hosts: Sequence[tuple[int, str]],
+                   gone: list[tuple[int, int, str]], new: list[tuple[int, int, str]],
+                   n_lans: int, n_hosts: int) -> tuple[list[tuple[int, int, str]],
+                                                       list[tuple[int, str]]] | None:
+    """The last table's sorted interval and host lists (copies) with `gone` taken out and
+    `new` put in at their sorted places; None when an entry to remove is not where it
+    should be or the counts do not match the patched maps (then they are sorted whole)."""
+    keyed, host_list = list(elements), list(hosts)
+    for v, n, c in gone:
+        if n == 32:
+            i = bisect.bisect_left(host_list, (v,))
+            if i >= len(host_list) or host_list[i] != (v, c):
+                return None
+            del host_list[i]
+        else:
+            i = bisect.bisect_left(keyed, (v, n))
+            if i >= len(keyed) or keyed[i] != (v, n, c):
+                return None
+            del keyed[i]
+    for v, n, c in new:
+        if n == 32:
+            bisect.insort(host_list, (v, c))
+        else:
+            bisect.insort(keyed, (v, n, c))
+    if len(keyed) != n_lans or len(host_list) != n_hosts:
+        return None
+    return keyed, host_list
+
+
+def _disjoint_near(keyed: list[tuple[int, int, str]], hosts: list[tuple[int, str]],
+                   new: list[tuple[int, int, str]]) -> bool:
+    """check_disjoint for the sources just put in (the rest were disjoint before): a new
+    LAN overlaps neither neighbour and holds no host; a new host lies in no LAN."""
+    for v, n, _ in new:
+        end = v + (1 << (32 - n)) - 1
+        if n == 32:
+            i = bisect.bisect_left(keyed, (v + 1,)) - 1  # the last interval starting <= v
+            if i >= 0 and keyed[i][0] + (1 << (32 - keyed[i][1])) - 1 >= v:
+                return False
+            continue
+        i = bisect.bisect_left(keyed, (v, n))
+        if i > 0 and keyed[i - 1][0] + (1 << (32 - keyed[i - 1][1])) - 1 >= v:
+            return False
+        if i + 1 < len(keyed) and keyed[i + 1][0] <= end:
+            return False
+        j = bisect.bisect_left(hosts, (v,))
+        if j < len(hosts) and hosts[j][0] <= end:
+            return False
+    return True
+
+
 def _changed_in_place(old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...]) -> list[int] | None:
     """The positions where `seq` holds another model than `old_seq`, when both are as long
     and differ in at most PATCH_MAX_CHANGED places (found in C loops); else None."""
@@ -247,8 +308,7 @@ def _changed_in_place(old_seq: tuple[Tunnel, ...], seq: tuple[Tunnel, ...]) -> l
 def _seen_in(old_seq: tuple[Tunnel, ...], added: list[Tunnel]) -> Callable[[Tunnel], bool]:
     """Whether a model that replaced another also stays elsewhere in the list (then it was
     moved, not new: the general path sorts that out)."""
-    ids = {id(t) for t in added}
-    elsewhere = {id(t) for t in old_seq if id(t) in ids}
+    elsewhere = {id(t) for t in added} & set(map(id, old_seq))  # C loops
     return lambda t: id(t) in elsewhere
 
 
