@@ -55,6 +55,11 @@ def _v4(text: str) -> tuple[int, int] | None:
     return value & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF, length
 
 
+def v4_prefix(text: str) -> tuple[int, int] | None:
+    """'a.b.c.d[/n]' -> (network as int, prefix length); None when not plain IPv4."""
+    return _v4(text)
+
+
 def _v4_text(value: int, length: int) -> str:
     return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{length}"
 
