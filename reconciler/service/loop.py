@@ -166,8 +166,9 @@ class FirewallWatcher(threading.Thread):
     engine.nftgen), so a flush or an nftables restart that takes our table away gets a cycle
     at once; while the table is in place isolation holds, so this shortens the only moments
     it does not. One netlink request per poll; without the probe the interval is what repairs.
-    The mark is taken at the start of a cycle, so nothing that happens during it is missed;
-    the price is one no-op cycle after a cycle that changed the table itself."""
+    It is paused while a cycle runs. After a cycle that wrote nothing the mark is the
+    generation the cycle started from, so a change made meanwhile is not missed; after one
+    that wrote it is the generation then (else every apply would wake one more cycle)."""
 
     POLL = 0.2  # seconds between generation reads
 
@@ -180,10 +181,26 @@ class FirewallWatcher(threading.Thread):
         self._lock = threading.Lock()
 
     def mark(self) -> None:
-        """Called as a cycle starts: the generation that cycle will see."""
+        """Watch for moves away from the generation as it is now."""
         gen = self.runner.nft_generation()
         with self._lock:
             self._mark = gen
+
+    def pause(self) -> Generation | None:
+        """As a cycle starts: no firing while it runs (its own writes move the generation);
+        returns the generation it starts from."""
+        with self._lock:
+            self._mark = None
+        return self.runner.nft_generation()
+
+    def resume(self, start: Generation | None, wrote: bool) -> None:
+        """After the cycle: one that wrote is the new mark; after one that wrote nothing the
+        mark is where it started, so a change made meanwhile by someone else fires at once."""
+        if wrote or start is None:
+            self.mark()
+        else:
+            with self._lock:
+                self._mark = start
 
     def run(self) -> None:
         while not self.stop_event.wait(self.POLL):
@@ -280,9 +297,12 @@ class Service:
                 reasons |= self.triggers.take()
             self.notifier.watchdog(force=True)
             last_start = time.monotonic()
-            if self.firewall_watcher is not None:
-                self.firewall_watcher.mark()
-            self._cycle(controller, reasons)
+            watcher = self.firewall_watcher
+            start = watcher.pause() if watcher is not None else None
+            reports = self._cycle(controller, reasons)
+            if watcher is not None:
+                # a cycle that failed may have written and rolled back: treat it as writing
+                watcher.resume(start, any(r.changed or r.result == "failed" for r in reports))
             if not ready:
                 self.notifier.ready(status_line(controller))
                 ready = True
