@@ -42,7 +42,7 @@ from reconciler.engine.hostboot import (
     persist_firewall,
     persisted_text,
 )
-from reconciler.engine.hostroutes import HostRoutesRead, PlanGuard, lan_owners, with_host_routes
+from reconciler.engine.hostroutes import PlanGuard, lan_owners, with_host_routes
 from reconciler.engine.hoststate import HostState, ObservedState, Secrets
 from reconciler.engine.observe import (
     InterfaceMissing,
@@ -56,7 +56,7 @@ from reconciler.engine.observe import (
 from reconciler.engine.parsers import expect_peers
 from reconciler.engine.plan import AddPeer, Plan, RemovePeer, UpdatePeer, WriteConfig, plan
 from reconciler.engine.psk import psk_digest, read_host_secret
-from reconciler.engine.render import RenderError, last_rendered_routes, render_host
+from reconciler.engine.render import RenderError, render_host
 from reconciler.engine.runner import CommandError, Runner
 from reconciler.repo.model import Gateway
 from reconciler.repo.state import GatewayChoiceError, RepoState
@@ -270,7 +270,6 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
         first = "; ".join(str(p) for p in repo.problems[:3])
         return result(Plan(), error=f"the repo has {len(repo.problems)} problem(s), host "
                       f"left untouched: {first}", step="load")
-    routes_before = last_rendered_routes()
     try:
         desired, secrets = desired_state(repo, gateway, target)
     except (EngineError, RenderError) as exc:
@@ -279,14 +278,8 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
     assert desired.interface is not None
     interface = desired.interface.name
     config_path = target.config_path(interface)
-    # The service's change path: when the render gained routes, the host routes the guard
-    # will read are read beside the lock and plan (a guess: a wrong one costs one read).
-    prefetched = None
-    if quick and not dry_run and routes_before is not None \
-            and desired.routes is not routes_before and len(desired.routes) >= len(routes_before):
-        prefetched = HostRoutesRead(runner, interface)
     # Whoever calls: a tenant LAN may never take over or shadow a route of the host's own.
-    guard = with_host_routes(guard, runner, interface, lan_owners(repo), prefetched)
+    guard = with_host_routes(guard, runner, interface, lan_owners(repo))
     try:
         lock = nullcontext() if dry_run else host_lock(target, interface)
         with lock:

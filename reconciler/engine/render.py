@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from operator import is_
 from pathlib import Path
 
-from reconciler.engine.hoststate import ConfigFile, HostState, InterfaceConfig, Route, Secrets
+from reconciler.engine.hoststate import ConfigFile, HostState, InterfaceConfig, Secrets
 from reconciler.engine.render_config import SPLICE_MIN_PEERS, render_config
 from reconciler.engine.render_firewall import ROUTED_SET, firewall_table, render_firewall
 from reconciler.engine.render_patch import PATCH_MIN, Index, patched
@@ -79,11 +79,6 @@ def render_host(gateway: Gateway, tunnels: Iterable[Tunnel], *, interface: str |
                               host_secret=host_secret, config_path=config_path)
     _last_host = (key, seq, result, patch)
     return result
-
-
-def last_rendered_routes() -> frozenset[Route] | None:
-    """The routes of the last render, if any (the engine compares the next one's)."""
-    return _last_host[2][0].routes if _last_host is not None else None
 
 
 def _same_objects(a: tuple[Tunnel, ...], b: tuple[Tunnel, ...]) -> bool:
