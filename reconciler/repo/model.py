@@ -609,22 +609,13 @@ class Tunnel(Strict):
     psk_rotation: int = Field(default=0, ge=0, description="bump to rotate the derived preshared key")
     notes: OneLineText = ""
 
-    @field_validator("lans")
+    @field_validator("lans", "lans6")
     @classmethod
-    def _lans_distinct(cls, lans: tuple[IPv4Network, ...]) -> tuple[IPv4Network, ...]:
+    def _lans_distinct(cls, lans: tuple[IPv4Network | IPv6Network, ...]
+                       ) -> tuple[IPv4Network | IPv6Network, ...]:
         for i, lan in enumerate(lans):
             for other in lans[:i]:
-                if lan.overlaps(other):
-                    raise _item_error(i, f"LAN {lan} overlaps LAN {other} of this tunnel; "
-                                      "list each network once", str(lan))
-        return lans
-
-    @field_validator("lans6")
-    @classmethod
-    def _lans6_distinct(cls, lans: tuple[IPv6Network, ...]) -> tuple[IPv6Network, ...]:
-        for i, lan in enumerate(lans):
-            for other in lans[:i]:
-                if lan.overlaps(other):
+                if lan.version == other.version and lan.overlaps(other):
                     raise _item_error(i, f"LAN {lan} overlaps LAN {other} of this tunnel; "
                                       "list each network once", str(lan))
         return lans
