@@ -21,7 +21,7 @@ import functools
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -450,23 +450,13 @@ class Table:
                (f'\tcomment "managed by tunnelctl for {self.interface}; edits are reverted; '
                 f'fp {fingerprint}"'), ""]
         if self.host_map:
-            out += [f"\tmap {self.host_map} {{", "\t\ttype ipv4_addr : verdict"]
-            if self.hosts:
-                body = ",\n".join(f"\t\t\t{_v4(v, 32)[:-3]} : jump {c}" for v, c in self.hosts)
-                out += ["\t\telements = {", body, "\t\t}"]
-            out += ["\t}", ""]
-        out += [f"\tmap {self.tenant_map} {{", "\t\ttype ipv4_addr : verdict", "\t\tflags interval"]
-        if self.elements:
-            # The 16k-line hot loop: checked ints, chain names checked in __post_init__.
-            body = ",\n".join(f"\t\t\t{_v4(v, n)} : jump {c}" for v, n, c in self.elements)
-            out += ["\t\telements = {", body, "\t\t}"]
-        out.append("\t}")
-        if self.routed:
-            nets = ", ".join(str(n) for n in self.routed)
-            out += ["", f"\tset {self.routed_set} {{", "\t\ttype ipv4_addr", "\t\tflags interval",
-                    f"\t\telements = {{ {nets} }}", "\t}"]
+            out += _host_map_text(self.host_map, "ipv4_addr", self.hosts, _v4, 32) + [""]
+        out += _family_maps_text(self.tenant_map, "ipv4_addr", self.elements, _v4,
+                                 self.routed_set, self.routed)
         if self.tenant_map6:
-            out += self._text6()
+            out += ["", *_host_map_text(self.host_map6, "ipv6_addr", self.hosts6, _v6, 128), ""]
+            out += _family_maps_text(self.tenant_map6, "ipv6_addr", self.elements6, _v6,
+                                     self.routed_set6, self.routed6)
         for c in self.chains:
             out += ["", f"\tchain {c.name} {{"]
             if c.hook is not None:
@@ -477,24 +467,6 @@ class Table:
             out.append("\t}")
         out.append("}")
         return "\n".join(out) + "\n"
-
-    def _text6(self) -> list[str]:
-        """The IPv6 maps and routed set, after the IPv4 ones (a dual-stack gateway only)."""
-        out = ["", f"\tmap {self.host_map6} {{", "\t\ttype ipv6_addr : verdict"]
-        if self.hosts6:
-            body = ",\n".join(f"\t\t\t{_v6(v, 128)[:-4]} : jump {c}" for v, c in self.hosts6)
-            out += ["\t\telements = {", body, "\t\t}"]
-        out += ["\t}", "", f"\tmap {self.tenant_map6} {{", "\t\ttype ipv6_addr : verdict",
-                "\t\tflags interval"]
-        if self.elements6:
-            body = ",\n".join(f"\t\t\t{_v6(v, n)} : jump {c}" for v, n, c in self.elements6)
-            out += ["\t\telements = {", body, "\t\t}"]
-        out.append("\t}")
-        if self.routed6:
-            nets = ", ".join(str(n) for n in self.routed6)
-            out += ["", f"\tset {self.routed_set6} {{", "\t\ttype ipv6_addr", "\t\tflags interval",
-                    f"\t\telements = {{ {nets} }}", "\t}"]
-        return out
 
     # ---- nft -j -f JSON
 
@@ -560,6 +532,35 @@ class Table:
                                                                 n.prefixlen)
                                                   for n in self.routed6]}}})
         return cmds
+
+
+def _host_map_text(name: str, addr_type: str, hosts: Sequence[tuple[int, str]],
+                   fmt: Callable[[int, int], str], bits: int) -> list[str]:
+    """A tenant host map (plain addresses, no prefix length) in `nft -f` text."""
+    out = [f"\tmap {name} {{", f"\t\ttype {addr_type} : verdict"]
+    if hosts:
+        cut = len(str(bits)) + 1  # "/32" or "/128"
+        body = ",\n".join(f"\t\t\t{fmt(v, bits)[:-cut]} : jump {c}" for v, c in hosts)
+        out += ["\t\telements = {", body, "\t\t}"]
+    return [*out, "\t}"]
+
+
+def _family_maps_text(name: str, addr_type: str, elements: Sequence[tuple[int, int, str]],
+                      fmt: Callable[[int, int], str], routed_set: str,
+                      routed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+                      ) -> list[str]:
+    """A tenant interval map and, when there are routed ranges, their set, in `nft -f` text."""
+    out = [f"\tmap {name} {{", f"\t\ttype {addr_type} : verdict", "\t\tflags interval"]
+    if elements:
+        # The 16k-line hot loop: checked ints, chain names checked in __post_init__.
+        body = ",\n".join(f"\t\t\t{fmt(v, n)} : jump {c}" for v, n, c in elements)
+        out += ["\t\telements = {", body, "\t\t}"]
+    out.append("\t}")
+    if routed:
+        nets = ", ".join(str(n) for n in routed)
+        out += ["", f"\tset {routed_set} {{", f"\t\ttype {addr_type}", "\t\tflags interval",
+                f"\t\telements = {{ {nets} }}", "\t}"]
+    return out
 
 
 @functools.lru_cache(maxsize=8)
