@@ -3,7 +3,9 @@
 These are the only shapes ops edit. Rules that need only one value live here as validators on
 the field they concern, so an error's location points at that key in the YAML file. Rules that
 need the gateway or several files (pool, overlaps, uniqueness, path/name agreement) live in
-`reconciler.repo.crossfile`. The model imports nothing else from the package.
+`reconciler.repo.crossfile`. The network value types live in `reconciler.repo.nettypes` and the
+AmneziaWG block in `reconciler.repo.amneziawg`; both are re-exported here. The model imports
+nothing else from the package.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import base64
 import binascii
 import ipaddress
 import re
-from collections.abc import Callable
 from datetime import UTC, date, datetime
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -20,11 +21,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -33,31 +31,36 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from reconciler.repo.amneziawg import AmneziaWG
+from reconciler.repo.nettypes import (
+    CIDR,
+    CIDR6,
+    ENDPOINT_PATTERN,
+    PRIVATE_LAN_RANGES,
+    ULA_RANGE,
+    Endpoint,
+    InterfaceAddress,
+    InterfaceAddress6,
+    InterfaceName,
+    PrivateLAN,
+    UlaCIDR6,
+)
+from reconciler.repo.strict import Strict
+
+__all__ = [
+    "CIDR", "CIDR6", "ENDPOINT_PATTERN", "KEY_PATTERN", "NAME_PATTERN", "PRIVATE_LAN_RANGES",
+    "TEXT_MAX", "ULA_RANGE", "AmneziaWG", "Endpoint", "Gateway", "InterfaceAddress",
+    "InterfaceAddress6", "InterfaceName", "Name", "OneLineText", "PortRange", "PrivateLAN",
+    "Service", "Strict", "Tunnel", "TunnelStatus", "UlaCIDR6", "WireGuardKey",
+]
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 KEY_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
-# Linux interface names: 1-15 bytes (IFNAMSIZ 16 with the NUL), never "." or "..", no "/", ":"
-# or whitespace (the kernel's dev_valid_name); we also keep to characters that nft, ip and
-# RouterOS print and parse unquoted.
-_IFNAME_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.-]{1,15}")
 # Free text (notes, descriptions) lands in comments of nft, wg-quick and RouterOS files and in
 # markdown: one line, no control characters (C0, DEL, C1), no Unicode line or paragraph breaks.
 _CONTROL_RE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\u2028\u2029]")
 TEXT_MAX = 300
-# host:port where host is a DNS name, an IPv4 literal or a bracketed IPv6 literal.
-_DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
-ENDPOINT_PATTERN = (rf"^(?:{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?|\[[0-9A-Fa-f:.]+\]):"
-                    r"[1-9][0-9]{0,4}$")
-_ENDPOINT_RE = re.compile(ENDPOINT_PATTERN)
-
-# Private IPv4 space a customer LAN may use (RFC 1918 and RFC 6598 shared CGNAT space).
-PRIVATE_LAN_RANGES: tuple[IPv4Network, ...] = tuple(
-    IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
-)
-# IPv6 inside tunnels is unique local space only (RFC 4193). It keeps every IPv6 claim far
-# above every IPv4 address as an integer, so the cross-file sweeps can hold both families in
-# one list, and a mistyped global prefix can never capture the host's own IPv6 traffic.
-ULA_RANGE = IPv6Network("fc00::/7")
 
 
 def _item_error(index: int, message: str, value: Any) -> ValidationError:
@@ -102,123 +105,6 @@ def _check_wg_key(value: Any) -> str:
     return value
 
 
-# Per family: (class, name, example, host prefix length, what canonical means, where the
-# other family goes). IPv4 and IPv6 values live in separate keys (lans / lans6, ...).
-_FAMILIES: dict[int, tuple[type[IPv4Network | IPv6Network], str, str, int, str, str]] = {
-    4: (IPv4Network, "IPv4", "192.168.1.0/24", 32, "network address, host bits zero",
-        ("IPv6 networks go in the matching '...6' key (lans6, subnet6, pool6, reserved6, "
-        "routed_ranges6)")),
-    6: (IPv6Network, "IPv6", "fd42:4242:1::/48", 64, ("network address, host bits zero, "
-        "lowercase, zeros compressed"), "IPv4 networks go in the key without the '6'"),
-}
-
-
-def _parse_network(value: Any, version: int) -> IPv4Network | IPv6Network:
-    cls, name, example, host_len, canonical, elsewhere = _FAMILIES[version]
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(  # noqa: TRY004
-            f"expected an {name} CIDR string such as '{example}', got {value!r}")
-    text = value.strip()
-    if "/" not in text:
-        raise ValueError(f"{value!r} has no prefix length; write it as a CIDR, e.g. "
-                         f"'{text}/{host_len}'")
-    try:
-        net = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an {name} CIDR such as '{example}'") from None
-    if net.prefixlen == 0:
-        raise ValueError(f"{value!r} covers every address and would capture all traffic; "
-                         "name the specific network instead")
-    if not isinstance(net, cls):
-        other = "IPv6" if version == 4 else "IPv4"
-        raise ValueError(f"{value!r} is {other}; {elsewhere}")  # noqa: TRY004
-    if str(net) != text:
-        raise ValueError(f"{value!r} is not canonical; write it as '{net}' ({canonical})")
-    return net
-
-
-def _parse_cidr(value: Any) -> IPv4Network:
-    net = _parse_network(value, 4)
-    assert isinstance(net, IPv4Network)
-    return net
-
-
-def _parse_cidr6(value: Any) -> IPv6Network:
-    net = _parse_network(value, 6)
-    assert isinstance(net, IPv6Network)
-    return net
-
-
-def _check_ula(net: IPv6Network) -> IPv6Network:
-    if not net.subnet_of(ULA_RANGE):
-        raise ValueError(f"{net} is not unique local IPv6 space; IPv6 inside tunnels must lie "
-                         f"inside {ULA_RANGE} (e.g. fd42:4242:1::/48)")
-    return net
-
-
-def _check_private_lan(lan: IPv4Network) -> IPv4Network:
-    if not any(lan.subnet_of(r) for r in PRIVATE_LAN_RANGES):
-        raise ValueError(
-            f"LAN {lan} is not a private range; customer LANs must lie inside 10.0.0.0/8, "
-            "172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10"
-        )
-    return lan
-
-
-def _parse_interface_address(value: Any) -> ipaddress.IPv4Interface:
-    if isinstance(value, ipaddress.IPv4Interface):
-        return value
-    try:
-        iface = ipaddress.ip_interface(str(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an address with prefix such as '10.20.0.1/16'") from None
-    if not isinstance(iface, ipaddress.IPv4Interface) or "/" not in str(value):
-        raise ValueError(f"{value!r} must be an IPv4 address with prefix such as '10.20.0.1/16'")
-    return iface
-
-
-def _parse_interface_address6(value: Any) -> ipaddress.IPv6Interface:
-    if isinstance(value, ipaddress.IPv6Interface):
-        return value
-    try:
-        iface = ipaddress.ip_interface(str(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an address with prefix such as "
-                         "'fd42:4242:1::1/48'") from None
-    if not isinstance(iface, ipaddress.IPv6Interface) or "/" not in str(value):
-        raise ValueError(f"{value!r} must be an IPv6 address with prefix such as "
-                         "'fd42:4242:1::1/48'")
-    _check_ula(iface.network)
-    return iface
-
-
-def _check_ifname(value: str) -> str:
-    if not _IFNAME_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a Linux interface name (1-15 of A-Z a-z 0-9 _ . -, "
-                         "not '.' or '..')")
-    return value
-
-
-def _check_endpoint(value: str) -> str:
-    host, _, port = value.rpartition(":")
-    if not _ENDPOINT_RE.fullmatch(value) or not 1 <= int(port) <= 65535 or len(host) > 253:
-        raise ValueError(f"endpoint {value!r} must be host:port with a DNS name, an IPv4 address "
-                         "or an [IPv6] address, e.g. 203.0.113.10:51821 or vpn.example.com:51821")
-    if host.startswith("["):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise ValueError(f"endpoint {value!r}: {host} is not an IPv6 address") from None
-    elif re.fullmatch(r"[0-9.]+", host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(f"endpoint {value!r}: {host} is not an IPv4 address") from None
-    return value
-
-
 def _check_text(value: str) -> str:
     bad = _CONTROL_RE.search(value)
     if bad is not None:
@@ -253,59 +139,12 @@ WireGuardKey = Annotated[
     WithJsonSchema({"type": "string", "pattern": KEY_PATTERN,
                     "description": "WireGuard public key: base64 of 32 bytes"}),
 ]
-CIDR = Annotated[
-    IPv4Network,
-    BeforeValidator(_parse_cidr),
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "description": "canonical IPv4 CIDR, e.g. 192.168.1.0/24",
-                    "pattern": r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$"}),
-]
-PrivateLAN = Annotated[CIDR, AfterValidator(_check_private_lan)]
-CIDR6 = Annotated[
-    IPv6Network,
-    BeforeValidator(_parse_cidr6),
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": r"^[0-9a-f:]+/\d{1,3}$",
-                    "description": "canonical IPv6 CIDR, e.g. fd42:4242:1::/48"}),
-]
-UlaCIDR6 = Annotated[CIDR6, AfterValidator(_check_ula)]
-InterfaceName = Annotated[
-    str,
-    AfterValidator(_check_ifname),
-    WithJsonSchema({"type": "string", "pattern": f"^{_IFNAME_RE.pattern}$",
-                    "description": "Linux interface name: 1-15 of A-Z a-z 0-9 _ . -"}),
-]
-Endpoint = Annotated[
-    str,
-    AfterValidator(_check_endpoint),
-    WithJsonSchema({"type": "string", "pattern": ENDPOINT_PATTERN,
-                    "description": "public host:port customers connect to"}),
-]
 OneLineText = Annotated[
     str,
     AfterValidator(_check_text),
     WithJsonSchema({"type": "string", "maxLength": TEXT_MAX, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$",
                     "description": "one line of plain text"}),
 ]
-InterfaceAddress = Annotated[
-    ipaddress.IPv4Interface,
-    BeforeValidator(_parse_interface_address),
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "description": "IPv4 address with prefix, e.g. 10.20.0.1/16"}),
-]
-InterfaceAddress6 = Annotated[
-    ipaddress.IPv6Interface,
-    BeforeValidator(_parse_interface_address6),
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string",
-                    "description": "IPv6 ULA address with prefix, e.g. fd42:4242:1::1/48"}),
-]
-
-
-class Strict(BaseModel):
-    """Base for repo files: unknown keys are errors (a typo must not be silently ignored)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class PortRange(Strict):
@@ -357,104 +196,6 @@ class Service(Strict):
                         "description": "ports: 5060, '5060,5080', '10000-20000' or a list"}),
     ] = Field(min_length=1)
     description: OneLineText = ""
-
-
-# AmneziaWG (the obfuscating WireGuard fork). Limits as amneziawg-go and its documentation
-# state them: WireGuard's handshake initiation is 148 bytes and its response 92, so a padded
-# message still fits a 1280-byte path when S1 <= 1280 - 148 and S2 <= 1280 - 92; the receiver
-# tells the two apart by size, so 148 + S1 must differ from 92 + S2; the H values replace
-# WireGuard's message types 1-4, so they must differ from each other and from 1-4.
-AWG_PATH_MTU = 1280
-AWG_INIT_SIZE, AWG_RESPONSE_SIZE = 148, 92
-AWG_HEADER_MAX = 2**32 - 1  # a message type is a little-endian uint32
-
-
-def _awg_range(lo: int, hi: int, what: str, why: str = "") -> Callable[[int], int]:
-    def check(value: int) -> int:
-        if not lo <= value <= hi:
-            raise ValueError(f"{what} must be {lo}-{hi}{why}, not {value}")
-        return value
-    return check
-
-
-def _awg_schema(lo: int, hi: int, what: str) -> WithJsonSchema:
-    return WithJsonSchema({"type": "integer", "minimum": lo, "maximum": hi, "description": what})
-
-
-# Strict integers: YAML `true` or `4.0` are mistakes here, not numbers.
-_S1_WHY = f" (the {AWG_INIT_SIZE}-byte initiation plus S1 must fit {AWG_PATH_MTU} bytes)"
-_S2_WHY = f" (the {AWG_RESPONSE_SIZE}-byte response plus S2 must fit {AWG_PATH_MTU} bytes)"
-AwgJc = Annotated[int, Field(strict=True), AfterValidator(_awg_range(1, 128, "Jc")),
-                  _awg_schema(1, 128, "Jc: junk packets sent before each handshake")]
-AwgJmin = Annotated[int, Field(strict=True), AfterValidator(_awg_range(0, AWG_PATH_MTU - 1, "Jmin")),
-                    _awg_schema(0, AWG_PATH_MTU - 1, "Jmin: smallest junk packet, bytes")]
-AwgJmax = Annotated[int, Field(strict=True), AfterValidator(_awg_range(1, AWG_PATH_MTU, "Jmax")),
-                    _awg_schema(1, AWG_PATH_MTU, "Jmax: largest junk packet, bytes (> Jmin)")]
-AwgS1 = Annotated[int, Field(strict=True),
-                  AfterValidator(_awg_range(0, AWG_PATH_MTU - AWG_INIT_SIZE, "S1", _S1_WHY)),
-                  _awg_schema(0, AWG_PATH_MTU - AWG_INIT_SIZE,
-                              "S1: padding of the handshake initiation, bytes")]
-AwgS2 = Annotated[int, Field(strict=True),
-                  AfterValidator(_awg_range(0, AWG_PATH_MTU - AWG_RESPONSE_SIZE, "S2", _S2_WHY)),
-                  _awg_schema(0, AWG_PATH_MTU - AWG_RESPONSE_SIZE,
-                              "S2: padding of the handshake response, bytes (S1 + 56 != S2)")]
-AwgHeader = Annotated[int, Field(strict=True),
-                      AfterValidator(_awg_range(5, AWG_HEADER_MAX, "a message type header",
-                                                " (1-4 are WireGuard's own message types)")),
-                      _awg_schema(5, AWG_HEADER_MAX, "message type header; H1-H4 all different")]
-
-
-class AmneziaWG(Strict):
-    """Obfuscation parameters of an AmneziaWG gateway. Every customer must use exactly these
-    (a mismatch drops data while handshakes may still succeed), so the gateway file is the
-    one place they are written; the customer configs are rendered from this block."""
-
-    jc: AwgJc
-    jmin: AwgJmin
-    jmax: AwgJmax
-    s1: AwgS1
-    s2: AwgS2
-    h1: AwgHeader
-    h2: AwgHeader
-    h3: AwgHeader
-    h4: AwgHeader
-
-    # Rules across keys are checked on the later key, so the error points at a line to change.
-    @field_validator("jmax")
-    @classmethod
-    def _jmin_below_jmax(cls, jmax: int, info: ValidationInfo) -> int:
-        jmin = info.data.get("jmin")
-        if jmin is not None and jmax <= jmin:
-            raise ValueError(f"Jmax ({jmax}) must be greater than Jmin ({jmin})")
-        return jmax
-
-    @field_validator("s2")
-    @classmethod
-    def _sizes_differ(cls, s2: int, info: ValidationInfo) -> int:
-        s1 = info.data.get("s1")
-        if s1 is not None and AWG_INIT_SIZE + s1 == AWG_RESPONSE_SIZE + s2:
-            raise ValueError(
-                f"S1 + {AWG_INIT_SIZE - AWG_RESPONSE_SIZE} equals S2 ({s1} + "
-                f"{AWG_INIT_SIZE - AWG_RESPONSE_SIZE} = {s2}): padded initiation and response "
-                "would have the same size and the receiver could not tell them apart; "
-                "change S2")
-        return s2
-
-    @field_validator("h2", "h3", "h4")
-    @classmethod
-    def _headers_distinct(cls, value: int, info: ValidationInfo) -> int:
-        for other in ("h1", "h2", "h3")[: int(str(info.field_name)[1]) - 1]:
-            if info.data.get(other) == value:
-                raise ValueError(f"{str(info.field_name).upper()} equals {other.upper()} "
-                                 f"({value}); H1-H4 must be four different values")
-        return value
-
-    def config_lines(self) -> tuple[tuple[str, str], ...]:
-        """(key, value) in awg-quick spelling and order: the one source both the gateway's
-        interface file and every customer format print."""
-        return (("Jc", str(self.jc)), ("Jmin", str(self.jmin)), ("Jmax", str(self.jmax)),
-                ("S1", str(self.s1)), ("S2", str(self.s2)), ("H1", str(self.h1)),
-                ("H2", str(self.h2)), ("H3", str(self.h3)), ("H4", str(self.h4)))
 
 
 class Gateway(Strict):
