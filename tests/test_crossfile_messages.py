@@ -10,7 +10,13 @@ from typing import Any
 
 from repo_kit import key
 
-from reconciler.repo.crossfile import GatewayFile, TunnelFile, check_tunnels, conflict_partner
+from reconciler.repo.crossfile import (
+    GatewayFile,
+    TunnelFile,
+    check_gateways,
+    check_tunnels,
+    conflict_partner,
+)
 from reconciler.repo.model import Gateway, Tunnel
 from reconciler.repo.yamlio import Loc
 
@@ -152,3 +158,49 @@ EXPECTED: list[tuple[str, Loc, str]] = [
 
 def test_every_gateway_rule_message_word_for_word() -> None:
     assert findings() == EXPECTED
+
+
+def endpoint_findings() -> list[tuple[str, Loc, str]]:
+    """A literal endpoint inside its family's pool, reserved or routed ranges."""
+    cases: dict[str, dict[str, Any]] = {
+        "pool": {**CLOUD, "endpoint": "10.20.9.9:51821"},
+        "reserved": {**CLOUD, "endpoint": "192.168.250.7:51821"},
+        "routed": {**CLOUD, "endpoint": "172.31.0.9:51821"},
+        "pool6": {**CLOUD, "endpoint": "[fd42:4242:1::99]:51821"},
+        "reserved6": {**CLOUD, "endpoint": "[fd42:4242:1:ff01::9]:51821"},
+        "routed6": {**CLOUD, "endpoint": "[fd00:77::9]:51821"},
+        "dns": {**CLOUD, "endpoint": "vpn.example.com:51821"},
+    }
+    files = [GatewayFile(f"gateways/{name}.yaml", Gateway.model_validate({**g, "name": name}))
+             for name, g in cases.items()]
+    return [(f.path, f.loc, f.message) for f in check_gateways(files)]
+
+
+ENDPOINT_EXPECTED: list[tuple[str, Loc, str]] = [
+    ('gateways/pool.yaml', ('pool',),
+     ("10.20.0.0/16 contains the public endpoint 10.20.9.9; customers' routers would "
+      'route the tunnel into itself. Remove the endpoint from this range')),
+    ('gateways/reserved.yaml', ('reserved', 0),
+     ("192.168.250.0/24 contains the public endpoint 192.168.250.7; customers' routers "
+      'would route the tunnel into itself. Remove the endpoint from this range')),
+    ('gateways/routed.yaml', ('routed_ranges', 0),
+     ("172.31.0.0/24 contains the public endpoint 172.31.0.9; customers' routers would "
+      'route the tunnel into itself. Remove the endpoint from this range')),
+    ('gateways/pool6.yaml', ('pool6',),
+     ("fd42:4242:1::/48 contains the public endpoint fd42:4242:1::99; customers' "
+      'routers would route the tunnel into itself. Remove the endpoint from this range')),
+    ('gateways/reserved6.yaml', ('pool6',),
+     ("fd42:4242:1::/48 contains the public endpoint fd42:4242:1:ff01::9; customers' "
+      'routers would route the tunnel into itself. Remove the endpoint from this range')),
+    ('gateways/reserved6.yaml', ('reserved6', 0),
+     ('fd42:4242:1:ff00::/56 contains the public endpoint fd42:4242:1:ff01::9; '
+      "customers' routers would route the tunnel into itself. Remove the endpoint from "
+      'this range')),
+    ('gateways/routed6.yaml', ('routed_ranges6', 1),
+     ("fd00:77::/64 contains the public endpoint fd00:77::9; customers' routers would "
+      'route the tunnel into itself. Remove the endpoint from this range')),
+]
+
+
+def test_every_endpoint_rule_message_word_for_word() -> None:
+    assert endpoint_findings() == ENDPOINT_EXPECTED

@@ -8,7 +8,8 @@ it applied, holds only the side that changed (gitops.admission).
 
 Everything is linear or n log n (dicts and one sorted sweep per gateway), so a 16k-tenant repo
 is checked in tens of milliseconds. IPv6 claims (subnet6, lans6) join the same sweep: their
-integers are shifted above 2**128 (`_span6`), so they can never meet an IPv4 claim.
+integers are shifted above 2**128 (`gateway_rules.span6`), so they can never meet an IPv4 claim.
+The rules of one tunnel against its gateway live in `reconciler.repo.gateway_rules`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Network, IPv6Network
 
+from reconciler.repo.gateway_rules import FAMILIES, GatewayFacts, gateway_rules, span4, span6
 from reconciler.repo.model import Gateway, Tunnel, TunnelStatus
 from reconciler.repo.yamlio import Loc
 
@@ -77,32 +79,8 @@ def holds_subnet(tunnel: Tunnel, today: date) -> bool:
     return tunnel.revoked_at is None or today - tunnel.revoked_at < REVOKED_HOLD
 
 
-def _span(net: IPv4Network) -> tuple[int, int]:
-    lo = int(net.network_address)
-    return lo, lo + (1 << (32 - net.prefixlen)) - 1
-
-
-# IPv6 ranges as sweep integers: shifted past every IPv4 and IPv6 integer, so one sorted list
-# holds both families and a v6 claim never overlaps a v4 one (even a mistyped non-ULA subnet6).
-_V6 = 1 << 128
-
-
-def _span6(net: IPv6Network) -> tuple[int, int]:
-    lo = int(net.network_address) + _V6
-    return lo, lo + (1 << (128 - net.prefixlen)) - 1
-
-
-def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    return a[0] <= b[1] and b[0] <= a[1]
-
-
-def _endpoint6(gw: Gateway) -> IPv6Address | None:
-    """The endpoint host when it is a literal IPv6 address."""
-    try:
-        ip = ip_address(gw.endpoint_host)
-    except ValueError:
-        return None
-    return ip if isinstance(ip, IPv6Address) else None
+def _facts(gf: GatewayFile) -> GatewayFacts:
+    return GatewayFacts(gf.path, gf.gateway)
 
 
 def check_gateways(files: Sequence[GatewayFile]) -> list[Finding]:
@@ -114,13 +92,15 @@ def check_gateways(files: Sequence[GatewayFile]) -> list[Finding]:
             out.append(Finding(gf.path, ("name",), f"gateway name {gw.name!r} is already used by "
                                f"{first[gw.name].path}; each gateway needs its own name"))
         first.setdefault(gw.name, gf)
-        ip: IPv4Address | IPv6Address | None = gw.endpoint_ip
-        checks: tuple[tuple[str, Sequence[IPv4Network | IPv6Network]], ...] = (
-            ("pool", (gw.pool,)), ("reserved", gw.reserved), ("routed_ranges", gw.routed_ranges))
-        if ip is None and (ip := _endpoint6(gw)) is not None:
-            checks = (("pool6", (gw.pool6,) if gw.pool6 else ()), ("reserved6", gw.reserved6),
-                      ("routed_ranges6", gw.routed_ranges6))
-        if ip is not None:
+        for family in FAMILIES:  # the endpoint's family: its pool, reserved and routed ranges
+            ip = family.endpoint(gw)
+            if ip is None:
+                continue
+            pool = getattr(gw, family.key("pool"))
+            checks: tuple[tuple[str, Sequence[IPv4Network | IPv6Network]], ...] = (
+                (family.key("pool"), (pool,) if pool is not None else ()),
+                (family.key("reserved"), getattr(gw, family.key("reserved"))),
+                (family.key("routed_ranges"), getattr(gw, family.key("routed_ranges"))))
             for field, nets in checks:
                 for i, net in enumerate(nets):
                     if ip in net:
@@ -128,127 +108,6 @@ def check_gateways(files: Sequence[GatewayFile]) -> list[Finding]:
                         out.append(Finding(gf.path, loc, f"{net} contains the public endpoint "
                                            f"{ip}; customers' routers would route the tunnel "
                                            "into itself. Remove the endpoint from this range"))
-    return out
-
-
-class _GatewayFacts:
-    """Per-gateway values the tunnel rules need, computed once per load, not per tunnel."""
-
-    def __init__(self, gf: GatewayFile) -> None:
-        gw = gf.gateway
-        self.file, self.gw = gf, gw
-        self.pool = _span(gw.pool)
-        self.own = _span(gw.gateway_subnet)
-        self.infra = [(f"reserved infrastructure range {r} ({gf.path})", _span(r))
-                      for r in gw.reserved]
-        self.infra += [(f"cloud service range {r} ({gf.path})", _span(r))
-                       for r in gw.routed_ranges]
-        ip = gw.endpoint_ip
-        self.endpoint = int(ip) if ip is not None else None
-        self.lan_forbidden = [(f"the tunnel pool {gw.pool}", self.pool),
-                              (f"the gateway's address block {gw.address.network}",
-                               _span(gw.address.network)), *self.infra]
-        # IPv6 (empty on a v4-only gateway, where any subnet6/lans6 is refused outright)
-        self.pool6 = _span6(gw.pool6) if gw.pool6 is not None else None
-        own6 = gw.gateway_subnet6
-        self.own6 = _span6(own6) if own6 is not None else None
-        self.infra6 = [(f"reserved infrastructure range {r} ({gf.path})", _span6(r))
-                       for r in gw.reserved6]
-        self.infra6 += [(f"cloud service range {r} ({gf.path})", _span6(r))
-                        for r in gw.routed_ranges6]
-        self.lan6_forbidden = list(self.infra6)
-        ip6 = _endpoint6(gw)
-        if ip6 is not None:  # a literal IPv6 endpoint: no customer LAN may capture it
-            self.lan6_forbidden.append((f"the gateway's public endpoint {ip6}",
-                                        _span6(IPv6Network(ip6))))
-        if gw.pool6 is not None and gw.address6 is not None:
-            self.lan6_forbidden[:0] = [
-                (f"the IPv6 tunnel pool {gw.pool6}", _span6(gw.pool6)),
-                (f"the gateway's IPv6 address block {gw.address6.network}",
-                 _span6(gw.address6.network))]
-
-
-def _gateway_rules(tf: TunnelFile, facts: _GatewayFacts) -> list[Finding]:
-    """Rules for one tunnel that need its gateway (pool, reserved ranges, service catalog)."""
-    t, gw, path = tf.tunnel, facts.gw, tf.path
-    out: list[Finding] = []
-    sub = _span(t.subnet)
-    endpoint = facts.endpoint
-    if t.subnet.prefixlen != gw.allocation_prefix:
-        out.append(Finding(path, ("subnet",), f"subnet {t.subnet} is a /{t.subnet.prefixlen}; "
-                           f"every tunnel gets a /{gw.allocation_prefix} from the pool "
-                           f"{gw.pool} ('tunnelctl new' picks a free one)"))
-    elif not (facts.pool[0] <= sub[0] and sub[1] <= facts.pool[1]):
-        out.append(Finding(path, ("subnet",), f"subnet {t.subnet} is outside the pool {gw.pool} "
-                           f"of gateway {gw.name}; pick a free /{gw.allocation_prefix} inside it"))
-    if _overlap(sub, facts.own):
-        out.append(Finding(path, ("subnet",), f"subnet {t.subnet} overlaps the gateway's own "
-                           f"block {gw.gateway_subnet} (it holds the cloud address "
-                           f"{gw.address.ip}); pick another /{gw.allocation_prefix}"))
-    for label, span in facts.infra:
-        if _overlap(sub, span):
-            out.append(Finding(path, ("subnet",), f"subnet {t.subnet} overlaps the {label}; "
-                               "tenants may never use infrastructure addresses"))
-    if endpoint is not None and sub[0] <= endpoint <= sub[1]:
-        out.append(Finding(path, ("subnet",), f"subnet {t.subnet} contains the gateway's public "
-                           f"endpoint {gw.endpoint_ip}; that would loop the tunnel into itself"))
-    for i, lan in enumerate(t.lans):
-        span = _span(lan)
-        for label, other in facts.lan_forbidden:
-            if _overlap(span, other):
-                out.append(Finding(path, ("lans", i), f"LAN {lan} overlaps {label}; a customer "
-                                   "LAN must not cover cloud or tunnel addresses"))
-                break
-        if endpoint is not None and span[0] <= endpoint <= span[1]:
-            out.append(Finding(path, ("lans", i), f"LAN {lan} contains the gateway's public "
-                               f"endpoint {gw.endpoint_ip}; the customer's router would send "
-                               "the tunnel into itself"))
-    if t.subnet6 is not None or t.lans6:
-        out.extend(_ipv6_rules(tf, facts))
-    if t.services:
-        for i, svc in enumerate(t.services):
-            if svc not in gw.services:
-                out.append(Finding(path, ("services", i), f"service {svc!r} is not in the "
-                                   f"catalog of gateway {gw.name} ({', '.join(sorted(gw.services))})"))
-    return out
-
-
-def _ipv6_rules(tf: TunnelFile, facts: _GatewayFacts) -> list[Finding]:
-    """subnet6 and lans6 against the gateway's IPv6 pool, own block and infrastructure."""
-    t, gw, path = tf.tunnel, facts.gw, tf.path
-    out: list[Finding] = []
-    if facts.pool6 is None or gw.pool6 is None or facts.own6 is None:
-        for key, what in (("subnet6", f"subnet6 {t.subnet6}"), ("lans6", "lans6")):
-            if getattr(t, key):
-                out.append(Finding(path, (key,), f"{what} needs IPv6 in the tunnels, but "
-                                   f"gateway {gw.name} has none ({facts.file.path} declares no "
-                                   f"address6/pool6); add them there, or remove {key}"))
-        return out
-    want = gw.allocation_prefix6
-    if t.subnet6 is not None:
-        sub, s6 = _span6(t.subnet6), t.subnet6
-        if s6.prefixlen != want:
-            out.append(Finding(path, ("subnet6",), f"subnet6 {s6} is a /{s6.prefixlen}; every "
-                               f"tunnel gets a /{want} from pool6 {gw.pool6} ('tunnelctl new' "
-                               "picks a free one)"))
-        elif not (facts.pool6[0] <= sub[0] and sub[1] <= facts.pool6[1]):
-            out.append(Finding(path, ("subnet6",), f"subnet6 {s6} is outside pool6 {gw.pool6} "
-                               f"of gateway {gw.name}; pick a free /{want} inside it"))
-        if _overlap(sub, facts.own6) and gw.address6 is not None:
-            out.append(Finding(path, ("subnet6",), f"subnet6 {s6} overlaps the gateway's own "
-                               f"block {gw.gateway_subnet6} (it holds the cloud address "
-                               f"{gw.address6.ip}); pick another /{want}"))
-        for label, span in facts.infra6:
-            if _overlap(sub, span):
-                out.append(Finding(path, ("subnet6",), f"subnet6 {s6} overlaps the {label}; "
-                                   "tenants may never use infrastructure addresses"))
-    for i, lan in enumerate(t.lans6):
-        span = _span6(lan)
-        for label, other in facts.lan6_forbidden:
-            if _overlap(span, other):
-                out.append(Finding(path, ("lans6", i), f"LAN {lan} overlaps {label}; a customer "
-                                   "LAN must not cover cloud or tunnel addresses"))
-                break
     return out
 
 
@@ -285,10 +144,10 @@ def _claims6(t: Tunnel, holds: bool) -> list[tuple[int, int, int]]:
     """The IPv6 claims of a tunnel that has any, as (lo, hi, which)."""
     out = []
     if holds and t.subnet6 is not None:
-        lo, hi = _span6(t.subnet6)
+        lo, hi = span6(t.subnet6)
         out.append((lo, hi, SUBNET6))
     if t.status is not TunnelStatus.revoked:
-        out.extend((*_span6(lan), LAN6 - i) for i, lan in enumerate(t.lans6))
+        out.extend((*span6(lan), LAN6 - i) for i, lan in enumerate(t.lans6))
     return out
 
 
@@ -385,7 +244,7 @@ def check_tunnels(tunnels: Sequence[TunnelFile], gateways: Mapping[str, GatewayF
     """
     out: list[Finding] = []
     by_gateway: dict[str, list[TunnelFile]] = {}
-    facts = {name: _GatewayFacts(gf) for name, gf in gateways.items()}
+    facts = {name: _facts(gf) for name, gf in gateways.items()}
     for tf in tunnels:
         t = tf.tunnel
         if t.org != tf.folder or t.name != tf.stem:
@@ -397,14 +256,15 @@ def check_tunnels(tunnels: Sequence[TunnelFile], gateways: Mapping[str, GatewayF
                 out.append(Finding(tf.path, ("gateway",), f"gateway {tf.tunnel.gateway!r} does "
                                    f"not exist (known gateways: {known})"))
             continue
-        if memo is not None and tf.key and gf.file.key:
-            mkey = (tf.key, gf.file.key)
+        key = gateways[t.gateway].key
+        if memo is not None and tf.key and key:
+            mkey = (tf.key, key)
             found = memo.get(mkey)
             if found is None:
-                found = memo[mkey] = tuple((f.loc, f.message) for f in _gateway_rules(tf, gf))
+                found = memo[mkey] = tuple(gateway_rules(t, gf))
             out.extend(Finding(tf.path, loc, message) for loc, message in found)
         else:
-            out.extend(_gateway_rules(tf, gf))
+            out.extend(Finding(tf.path, loc, message) for loc, message in gateway_rules(t, gf))
         by_gateway.setdefault(tf.tunnel.gateway, []).append(tf)
     # Addresses only clash on the same interface; a customer may reach two gateways with the
     # same LAN for redundancy.
@@ -430,9 +290,9 @@ def _claims(tf: TunnelFile, today: date) -> list[tuple[int, int]]:
     out = []
     holds = holds_subnet(t, today)
     if holds:
-        out.append(_span(t.subnet))
+        out.append(span4(t.subnet))
     if t.lans and t.status is not TunnelStatus.revoked:
-        out.extend(_span(lan) for lan in t.lans)
+        out.extend(span4(lan) for lan in t.lans)
     if t.subnet6 is not None or t.lans6:
         out.extend((lo, hi) for lo, hi, _ in _claims6(t, holds))
     return out
@@ -537,7 +397,7 @@ def check_changed(index: CleanIndex, changed: Sequence[TunnelFile], removed: Seq
     """Update `index` for the changed and removed files of a clean repo; True when the repo
     is still clean (no finding at all), False when a full check_tunnels must run (the index
     is then stale and must be dropped)."""
-    facts: dict[str, _GatewayFacts] = {}
+    facts: dict[str, GatewayFacts] = {}
     gateway_keys = {gf.gateway.public_key for gf in gateways.values()
                     if gf.gateway.public_key is not None}
     for path in removed:
@@ -555,14 +415,13 @@ def check_changed(index: CleanIndex, changed: Sequence[TunnelFile], removed: Seq
         if tf.key and gf.key:
             found = memo.get((tf.key, gf.key))
             if found is None:
-                f = facts.get(t.gateway) or facts.setdefault(t.gateway, _GatewayFacts(gf))
-                found = memo[(tf.key, gf.key)] = tuple((x.loc, x.message)
-                                                      for x in _gateway_rules(tf, f))
+                f = facts.get(t.gateway) or facts.setdefault(t.gateway, _facts(gf))
+                found = memo[(tf.key, gf.key)] = tuple(gateway_rules(t, f))
             if found:
                 return False
         else:
-            f = facts.get(t.gateway) or facts.setdefault(t.gateway, _GatewayFacts(gf))
-            if _gateway_rules(tf, f):
+            f = facts.get(t.gateway) or facts.setdefault(t.gateway, _facts(gf))
+            if gateway_rules(t, f):
                 return False
         if not index.add(tf):
             return False
