@@ -2,7 +2,7 @@
 
 What runs, and in which order, is decided there (pure, shown by `apply --dry-run`); this
 module only executes it: processes and their stdin, requests on the wireguard-go control
-socket, atomic file writes. The one thing it adds is where key files live: a command's
+socket, nf_tables netlink batches, atomic file writes. The one thing it adds is where key files live: a command's
 KeyFile arguments become paths of 0600 files in a private 0700 directory, created just
 before the commands of a step that need them and removed right after, so secrets never
 reach argv.
@@ -22,6 +22,7 @@ from reconciler.engine.commands import (
     Command,
     Exec,
     KeyFile,
+    NftElements,
     StepFailed,
     UapiSet,
     WriteFile,
@@ -94,6 +95,8 @@ def run_commands(runner: Runner, commands: tuple[Command, ...]) -> None:
                 runner.uapi(command.interface, command.request, write=True)
             elif isinstance(command, WriteFile):
                 runner.write_file(Path(command.path), command.content, command.mode)
+            elif isinstance(command, NftElements):
+                runner.nft_elements(command.messages, command.stdin)
 
 
 @contextmanager

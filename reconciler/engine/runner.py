@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno as errno_mod
 import os
 import signal
 import socket
@@ -23,8 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.engine import nftgen
+from reconciler.engine import nftbatch, nftgen
 from reconciler.engine.files import atomic_write, held_lock_fds
+from reconciler.engine.nftbatch import Message
 from reconciler.engine.nftgen import Generation
 
 UAPI_DIR = Path("/var/run/wireguard")
@@ -183,6 +185,30 @@ class Runner:
                                f"wireguard-go returned errno={errno}")
         return "\n".join(ln for ln in lines if not ln.startswith("errno="))
 
+    def uapi_get(self, interface: str) -> str:
+        """wireguard-go's whole `get=1` reply (interface and every peer; it holds the keys, so
+        it stays in memory), without the per-line handling of `uapi` (5 MB at 16k peers)."""
+        self.log.append(("uapi", interface, "get=1"))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(UAPI_DIR / f"{interface}.sock"))
+            sock.sendall(b"get=1\n\n")
+            chunks = []
+            tail = b""
+            while not tail.endswith(b"\n\n"):
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                tail = (tail + chunk)[-64:]
+        body = b"".join(chunks).decode()
+        at = body.rfind("errno=")
+        code = body[at + 6:].strip() if at >= 0 else "?"
+        if code != "0":
+            raise CommandError(["uapi", interface, "get=1"], int(code) if code.isdigit() else 1,
+                               f"wireguard-go returned errno={code}")
+        return body[:at]
+
     def has_uapi(self, interface: str) -> bool:
         return (UAPI_DIR / f"{interface}.sock").is_socket()
 
@@ -192,6 +218,40 @@ class Runner:
         if type(self).run is not Runner.run:
             return None
         return nftgen.probe(self.netns)
+
+    def nft_elements(self, messages: Sequence[Message], stdin: str) -> None:
+        """An element transaction as one nf_tables netlink batch in this runner's namespace
+        (all or nothing, like `nft -f -` of `stdin`, which a test double runs instead).
+        A batch refused as busy (another commit in progress) changed nothing and is retried;
+        any other refusal raises CommandError naming the message and the kernel's reason."""
+        if type(self).run is not Runner.run:
+            self.run(["nft", "-f", "-"], stdin=stdin, write=True)
+            return
+        self.writes += 1
+        self.log.append(("nft-netlink", nftbatch.text(messages)))
+        argv = ["nft-netlink", nftbatch.text(messages)]
+        delay = 0.1
+        for attempt in range(NFT_BUSY_RETRIES + 1):
+            data = nftbatch.batch(messages, 1)  # a socket of its own: its numbers are its own
+            seqs = range(2, 2 + len(messages))
+            try:
+                acks = nftgen.transact(self.netns, data, seqs)
+            except OSError as exc:
+                raise CommandError(argv, exc.errno or 1, f"netlink: {exc}") from exc
+            refused = [(seq, err) for seq, err in sorted(acks.items()) if err]
+            if refused:
+                seq, err = refused[0]
+                if attempt < NFT_BUSY_RETRIES and err in (errno_mod.EBUSY, errno_mod.ENOBUFS):
+                    self.log.append(("retry", "nft-netlink"))
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                what = messages[seq - seqs.start].what
+                raise CommandError(argv, err, f"{what}: {os.strerror(err)}")
+            if len(acks) != len(messages):
+                raise CommandError(argv, 1, f"netlink: {len(acks)} of {len(messages)} "
+                                   "messages answered; the transaction's outcome is unknown")
+            return
 
     def write_file(self, path: Path, content: str, mode: int = 0o600) -> None:
         """Atomic write: temp file in the same directory, fsync, rename. Never half a file."""
