@@ -46,15 +46,25 @@ from reconciler.engine.hostroutes import PlanGuard, lan_owners, with_host_routes
 from reconciler.engine.hoststate import HostState, ObservedState, Secrets
 from reconciler.engine.observe import (
     InterfaceMissing,
+    KnownTable,
     NotWireGuard,
     Snapshot,
+    committed_table,
     observe,
     observe_changes,
     read_dump_early,
     read_snapshot,
 )
 from reconciler.engine.parsers import expect_peers
-from reconciler.engine.plan import AddPeer, Plan, RemovePeer, UpdatePeer, WriteConfig, plan
+from reconciler.engine.plan import (
+    AddPeer,
+    Plan,
+    RemovePeer,
+    ReplaceFirewall,
+    UpdatePeer,
+    WriteConfig,
+    plan,
+)
 from reconciler.engine.psk import psk_digest, read_host_secret
 from reconciler.engine.render import RenderError, render_host
 from reconciler.engine.runner import CommandError, Runner
@@ -414,12 +424,15 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     clock.lap("snapshot")
     failed_step, error = None, None
     after: ObservedState | None = None
-    early: list[Future[str]] = []  # the quick read-back's dump, started after the peers
+    early: list[Future[str]] = []  # the read-back's dump, started after the last peer step
     peer_steps = bool(changes.of(RemovePeer)) + bool(changes.of(AddPeer) or changes.of(UpdatePeer))
+    # A quick read-back, or a big full one (a cold converge: the 16k-peer dump then runs
+    # beside the route and config steps instead of after them).
+    dump_early = fast or len(changes) > EXPECT_MIN_CHANGES
 
     def on_step(name: str) -> None:
         nonlocal peer_steps
-        if fast and name == "peers":
+        if dump_early and name == "peers":
             peer_steps -= 1
             if peer_steps == 0:
                 early.append(read_dump_early(runner, interface))
@@ -437,9 +450,11 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
                 # A big apply (a cold converge): its peers' dump lines parse by the memo.
                 expect_peers(desired.peers, secrets.psk)
             try:
-                after = (observe_changes(runner, interface, changes, observed, config_path,
-                                         early[0] if early else None)
-                         if fast else observe(runner, interface, config_path=config_path))
+                dump = early[0] if early else None
+                after = (observe_changes(runner, interface, changes, observed, config_path, dump)
+                         if fast else observe(runner, interface, config_path=config_path,
+                                              table=_table_known(runner, observed, changes),
+                                              early_dump=dump))
                 residue = plan(desired, after)
             except Exception as exc:  # noqa: BLE001 - a timeout too: restore, then report
                 residue = None
@@ -474,6 +489,17 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
 
 
 EXPECT_MIN_CHANGES = 256  # fewer: the read-back parses the few new lines in full anyway
+
+
+def _table_known(runner: Runner, observed: ObservedState, changes: Plan) -> KnownTable | None:
+    """After the plan loaded the table whole: the table it loaded, when the ruleset
+    generation proves nobody else committed since observe (no listing of 21.8k elements at
+    16k tenants); None (list it) otherwise, and for element changes, which a full verify
+    lists (a quick one reads them back itself)."""
+    fw = changes.of(ReplaceFirewall)
+    if len(fw) != 1 or fw[0].element_delta() is not None:
+        return None
+    return committed_table(runner, observed.firewall, fw[0])
 
 
 def _persist(target: HostTarget | None, desired: HostState) -> None:

@@ -73,13 +73,26 @@ class NotWireGuard(RuntimeError):
     pass
 
 
-def observe(runner: Runner, interface: str, *, config_path: Path | None = None) -> ObservedState:
+@dataclass(frozen=True)
+class KnownTable:
+    """Our table as known without listing it (None: known absent); see committed_table."""
+
+    firewall: Firewall | None
+
+
+def observe(runner: Runner, interface: str, *, config_path: Path | None = None,
+            table: KnownTable | None = None,
+            early_dump: Future[str] | None = None) -> ObservedState:
     """One consistent-enough read of everything the reconciler owns on this host.
 
     The four reads are independent processes, so they run at once, and each is parsed as soon
     as it is in while the slower ones still run (on 16k tenants the wg dump and the nft
     listing take ~0.1-0.3 s each, and so does parsing them). Results are examined in the
     order that decides the error: a missing interface first, then one wg cannot read.
+
+    Verify after an apply may pass what it knows instead of two reads: `table`, the table
+    committed_table proved (not listed then), and `early_dump`, the dump read_dump_early
+    started once the last peer step was done (read again here if that read failed).
     """
     routes_argv = our_routes_argv(interface)
     reads: dict[str, float] = {}
@@ -96,7 +109,9 @@ def observe(runner: Runner, interface: str, *, config_path: Path | None = None) 
 
     def read_wg() -> Result | WgDump:
         t0 = time.perf_counter()
-        res = runner.run(["wg", "show", interface, "dump"], check=False)
+        res = _early_result(early_dump, interface)
+        if res is None:
+            res = runner.run(["wg", "show", interface, "dump"], check=False)
         timed("wg show dump", t0)
         t1 = time.perf_counter()
         out = res if res.returncode != 0 else parse_wg_dump(res.stdout, psk_digest)
@@ -110,6 +125,8 @@ def observe(runner: Runner, interface: str, *, config_path: Path | None = None) 
         return out
 
     def read_fw() -> Firewall | None:
+        if table is not None:
+            return table.firewall
         t0 = time.perf_counter()
         out = read_firewall(runner, reads=reads)
         timed("nft table", t0)
@@ -147,6 +164,18 @@ def observe(runner: Runner, interface: str, *, config_path: Path | None = None) 
     global last_reads
     last_reads = reads
     return ObservedState(iface, dump.peers, routes, firewall, config, peer_status=dump.status)
+
+
+def _early_result(early_dump: Future[str] | None, interface: str) -> Result | None:
+    """The early dump as a Result, None when there is none or it failed (then read again:
+    the error a fresh read gives is the one to report)."""
+    if early_dump is None:
+        return None
+    try:
+        text = early_dump.result()
+    except Exception:  # noqa: BLE001 - read again below
+        return None
+    return Result(("wg", "show", interface, "dump"), 0, text, "")
 
 
 def our_routes_argv(interface: str) -> list[str]:
@@ -317,7 +346,9 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
     keys = {c.peer.public_key if isinstance(c, (AddPeer, RemovePeer)) else c.new.public_key
             for c in plan.changes if isinstance(c, (AddPeer, RemovePeer, UpdatePeer))}
     fw_change = plan.of(ReplaceFirewall)[-1] if plan.of(ReplaceFirewall) else None
-    committed = _only_our_commit(runner, before.firewall, fw_change)
+    committed = (committed_table(runner, before.firewall, fw_change)
+                 if fw_change is not None and fw_change.new is not None
+                 and before.firewall is not None else None)
     map_keys = (_changed_map_keys(fw_change) if fw_change is not None and committed is None
                 else set())
 
@@ -367,7 +398,7 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
     note_derived(peers, before.peers, keys)  # plan then compares only these against before
     firewall = before.firewall
     if committed is not None:
-        firewall = committed
+        firewall = committed.firewall
     elif fw_change is not None:
         firewall = _patched_firewall(before.firewall, fw_change, found)
     config = None
@@ -376,23 +407,25 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
     return ObservedState(before.interface, peers, routes, firewall, config, peer_status=status)
 
 
-def _only_our_commit(runner: Runner, before: Firewall | None,
-                     change: ReplaceFirewall | None) -> Firewall | None:
+def committed_table(runner: Runner, before: Firewall | None,
+                    change: ReplaceFirewall) -> KnownTable | None:
     """The table now, known exactly without reading it, or None (then it is read back).
 
-    `before` was listed at generation g. If the generation now is g + 1, exactly one
-    transaction committed since: the element transaction apply just ran (its `nft -f`
-    succeeded, or verify would not run), which turned `change.old` (== before) into
-    `change.new`. Anything else (another writer, a write that did not commit) reads the
-    changed elements back instead. Either way the next full observe lists the table."""
-    if change is None or change.new is None or before is None:
-        return None
+    `before` was listed at generation g (or found absent). If the generation now is g + 1,
+    exactly one transaction committed since: the one apply just ran (its `nft -f` or element
+    batch succeeded, or verify would not run), which turned `change.old` (== before) into
+    `change.new`, the whole table replaced or elements changed, atomically either way.
+    Anything else (another writer, a write that did not commit, a listing not remembered)
+    reads the table back instead. Either way the next full observe lists the table."""
     now = generation(runner)
     if now is None:
         return None
-    key = (now[0], change.new.family, change.new.table)
+    named = change.new if change.new is not None else change.old
+    if named is None:
+        return None
+    key = (now[0], named.family, named.table)
     seen = _listed.get(key)
-    if seen is None or seen[1] is None or now[1] != seen[0] + 1:
+    if seen is None or now[1] != seen[0] + 1:
         return None
     if not (seen[1] is before or seen[1] == before) or change.old != before:
         return None
@@ -400,7 +433,7 @@ def _only_our_commit(runner: Runner, before: Firewall | None,
     # runs one in the same cycle), so a table nft stored other than we reason is still seen.
     with _listed_lock:
         _listed.pop(key, None)
-    return change.new
+    return KnownTable(change.new)
 
 
 # One element as `nft get element` prints it: an IPv4 or (compressed) IPv6 address.
