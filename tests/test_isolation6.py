@@ -269,11 +269,48 @@ def test_control_without_the_table_the_same_ipv6_probes_arrive(hostile: Cast) ->
 
 
 def test_the_demo_isolation_report_covers_ipv6_on_a_dual_stack_gateway(dual: Cast) -> None:
-    results = run_checks(dual.lab, Roles(dual.a.ident, dual.sip_only.ident, dual.b.ident, None))
+    steps: list[str] = []
+    results = run_checks(dual.lab, Roles(dual.a.ident, dual.sip_only.ident, dual.b.ident, None),
+                         progress=steps.append)
     assert [(r.name, r.observed) for r in results if not r.passed] == []
     six = [r for r in results if "IPv6" in r.name]
     assert {r.expected for r in six} == {"allowed", "blocked"} and len(six) == 5
     assert f"[{dual.cloud6}] udp/{SIP}" in {r.destination for r in six}
+    # The whole report, word for word and in order: each step prints one line of it.
+    a, s, infra = dual.a.ident, dual.sip_only, dual.lab.infra
+    assert infra is not None and dual.b.host_address is not None
+    c4, c6 = dual.cloud4, f"[{dual.cloud6}]"
+    lan_phone = [("LAN phone to the cloud", "phone on routed LAN → SIP",
+                  f"{a} LAN {dual.a.host_address}", f"{c4} udp/{SIP}", "allowed")]
+    expected = [
+        ("tenant to its own SIP port", "tenant → own SIP port", a, f"{c4} udp/{SIP}", "allowed"),
+        *(lan_phone if dual.a.host_netns and dual.a.host_address else []),
+        ("tenant with RTP to RTP", "tenant with RTP → RTP", a, f"{c4} udp/{RTP}", "allowed"),
+        ("tenant without RTP to RTP", "tenant without RTP → RTP", s.ident, f"{c4} udp/{RTP}",
+         "blocked"),
+        ("tenant to cloud SSH", "tenant → cloud SSH", a, f"{c4} tcp/{SSH}", "blocked"),
+        ("tenant to another tenant", "tenant → other tenant", a, f"{s.address} udp/{SIP}",
+         "blocked"),
+        ("tenant to another tenant's LAN", "tenant → other tenant's LAN", s.ident,
+         f"{dual.b.host_address} udp/{SIP}", "blocked"),
+        ("tenant to infrastructure", f"tenant → infrastructure ({infra.cloud_interface})", a,
+         f"{infra.address} udp/{SIP}", "blocked"),
+        ("spoofed source address", "spoofed source (other tenant's address)",
+         f"{a} as {s.address}", f"{c4} udp/{SIP}", "blocked"),
+        ("IPv6: tenant to its own SIP port", "tenant → own SIP port (IPv6)", a,
+         f"{c6} udp/{SIP}", "allowed"),
+        ("IPv6: tenant without RTP to RTP", "tenant without RTP → RTP (IPv6)", s.ident,
+         f"{c6} udp/{RTP}", "blocked"),
+        ("IPv6: tenant to another tenant", "tenant → other tenant (IPv6)", a,
+         f"[{s.address6}] udp/{SIP}", "blocked"),
+        ("IPv6: tenant to infrastructure",
+         f"tenant → infrastructure ({infra.cloud_interface}, IPv6)", a,
+         f"[{infra.address6}] udp/{SIP}", "blocked"),
+        ("IPv6: spoofed source address", "spoofed IPv6 source (other tenant's address)",
+         f"{a} as {s.address6}", f"{c6} udp/{SIP}", "blocked"),
+    ]
+    assert [(step, r.name, r.source, r.destination, r.expected)
+            for step, r in zip(steps, results, strict=True)] == expected
 
 
 @pytest.mark.parametrize("target", ["address6", "routed_ranges6"])
