@@ -98,30 +98,37 @@ def _check_private_lan(lan: IPv4Network) -> IPv4Network:
     return lan
 
 
-def _parse_interface_address(value: Any) -> ipaddress.IPv4Interface:
-    if isinstance(value, ipaddress.IPv4Interface):
+# Per family: (class, name, example) of an interface address (address6 is ULA, like pool6).
+_INTERFACES: dict[int, tuple[type[ipaddress.IPv4Interface | ipaddress.IPv6Interface], str, str]] = {
+    4: (ipaddress.IPv4Interface, "IPv4", "10.20.0.1/16"),
+    6: (ipaddress.IPv6Interface, "IPv6", "fd42:4242:1::1/48"),
+}
+
+
+def _parse_interface(value: Any, version: int) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    cls, name, example = _INTERFACES[version]
+    if isinstance(value, cls):
         return value
     try:
         iface = ipaddress.ip_interface(str(value))
     except ValueError:
-        raise ValueError(f"{value!r} is not an address with prefix such as '10.20.0.1/16'") from None
-    if not isinstance(iface, ipaddress.IPv4Interface) or "/" not in str(value):
-        raise ValueError(f"{value!r} must be an IPv4 address with prefix such as '10.20.0.1/16'")
+        raise ValueError(f"{value!r} is not an address with prefix such as '{example}'") from None
+    if not isinstance(iface, cls) or "/" not in str(value):
+        raise ValueError(f"{value!r} must be an {name} address with prefix such as '{example}'")
+    if isinstance(iface, ipaddress.IPv6Interface):
+        _check_ula(iface.network)
+    return iface
+
+
+def _parse_interface_address(value: Any) -> ipaddress.IPv4Interface:
+    iface = _parse_interface(value, 4)
+    assert isinstance(iface, ipaddress.IPv4Interface)
     return iface
 
 
 def _parse_interface_address6(value: Any) -> ipaddress.IPv6Interface:
-    if isinstance(value, ipaddress.IPv6Interface):
-        return value
-    try:
-        iface = ipaddress.ip_interface(str(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an address with prefix such as "
-                         "'fd42:4242:1::1/48'") from None
-    if not isinstance(iface, ipaddress.IPv6Interface) or "/" not in str(value):
-        raise ValueError(f"{value!r} must be an IPv6 address with prefix such as "
-                         "'fd42:4242:1::1/48'")
-    _check_ula(iface.network)
+    iface = _parse_interface(value, 6)
+    assert isinstance(iface, ipaddress.IPv6Interface)
     return iface
 
 
