@@ -49,6 +49,7 @@ from reconciler.engine.observe import (
     KnownTable,
     NotWireGuard,
     Snapshot,
+    changed_peers,
     committed_table,
     observe,
     observe_changes,
@@ -435,7 +436,9 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
         if dump_early and name == "peers":
             peer_steps -= 1
             if peer_steps == 0:
-                early.append(read_dump_early(runner, interface))
+                # Quick: only the changed peers are read back (from the control socket).
+                early.append(read_dump_early(runner, interface,
+                                             changed_peers(changes) if fast else None))
 
     flushing: Future[list[str]] | None = None
     try:
