@@ -123,10 +123,12 @@ def parse_wg_dump(text: str, psk_digest: Callable[[str], str], *,
     Python's per-process keyed 64-bit string hash, as strong as the 64-bit digest kept for it
     anyway; the key itself is never stored.
     """
-    global _peer_memo, _last_dump
+    global _peer_memo, _last_dump, _expected_dump
     head, _, body = text.lstrip("\n").partition("\n")
-    last = _last_dump
-    if remember and last is not None:
+    last, expected = _last_dump, _expected_dump
+    if remember:
+        _expected_dump = None  # one read-back only
+    if remember and (last is not None or expected is not None):
         # Fastest path (every no-op cycle): the fields that make a peer, found by one C-level
         # regex pass, hash the same as in the last full dump: the very same peers. The hash
         # is Python's keyed 64-bit one, as strong as the 64-bit PSK digests compared anyway;
@@ -135,18 +137,19 @@ def parse_wg_dump(text: str, psk_digest: Callable[[str], str], *,
         lines = body.count("\n") + (0 if body.endswith("\n") or not body else 1)
         # wireguard-go lists peers in Go map order, different on every read: the peers are
         # compared as a set (no two lines share a public key, so none is lost).
-        if len(stable) == lines and hash(head) == last[0]:
+        if len(stable) == lines and last is not None and hash(head) == last[0]:
             fields = frozenset(stable)
             if len(fields) == lines and hash(fields) == last[1]:
                 return WgDump(last[2], last[3], LazyStatus(body=body))
+        if len(stable) == lines and expected is not None and expected[1] == lines:
+            # The read-back of a big apply: exactly the peers expect_peers was told of.
+            fields = frozenset(stable)
+            if len(fields) == lines and hash(fields) == expected[0]:
+                iface = _interface_line(_wg_lines(head)[0])
+                _last_dump = (hash(head), expected[0], iface, expected[2])
+                return WgDump(iface, expected[2], LazyStatus(body=body))
     rows = _wg_lines(text)
-    priv, pub, port, fwmark = rows[0]
-    iface = WgInterfaceLine(
-        public_key=None if pub == NONE else pub,
-        listen_port=int(port),
-        fwmark=0 if fwmark == "off" else int(fwmark, 0),
-        has_private_key=priv != NONE,
-    )
+    iface = _interface_line(rows[0])
     peers: dict[str, Peer] = {}
     status: dict[str, tuple[str, str, str, str]] = {}
     memo = _peer_memo
@@ -175,6 +178,16 @@ def parse_wg_dump(text: str, psk_digest: Callable[[str], str], *,
     return WgDump(iface, peers, LazyStatus(status))
 
 
+def _interface_line(row: list[str]) -> WgInterfaceLine:
+    priv, pub, port, fwmark = row
+    return WgInterfaceLine(
+        public_key=None if pub == NONE else pub,
+        listen_port=int(port),
+        fwmark=0 if fwmark == "off" else int(fwmark, 0),
+        has_private_key=priv != NONE,
+    )
+
+
 def expect_peers(peers: Mapping[str, Peer], psk: Callable[[str], str | None]) -> None:
     """Seed the dump memo with the peers just applied, for the read-back after a big apply
     (a cold converge: 16k peers nothing is known of). A peer's dump line that shows exactly
@@ -182,17 +195,28 @@ def expect_peers(peers: Mapping[str, Peer], psk: Callable[[str], str | None]) ->
     keepalive, its PSK by hash) parses to an equal Peer, so the line takes the memo's path
     instead of canonicalising and hashing again; any other line is parsed in full. `psk`
     gives a peer's key (kept only as its hash, as the memo keeps every key)."""
-    global _peer_memo
+    global _peer_memo, _expected_dump
     memo = dict(_peer_memo)
+    # The next dump's stable fields if it holds exactly these peers: then it parses to them
+    # by one regex pass and a set hash, like a no-op cycle's dump (parse_wg_dump).
+    fields: list[tuple[str, str, str, str]] | None = []
     for key, peer in peers.items():
-        if key in memo:
-            continue
         value = psk(key) if peer.psk_digest is not None else NONE
+        allowed = ",".join(peer.allowed_ips) if peer.allowed_ips else NONE
+        keepalive = str(peer.keepalive) if peer.keepalive else "off"
         if value is None:
+            fields = None
             continue
-        memo[key] = (",".join(peer.allowed_ips) if peer.allowed_ips else NONE,
-                     str(peer.keepalive) if peer.keepalive else "off", hash(value), peer)
+        if fields is not None:
+            fields.append((key, value, allowed, keepalive))
+        if key not in memo:
+            memo[key] = (allowed, keepalive, hash(value), peer)
     _peer_memo = memo
+    _expected_dump = None
+    if fields is not None and fields:
+        expected = frozenset(fields)
+        if len(expected) == len(fields):
+            _expected_dump = (hash(expected), len(fields), dict(peers))
 
 
 # Peers of the last full dump by public key: (allowed ips, keepalive, hash(psk), Peer).
@@ -200,6 +224,8 @@ _peer_memo: dict[str, tuple[str, str, int, Peer]] = {}
 # The last full dump: (hash of its interface line, hash of its peers' stable fields, the
 # parsed interface line, the peers). Callers never mutate a WgDump's peers.
 _last_dump: tuple[int, int, WgInterfaceLine, dict[str, Peer]] | None = None
+# What expect_peers was told of: (hash of the peers' stable fields, how many, the peers).
+_expected_dump: tuple[int, int, dict[str, Peer]] | None = None
 # One peer line: key, psk, (endpoint), allowed ips, (handshake, rx, tx), keepalive.
 _STABLE_FIELDS = re.compile(r"^([^\t\n]*)\t([^\t\n]*)\t[^\t\n]*\t([^\t\n]*)\t[^\t\n]*"
                             r"\t[^\t\n]*\t[^\t\n]*\t([^\t\n]*)$", re.MULTILINE)
