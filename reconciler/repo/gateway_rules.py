@@ -146,24 +146,25 @@ def _family_rules(subnet: IPv4Network | IPv6Network | None,
     out: list[Rule] = []
     endpoint, pool = f.endpoint, f.pool_words
     if subnet is not None:
-        where: Loc = (f.subnet_key,)
-        what = f"{f.subnet_key} {subnet}"  # "subnet 10.20.0.4/30", "subnet6 fd42:..."
+        key = f.subnet_key  # "subnet" or "subnet6"; the subnet's text only when a rule fails
+        where: Loc = (key,)
         sub = f.span(subnet)
         if subnet.prefixlen != f.want:
-            out.append(Rule(where, f"{what} is a /{subnet.prefixlen}; every tunnel gets a "
-                            f"/{f.want} from {pool} ('tunnelctl new' picks a free one)"))
+            out.append(Rule(where, f"{key} {subnet} is a /{subnet.prefixlen}; every tunnel gets "
+                            f"a /{f.want} from {pool} ('tunnelctl new' picks a free one)"))
         elif not (f.pool[0] <= sub[0] and sub[1] <= f.pool[1]):
-            out.append(Rule(where, f"{what} is outside {pool} of gateway {gateway}; pick a "
-                            f"free /{f.want} inside it"))
+            out.append(Rule(where, f"{key} {subnet} is outside {pool} of gateway {gateway}; "
+                            f"pick a free /{f.want} inside it"))
         if overlap(sub, f.own):
-            out.append(Rule(where, f"{what} overlaps the gateway's own block {f.own_net} (it "
-                            f"holds the cloud address {f.cloud_ip}); pick another /{f.want}"))
+            out.append(Rule(where, f"{key} {subnet} overlaps the gateway's own block "
+                            f"{f.own_net} (it holds the cloud address {f.cloud_ip}); pick "
+                            f"another /{f.want}"))
         for label, span in f.infra:
             if overlap(sub, span):
-                out.append(Rule(where, f"{what} overlaps the {label}; tenants may never use "
-                                "infrastructure addresses"))
+                out.append(Rule(where, f"{key} {subnet} overlaps the {label}; tenants may "
+                                "never use infrastructure addresses"))
         if endpoint is not None and sub[0] <= endpoint <= sub[1]:
-            out.append(Rule(where, f"{what} contains the gateway's public endpoint "
+            out.append(Rule(where, f"{key} {subnet} contains the gateway's public endpoint "
                             f"{f.endpoint_ip}; that would loop the tunnel into itself"))
     for i, lan in enumerate(lans):
         span = f.span(lan)
