@@ -93,7 +93,7 @@ class FamilyFacts:
         self.cloud_ip: IPv4Address | IPv6Address = address.ip
         self.subnet_key, self.lans_key = key("subnet"), key("lans")
         self.span: Callable[[Any], Span] = span4 if family is IPV4 else span6
-        self.pool_words = f"{family.pool_words} {self.pool_net}"  # "the pool 10.20.0.0/16"
+        self.pool_text = f"{family.pool_words} {self.pool_net}"  # "the pool 10.20.0.0/16"
         self.pool, self.own = _span(self.pool_net), _span(self.own_net)
         self.infra = [(f"reserved infrastructure range {r} ({path})", _span(r))
                       for r in getattr(gw, key("reserved"))]
@@ -144,7 +144,7 @@ def _family_rules(subnet: IPv4Network | IPv6Network | None,
                   f: FamilyFacts, gateway: str) -> list[Rule]:
     """One family's subnet and LANs against the gateway's pool, blocks and endpoint."""
     out: list[Rule] = []
-    endpoint, pool = f.endpoint, f.pool_words
+    endpoint, pool = f.endpoint, f.pool_text
     if subnet is not None:
         key = f.subnet_key  # "subnet" or "subnet6"; the subnet's text only when a rule fails
         where: Loc = (key,)
