@@ -29,18 +29,29 @@ def derive_psk(host_secret: bytes, org: str, name: str, rotation: int) -> str:
 
 
 def psk_deriver(host_secret: bytes) -> Callable[[str, str, int], str]:
-    """derive_psk for many tunnels of one host secret: the same keys, ~5x faster.
+    """derive_psk for many tunnels of one host secret: the same keys, ~10x faster.
 
     HKDF's extract step depends only on the salt and the secret, so it runs once; each key is
-    then one HMAC (RFC 5869 expand; 32 bytes are a single SHA-256 block, T(1)).
+    then one HMAC (RFC 5869 expand; 32 bytes are a single SHA-256 block, T(1)). The HMAC's
+    keyed inner and outer hash states (RFC 2104: the 32-byte PRK padded to SHA-256's 64-byte
+    block, xor ipad / opad) depend only on the PRK too, so each key copies them instead of
+    keying an HMAC again (16k tunnels: ~35 -> ~15 ms).
     """
-    prk = hmac.digest(SALT, host_secret, "sha256")
+    prk = hmac.digest(SALT, host_secret, "sha256").ljust(_BLOCK, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in prk))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in prk))
 
     def derive(org: str, name: str, rotation: int) -> str:
-        info = f"tunnelctl/psk/v1|{org}|{name}|{rotation}".encode()
-        return base64.b64encode(hmac.digest(prk, info + b"\x01", "sha256")).decode()
+        h = inner.copy()
+        h.update(f"tunnelctl/psk/v1|{org}|{name}|{rotation}\x01".encode())
+        o = outer.copy()
+        o.update(h.digest())
+        return base64.b64encode(o.digest()).decode()
 
     return derive
+
+
+_BLOCK = 64  # SHA-256's block size: an HMAC key up to it is zero-padded, never hashed
 
 
 def psk_digest(psk: str) -> str:
