@@ -48,17 +48,21 @@ from reconciler.engine.observe import (
     InterfaceMissing,
     KnownTable,
     NotWireGuard,
+    RoutesRead,
     Snapshot,
     changed_peers,
     committed_table,
     observe,
     observe_changes,
     read_dump_early,
+    read_routes_early,
     read_snapshot,
 )
 from reconciler.engine.parsers import expect_peers
 from reconciler.engine.plan import (
     AddPeer,
+    AddRoute,
+    DeleteRoute,
     Plan,
     RemovePeer,
     ReplaceFirewall,
@@ -426,13 +430,19 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
     failed_step, error = None, None
     after: ObservedState | None = None
     early: list[Future[str]] = []  # the read-back's dump, started after the last peer step
+    early_routes: list[Future[RoutesRead] | None] = []  # quick: after the last route step
     peer_steps = bool(changes.of(RemovePeer)) + bool(changes.of(AddPeer) or changes.of(UpdatePeer))
+    route_steps = bool(changes.of(DeleteRoute)) + bool(changes.of(AddRoute))
     # A quick read-back, or a big full one (a cold converge: the 16k-peer dump then runs
     # beside the route and config steps instead of after them).
     dump_early = fast or len(changes) > EXPECT_MIN_CHANGES
 
     def on_step(name: str) -> None:
-        nonlocal peer_steps
+        nonlocal peer_steps, route_steps
+        if fast and name == "routes":
+            route_steps -= 1
+            if route_steps == 0:
+                early_routes.append(read_routes_early(runner, interface, changes))
         if dump_early and name == "peers":
             peer_steps -= 1
             if peer_steps == 0:
@@ -454,7 +464,8 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
                 expect_peers(desired.peers, secrets.psk)
             try:
                 dump = early[0] if early else None
-                after = (observe_changes(runner, interface, changes, observed, config_path, dump)
+                after = (observe_changes(runner, interface, changes, observed, config_path, dump,
+                                         early_routes[0] if early_routes else None)
                          if fast else observe(runner, interface, config_path=config_path,
                                               table=_table_known(runner, observed, changes),
                                               early_dump=dump))

@@ -319,6 +319,51 @@ def _undo_needs_keys(plan: Plan) -> bool:
 EXACT_ROUTE_READS = 3  # one read per changed route up to this many, else the whole listing
 
 
+@dataclass(frozen=True)
+class RoutesRead:
+    """Our routes to the destinations a plan changed, as read back (every table)."""
+
+    dsts: frozenset[str] | None  # None: `found` is all of our routes (many changed)
+    found: frozenset[Route]
+
+    def over(self, before: frozenset[Route]) -> frozenset[Route]:
+        if self.dsts is None:
+            return self.found
+        dsts = self.dsts
+        return frozenset({r for r in before if r.dst not in dsts} | self.found)
+
+
+def read_routes_early(runner: Runner, interface: str,
+                      plan: Plan) -> Future[RoutesRead] | None:
+    """The routes of the destinations `plan` changes, read in a thread started now (the
+    engine starts it once the last route step is done, beside the config step): one
+    `ip route show table all exact <dst>` each, at once, up to EXACT_ROUTE_READS; more are
+    one listing of all of ours (5k routes at 16k tenants, ~40-70 ms with its parse).
+    None when the plan changes no route."""
+    dsts = sorted({c.route.dst for c in plan.changes if isinstance(c, (AddRoute, DeleteRoute))})
+    if not dsts:
+        return None
+    future: Future[RoutesRead] = Future()
+
+    def routes(dst: str | None) -> frozenset[Route]:
+        argv = our_routes_argv(interface) + (["exact", dst] if dst is not None else [])
+        return parse_routes(runner.run(argv).stdout, dev=interface, proto=ROUTE_PROTO)
+
+    def read() -> None:
+        try:
+            if len(dsts) > EXACT_ROUTE_READS:
+                future.set_result(RoutesRead(None, routes(None)))
+                return
+            with ThreadPoolExecutor(len(dsts), thread_name_prefix="verify-route") as pool:
+                found = frozenset[Route]().union(*pool.map(routes, dsts))
+            future.set_result(RoutesRead(frozenset(dsts), found))
+        except BaseException as exc:  # noqa: BLE001 - raised where the result is awaited
+            future.set_exception(exc)
+
+    threading.Thread(target=read, name="verify-routes", daemon=True).start()
+    return future
+
+
 def changed_peers(plan: Plan) -> set[str]:
     """The public keys of the peers `plan` adds, removes or updates."""
     return {c.peer.public_key if isinstance(c, (AddPeer, RemovePeer)) else c.new.public_key
@@ -354,7 +399,8 @@ def read_dump_early(runner: Runner, interface: str,
 
 def observe_changes(runner: Runner, interface: str, plan: Plan, before: ObservedState,
                     config_path: Path | None,
-                    early_dump: Future[str] | None = None) -> ObservedState:
+                    early_dump: Future[str] | None = None,
+                    early_routes: Future[RoutesRead] | None = None) -> ObservedState:
     """`before` with everything `plan` touched read back from the host: the changed peers
     (from one dump, only their lines parsed), our routes to each changed destination in
     every table (or all of ours when more than EXACT_ROUTE_READS changed), each
@@ -386,18 +432,10 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
                 wanted.append(text[at + 1:end if end >= 0 else len(text)])
         return parse_wg_dump("\n".join(wanted), psk_digest, remember=False)
 
-    def read_routes(dst: str | None) -> frozenset[Route]:
-        argv = our_routes_argv(interface) + (["exact", dst] if dst is not None else [])
-        return parse_routes(runner.run(argv).stdout, dev=interface, proto=ROUTE_PROTO)
-
-    # The changed destinations' routes in every table (one `exact` read each, at once), or,
-    # for more than a few, all of ours (5k routes at 16k tenants: ~40-70 ms with its parse).
-    dsts = sorted({c.route.dst for c in plan.changes if isinstance(c, (AddRoute, DeleteRoute))})
+    routes_f = early_routes if early_routes is not None else \
+        read_routes_early(runner, interface, plan)
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as pool:
         peers_f = pool.submit(read_peers) if keys else None
-        few = 0 < len(dsts) <= EXACT_ROUTE_READS
-        routes_f = [pool.submit(read_routes, d) for d in dsts] if few else \
-            [pool.submit(read_routes, None)] if dsts else []
         elem_f = {mk: pool.submit(read_map_element, runner, mk[1], mk[0])
                   for mk in sorted(map_keys)}
         peers = dict(before.peers)
@@ -418,13 +456,8 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
                     peers[key] = dump.peers[key]
                 else:
                     peers.pop(key, None)
-        routes = before.routes
-        if few:
-            gone = set(dsts)
-            routes = frozenset({r for r in before.routes if r.dst not in gone}.union(
-                *(f.result() for f in routes_f)))
-        elif routes_f:
-            routes = routes_f[0].result()
+        routes = routes_f.result().over(before.routes) if routes_f is not None else \
+            before.routes
         found = {key: f.result() for key, f in elem_f.items()}
     note_derived(peers, before.peers, keys)  # plan then compares only these against before
     firewall = before.firewall
