@@ -21,11 +21,22 @@ SHIPPED = {p.relative_to(TENANTS).as_posix(): p.read_bytes() for p in TENANTS.rg
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 
+def editor_lines(data: bytes) -> list[str]:
+    """The file's lines as an editor or git diff shows them: split at a newline only."""
+    return data.decode("utf-8", "replace").split("\n")
+
+
 def assert_located(state: RepoState, files: dict[str, bytes]) -> None:
+    """Every problem names a line and column that exist in its file as an editor shows it."""
     for p in state.problems:
         assert p.line >= 1 and p.col >= 1, p
-        assert p.line <= files.get(p.file, b"").count(b"\n") + 2, p
         assert p.message and "internal error" not in p.message, p
+        if p.file not in files:  # a repo-level problem names no file of ours
+            assert (p.line, p.col) == (1, 1), p
+            continue
+        lines = editor_lines(files[p.file])
+        assert p.line <= len(lines), p
+        assert p.col <= len(lines[p.line - 1]) + 1, p
 
 
 def load_with(path: str, data: bytes) -> tuple[RepoState, dict[str, bytes]]:
@@ -52,7 +63,9 @@ def test_random_text_as_the_gateway_file(text: str) -> None:
 
 YAML_BITS = [b":", b"-", b"[", b"]", b"{", b"}", b"&a", b"*a", b"!", b"|", b">", b"'", b'"',
              b"%", b"@", b"\t", b"\n", b"#", b",", b"?", b"  ", b"\xff", b"\x00", b"0.0.0.0/0",
-             b"revoked_at: 2026-13-01\n", b"status: revoked\n", b"<<: {a: 1}\n"]
+             b"revoked_at: 2026-13-01\n", b"status: revoked\n", b"<<: {a: 1}\n",
+             # line breaks to YAML that an editor may not show: problems must name its lines
+             b"\r", b"\r\n", "\x85".encode(), "\u2028".encode(), "\u2029".encode()]
 
 
 @st.composite
@@ -77,9 +90,13 @@ def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
 def test_mutated_shipped_files(case: tuple[str, bytes]) -> None:
     state, files = load_with(*case)
     assert_located(state, files)
+    lines = editor_lines(case[1])
     for kind in (Tunnel, Gateway):
         check = check_document(case[1], kind)
         assert (check.model is None) == bool(check.issues)
+        for issue in check.issues:
+            assert 1 <= issue.line <= len(lines), issue
+            assert 1 <= issue.col <= len(lines[issue.line - 1]) + 1, issue
 
 
 names = st.from_regex(r"[a-z0-9][a-z0-9-]{0,20}", fullmatch=True)

@@ -1,4 +1,4 @@
-"""YAML input and output for repo files.
+r"""YAML input and output for repo files.
 
 Reading uses PyYAML's libyaml parser (`CParser`), not ruamel. Measured on a 2-core host
 (`python -m bench`): 16,384 tenant files take ~2 s with libyaml and ~28 s
@@ -7,6 +7,13 @@ seconds. Positions for error messages come from the same parse: libyaml's nodes 
 line/column marks (columns in characters), so an error points at exactly the node the value
 came from. We keep the node tree only for files that have a problem; for a file that is fine
 the tree is dropped and rebuilt on demand (`compose`) when another file conflicts with it.
+
+Line breaks are "\n" or "\r\n" only. YAML 1.1 (libyaml) also ends a line at a lone "\r" and
+at U+0085, U+2028 and U+2029, which most editors and `git diff` show inside one line: such a file
+would be read differently from how it looks (a "comment" holding one hides a key from review),
+and every line number after it would name another line than the editor's. `parse` refuses them
+at the line and column an editor shows (`_check_line_breaks`); with them gone, libyaml's marks
+count exactly the editor's lines.
 
 Two guards make the fast parser safe on hostile input:
 - libyaml's composer recurses in C without a depth limit (`'[' * 100000` segfaults the process),
@@ -35,6 +42,7 @@ from typing import Any
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.cyaml import CParser
+from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import BaseResolver
 
@@ -169,6 +177,44 @@ def _position(data: bytes, offset: int) -> tuple[int, int]:
     return data.count(b"\n", 0, offset) + 1, len(data[start:offset].decode("utf-8", "replace")) + 1
 
 
+def _mark_position(data: bytes, mark: Mark) -> tuple[int, int]:
+    r"""1-based line and column of a libyaml mark in a file of "\n" (or "\r\n") lines."""
+    if mark.line > data.count(b"\n"):
+        # libyaml ends the last line for a file without a final "\n" and reports the end of the
+        # stream on the line after it, which no editor has: point after the last character.
+        return _position(data, len(data))
+    return mark.line + 1, mark.column + 1
+
+
+# Valid UTF-8 is checked first, so these byte patterns can only be the characters themselves.
+_HIDDEN_BREAK = re.compile(rb"\r(?!\n)|\xc2\x85|\xe2\x80[\xa8\xa9]")
+_HIDDEN_BREAK_NAMES = {
+    b"\r": "a carriage return (\\r) without \\n after it",
+    "\x85".encode(): "the character U+0085 (NEXT LINE)",
+    "\u2028".encode(): "the character U+2028 (LINE SEPARATOR)",
+    "\u2029".encode(): "the character U+2029 (PARAGRAPH SEPARATOR)",
+}
+_HIDDEN_BREAK_FIX = {
+    b"\r": "save the file with \\n (or \\r\\n) line endings",
+}
+
+
+def _check_line_breaks(data: bytes) -> YamlProblem | None:
+    """The first line break YAML sees but an editor does not (see the module's docstring)."""
+    # Cheap tests first (16k files per load): most files are ASCII without a "\r".
+    if b"\r" not in data and data.isascii():
+        return None
+    found = _HIDDEN_BREAK.search(data)
+    if found is None:
+        return None
+    char = found.group()
+    line, col = _position(data, found.start())
+    fix = _HIDDEN_BREAK_FIX.get(char, "remove it, or use a plain line break")
+    return YamlProblem(line, col, f"{_HIDDEN_BREAK_NAMES[char]} is a line break to YAML but not "
+                       "to most editors or git diff, so this file would not be read the way it "
+                       f"looks; {fix}")
+
+
 def _yaml_error(data: bytes, exc: yaml.YAMLError) -> YamlProblem:
     if isinstance(exc, yaml.reader.ReaderError):
         line, col = _position(data, exc.position)
@@ -179,7 +225,7 @@ def _yaml_error(data: bytes, exc: yaml.YAMLError) -> YamlProblem:
         what = " ".join(s for s in (exc.context, exc.problem) if s)
         message = TOO_DEEP if _LIBYAML_TOO_DEEP in what else f"invalid YAML: {what}"
         if mark is not None:
-            return YamlProblem(mark.line + 1, mark.column + 1, message)
+            return YamlProblem(*_mark_position(data, mark), message)
         return YamlProblem(1, 1, message)
     return YamlProblem(1, 1, f"invalid YAML: {exc}")
 
@@ -194,8 +240,7 @@ def _check_depth(data: bytes) -> YamlProblem | None:
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
-                mark = event.start_mark
-                return YamlProblem(mark.line + 1, mark.column + 1, TOO_DEEP)
+                return YamlProblem(*_mark_position(data, event.start_mark), TOO_DEEP)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
     return None
@@ -212,6 +257,9 @@ def parse(data: bytes) -> ParsedYaml | YamlProblem:
         line, col = _position(data, exc.start)
         return YamlProblem(line, col, "file is not UTF-8 text (binary data or another "
                            "encoding); save it as UTF-8")
+    problem = _check_line_breaks(data)
+    if problem is not None:
+        return problem
     try:
         problem = _check_depth(data)
         if problem is not None:
