@@ -16,39 +16,42 @@ commit was superseded or refused meanwhile.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import time
-from dataclasses import dataclass, field
 
 from reconciler.engine.cycle import (
     EngineError,
     HostTarget,
-    ReconcileResult,
     gc_paused,
     reconcile,
     select_gateway,
 )
 from reconciler.engine.hoststate import ObservedState
-from reconciler.engine.parsers import parse_wg_dump
 from reconciler.engine.plan import Plan
-from reconciler.engine.psk import psk_digest
-from reconciler.engine.runner import Runner
 from reconciler.gitops.admission import (
     Candidate,
     Refusal,
-    candidate_for,
     describe_problems,
     load_commit,
     removal_guard,
 )
 from reconciler.gitops.audit import AuditEntry, AuditLog
-from reconciler.gitops.source import Ancestry, GitSource, SourceError
-from reconciler.repo.state import ParseCache, RepoState, load_files
+from reconciler.gitops.source import GitSource, SourceError
+from reconciler.repo.state import ParseCache, RepoState
+from reconciler.service.evaluate import evaluate_head
+from reconciler.service.gitrecord import pin_applied, push_audit
+from reconciler.service.heap import limit_arenas, trim_heap
 from reconciler.service.journal import Journal, KillAfterFirstWrite, kill_step
 from reconciler.service.logs import event
-from reconciler.service.metrics import Revisions, ServiceMetrics, TunnelStats
+from reconciler.service.metrics import ServiceMetrics, TunnelStats
+from reconciler.service.report import (
+    CycleReport,
+    cycle_phase,
+    flat_summary,
+    plan_summary,
+    publish_cycle,
+)
 from reconciler.service.settings import Settings
 from reconciler.service.state import (
     Attempt,
@@ -59,61 +62,13 @@ from reconciler.service.state import (
     ServiceState,
     StateStore,
 )
+from reconciler.service.tunnels import count_by_status, gateway_interface, live_tunnel_stats
+
+# Names other modules import from here (the loop, tests, the bench).
+__all__ = ["Controller", "CycleReport", "flat_summary", "limit_arenas", "plan_summary",
+           "trim_heap"]
 
 log = logging.getLogger("tunnelctl.service")
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(None)
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
-M_ARENA_MAX = -8  # glibc mallopt parameter
-
-
-def limit_arenas(count: int = 1) -> None:
-    """At most `count` glibc malloc arenas: observe's reader threads would each get their
-    own, and the big transient of a cycle (the nft listing's JSON, a 16k-peer dump) would
-    stay spread over them. At 16k tenants one arena took the service's peak RSS from 252
-    to 237 MiB with no slower cycle (issue 13). No effect off glibc."""
-    mallopt = getattr(_LIBC, "mallopt", None)
-    if mallopt is not None:
-        mallopt(M_ARENA_MAX, count)
-
-
-def trim_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc; elsewhere nothing)."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-@dataclass(frozen=True)
-class CycleReport:
-    result: str  # applied | repaired | noop | refused | failed | suspended | busy
-    commit: str | None
-    reason: str = ""
-    duration: float = 0.0
-    summary: dict[str, int] = field(default_factory=dict)
-    changed: bool = False
-
-
-def flat_summary(result: ReconcileResult | None) -> dict[str, int]:
-    """{"peers_add": 2, "routes_remove": 1, ...}: counts only, non-zero only."""
-    return {} if result is None else plan_summary(result.plan)
-
-
-def plan_summary(plan: Plan) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for kind, counts in plan.summary().items():
-        if kind == "total":
-            continue
-        for action, n in counts.items():
-            if n:
-                out[f"{kind}_{action}"] = n
-    return out
 
 
 class Controller:
@@ -287,33 +242,8 @@ class Controller:
         return reports
 
     def _evaluate(self, head: str) -> Candidate | Refusal:
-        applied = self.applied_commit
-        try:
-            ancestry = self.source.ancestry(applied, head)
-            if ancestry is Ancestry.rewind and not self.settings.accept_rewrites:
-                assert applied is not None
-                return Refusal(head, "rewind", f"remote {self.settings.branch} was rewritten: "
-                               f"{head[:12]} does not descend from the applied {applied[:12]}; "
-                               "keeping the applied state (set accept_rewrites to take it)")
-            if self.settings.verify_signatures:
-                for sha in self._to_verify(applied, head):
-                    reason = self.source.verify(sha)
-                    if reason is not None:
-                        where = "" if sha == head else f" (between the applied commit and head {head[:12]})"
-                        return Refusal(head, "signature", f"{reason}{where}; nothing applied")
-            loaded = load_files(self.source.files(head), self.cache)
-            return candidate_for(self.source, head, loaded, applied, self.state.held_orgs,
-                                 self.cache)
-        except SourceError as exc:
-            return Refusal(head, "invalid", f"cannot read commit {head[:12]}: {exc}")
-
-    def _to_verify(self, applied: str | None, head: str) -> list[str]:
-        """verify = all: every commit after the applied one (head last); else the head. With
-        nothing applied yet (or the applied commit not an ancestor) only the head is known."""
-        if self.settings.verify != "all" or applied is None or applied == head \
-                or not self.source.has_commit(applied) or not self.source.is_ancestor(applied, head):
-            return [head]
-        return self.source.commits_between(applied, head) or [head]
+        return evaluate_head(self.source, self.settings, self.applied_commit, head,
+                             self.state.held_orgs, self.cache)
 
     def _apply_candidate(self, cand: Candidate, now: float) -> CycleReport:
         gateway = self.gateway_name(cand.state)
@@ -446,13 +376,7 @@ class Controller:
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _pin(self, cand: Candidate) -> None:
-        self.source.pin("applied", cand.commit)
-        wanted = {f"held/{org}": base for org, base in cand.held.items() if base}
-        for name in self.source.pins():
-            if name.startswith("held/") and name not in wanted:
-                self.source.pin(name, None)
-        for name, base in wanted.items():
-            self.source.pin(name, base)
+        pin_applied(self.source, cand.commit, cand.held)
 
     def _audit(self, entry: AuditEntry) -> bool:
         try:
@@ -463,26 +387,7 @@ class Controller:
         return True
 
     def _push_audit(self) -> None:
-        audit = self.audit_log()
-        try:
-            pending = audit.pending()
-            if pending == 0:
-                self.state.audit_pending, self.state.audit_error = 0, None
-                return
-            if self.state.fetch_error:
-                # The remote just failed a fetch: do not spend another timeout on a push.
-                self.state.audit_pending = pending
-                self.state.audit_error = "push deferred: remote unreachable"
-                return
-            res = audit.push()
-        except SourceError as exc:
-            self.state.audit_error = str(exc)
-            return
-        self.state.audit_pending, self.state.audit_error = res.pending, res.error
-        if res.error:
-            event(log, "audit_push_failed", logging.WARNING, pending=res.pending, error=res.error)
-        elif res.pushed:
-            event(log, "audit_pushed", entries=res.pushed, replayed=res.replayed or None)
+        push_audit(self.audit_log(), self.state)
 
     def _finish(self, head: str | None, reports: list[CycleReport], duration: float, *,
                 started: float) -> None:
@@ -495,39 +400,16 @@ class Controller:
                                       summary=main.summary))
         self._save()
         if self.metrics:
-            self.metrics.observe_cycle(main.result, duration)
-            self.metrics.suspended.set(1 if self.state.phase == "Suspended" else 0)
-            self.metrics.ready.set(1 if self.state.phase == "Ready" else 0)
-            self.metrics.set_phase(self.state.phase)
-            self.metrics.audit_pending.set(self.state.audit_pending)
-            att = self.state.attempted
-            self.metrics.set_revisions(Revisions(
-                applied=self.applied_commit,
-                applied_at=self.state.applied.at if self.state.applied else 0.0,
-                attempted=att.commit if att else None, attempted_result=att.result if att else "",
-                remote_head=head))
-            self.metrics.set_tunnel_counts(self.tunnel_counts())
+            publish_cycle(self.metrics, self.state, main, duration, head=head,
+                          applied=self.applied_commit, tunnel_counts=self.tunnel_counts)
         event(log, "cycle", result=main.result, commit=main.commit, phase=self.state.phase,
               duration=round(duration, 3), **main.summary)
 
     def phase(self, head: str | None, *, failed: bool = False) -> tuple[Phase, str]:
         """Flux-style status word and the sentence behind it."""
-        st = self.state
-        applied = self.applied_commit
-        short = applied[:12] if applied else "nothing"
-        if self.store.suspended() is not None:
-            return "Suspended", f"applying is suspended; enforcing {short} when resumed"
-        if st.fetch_error:
-            return "Stalled", f"{st.fetch_error}; enforcing {short}"
-        if self.enforced is None:
-            return "Stalled", st.last_error or "nothing applied yet"
-        if head is not None and head != applied:
-            return "Stalled", f"head {head[:12]} not applied: {st.last_error}; enforcing {short}"
-        if failed:
-            return "Stalled", f"{st.last_error or 'last cycle failed'}; applied {short}"
-        if st.held_orgs:
-            return "Degraded", f"applied {short}; {st.held_reason}"
-        return "Ready", f"applied {short}"
+        return cycle_phase(self.state, suspended=self.store.suspended() is not None,
+                           enforcing=self.enforced is not None, applied=self.applied_commit,
+                           head=head, failed=failed)
 
     def _save(self) -> None:
         self.store.save(self.state)
@@ -535,35 +417,13 @@ class Controller:
     # -- read side for metrics/status ----------------------------------------------------
 
     def tunnel_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        gateway = self.gateway_name(self.enforced)
-        if self.enforced is None or gateway is None:
-            return counts
-        for t in self.enforced.for_gateway(gateway):
-            counts[t.status.value] = counts.get(t.status.value, 0) + 1
-        return counts
+        return count_by_status(self.enforced, self.gateway_name(self.enforced))
 
     def interface(self) -> str | None:
         if self.settings.interface:
             return self.settings.interface
-        gateway = self.gateway_name(self.enforced)
-        if self.enforced is None or gateway is None or gateway not in self.enforced.gateways:
-            return None
-        return self.enforced.gateways[gateway].interface
+        return gateway_interface(self.enforced, self.gateway_name(self.enforced))
 
     def tunnel_stats(self) -> list[TunnelStats]:
         """Live counters of the enforced tunnels (for the metrics exporter)."""
-        interface, enforced = self.interface(), self.enforced
-        if interface is None or enforced is None:
-            return []
-        res = Runner(netns=self.settings.netns).run(["wg", "show", interface, "dump"], check=False)
-        if res.returncode != 0:
-            return []
-        status = parse_wg_dump(res.stdout, psk_digest).status
-        out = []
-        for t in enforced.tunnels:
-            s = status.get(t.public_key)
-            if s is not None:
-                out.append(TunnelStats(interface, t.org, t.name, t.public_key, s.latest_handshake,
-                                       s.rx_bytes, s.tx_bytes))
-        return out
+        return live_tunnel_stats(self.settings.netns, self.interface(), self.enforced)
