@@ -5,7 +5,8 @@
         reconcile(load_repo("tenants"), lab.target())
         assert lab.wait_handshake("acme-voip/hq")
 
-Modules: layout (names, addresses; pure), topology (Lab: build and operate), processes
+Modules: layout (names, addresses; pure), topology (Lab: build and operate), wiring (the
+ip -batch lines, a router's UAPI text, the probe servers; pure), processes
 (tracked daemons, state file), teardown, traffic (probes from the lab side), netprobe (the
 stdlib tool run inside namespaces), repogen (demo keys from data/, generated config repos),
 demo and demo_checks (`tunnelctl demo`).

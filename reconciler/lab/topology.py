@@ -23,7 +23,6 @@ names carry the lab id. The lab never configures the cloud's peers, routes or fi
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -65,6 +64,21 @@ from .processes import (
 from .repogen import merged_private_keys
 from .teardown import ACTIVE_LABS, list_namespaces, teardown
 from .traffic import Flow, ServeLog, netprobe_argv
+from .wiring import (
+    OUTSIDE_PORT,
+    SIP_PORT,
+    cloud_commands,
+    cloud_networks,
+    infra_commands,
+    lan_host_commands,
+    probe_servers,
+    routed_commands,
+    router_commands,
+    router_uapi,
+    serve_args,
+)
+
+__all__ = ["FORWARDING", "NO_DAD", "OUTSIDE_PORT", "SIP_PORT", "WIREGUARD_ENV", "Lab"]
 
 if TYPE_CHECKING:
     from reconciler.engine.cycle import HostTarget
@@ -74,16 +88,10 @@ if TYPE_CHECKING:
 # live, and under a 256 MiB limit the collector runs nonstop (a wg dump took 3x, a 16k-peer
 # set 2x as long; see bench/RESULTS.md).
 WIREGUARD_ENV = {"GOMEMLIMIT": "512MiB", "WG_PROCESS_FOREGROUND": "1"}
-OUTSIDE_PORT = 8000  # a port in no service catalog: must always be blocked
-SIP_PORT = 5060
 # No duplicate address detection anywhere in a lab: a tentative IPv6 address (the veths'
 # link-local ones included, which neighbour discovery needs) would fail probes for ~2 s.
 NO_DAD = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 FORWARDING = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-
-
-def _hex(key_b64: str) -> str:
-    return base64.b64decode(key_b64).hex()
 
 
 @dataclass
@@ -245,94 +253,24 @@ class Lab:
         for proc, ifname in started:
             wait_for(UAPI_DIR / f"{ifname}.sock", timeout=10, what=f"wireguard-go {ifname}",
                      alive=proc, log=self.log_dir / f"{ifname}.log")
-        self._ip_batch(self.netns, self._cloud_commands())
+        self._ip_batch(self.netns, cloud_commands(self.infra, self.routed, self.routers.values()))
         if self.infra:
-            i = self.infra
-            self._ip_batch(i.netns, [
-                "link set lo up", f"addr add {i.address}/{i.prefixlen} dev eth0",
-                f"addr add {i.address6}/{i.prefixlen6} dev eth0 nodad",
-                "link set eth0 up", f"route add default via {i.cloud_address}",
-                f"route add ::/0 via {i.cloud_address6}"])
+            self._ip_batch(self.infra.netns, infra_commands(self.infra))
         if self.routed:
-            self._ip_batch(self.routed.netns, self._routed_commands(self.routed))
+            self._ip_batch(self.routed.netns, routed_commands(self.routed))
         for r in self.routers.values():
             self._build_router(r)
         if self._services:
             self._start_services()
 
-    def _cloud_commands(self) -> list[str]:
-        cmds = ["link set lo up"]
-        if self.infra:
-            i = self.infra
-            cmds += [f"link add {i.cloud_interface} type veth peer name eth0 netns {i.netns}",
-                     f"addr add {i.cloud_address}/{i.prefixlen} dev {i.cloud_interface}",
-                     f"addr add {i.cloud_address6}/{i.prefixlen6} dev {i.cloud_interface} nodad",
-                     f"link set {i.cloud_interface} up"]
-        if self.routed:
-            h = self.routed
-            cmds.append(f"link add {h.cloud_interface} type veth peer name eth0 netns {h.netns}")
-            if h.cloud_address:
-                cmds.append(f"addr add {h.cloud_address} dev {h.cloud_interface}")
-            if h.cloud_address6:
-                cmds.append(f"addr add {h.cloud_address6} dev {h.cloud_interface} nodad")
-            cmds.append(f"link set {h.cloud_interface} up")
-        for r in self.routers.values():
-            cmds += [f"link add r{r.index} type veth peer name wan0 netns {r.netns}",
-                     f"addr add {r.cloud_wan_address}/30 dev r{r.index}", f"link set r{r.index} up"]
-        return cmds
-
-    @staticmethod
-    def _routed_commands(h: RoutedHost) -> list[str]:
-        cmds = ["link set lo up"]
-        if h.address and h.cloud_address:
-            cmds += [f"addr add {h.address}/{h.cloud_address.network.prefixlen} dev eth0"]
-        if h.address6 and h.cloud_address6:
-            cmds += [f"addr add {h.address6}/{h.cloud_address6.network.prefixlen} dev eth0 nodad"]
-        cmds.append("link set eth0 up")
-        if h.cloud_address:
-            cmds.append(f"route add default via {h.cloud_address.ip}")
-        if h.cloud_address6:
-            cmds.append(f"route add ::/0 via {h.cloud_address6.ip}")
-        return cmds
-
     def _cloud_networks(self, router: Router) -> list[IPv4Network | IPv6Network]:
-        """What the customer's router sends into its tunnel: the cloud's addresses and routed
-        ranges, as the customer config says (IPv6 only for a tunnel with subnet6)."""
-        gw = self.gateway
-        nets: list[IPv4Network | IPv6Network] = [IPv4Network(f"{gw.address.ip}/32"),
-                                                 *gw.routed_ranges]
-        if router.address6 is not None and gw.address6 is not None:
-            nets += [IPv6Network(f"{gw.address6.ip}/128"), *gw.routed_ranges6]
-        return nets
+        return cloud_networks(self.gateway, router)
 
     def _build_router(self, r: Router) -> None:
         tunnel = self._tunnels[r.ident]
-        cmds = ["link set lo up", f"addr add {r.wan_address}/30 dev wan0", "link set wan0 up",
-                f"addr add {r.address}/{r.prefixlen} dev {r.interface}"]
-        if r.address6:
-            cmds.append(f"addr add {r.address6}/{r.prefixlen6} dev {r.interface} nodad")
-        cmds += [f"link set {r.interface} mtu {self.gateway.mtu} up",
-                 *(f"route add {n} dev {r.interface}" for n in self._cloud_networks(r))]
+        self._ip_batch(r.netns, router_commands(r, self.gateway.mtu, self._cloud_networks(r)))
         if r.host_netns:
-            cmds.append(f"link add lan0 type veth peer name eth0 netns {r.host_netns}")
-            if r.lans:
-                cmds.append(f"addr add {r.lan_address}/{r.lans[0].prefixlen} dev lan0")
-            if r.lans6:
-                cmds.append(f"addr add {r.lan_address6}/{r.lans6[0].prefixlen} dev lan0 nodad")
-            cmds.append("link set lan0 up")
-        self._ip_batch(r.netns, cmds)
-        if r.host_netns:
-            host = ["link set lo up"]
-            if r.lans:
-                host.append(f"addr add {r.host_address}/{r.lans[0].prefixlen} dev eth0")
-            if r.lans6:
-                host.append(f"addr add {r.host_address6}/{r.lans6[0].prefixlen} dev eth0 nodad")
-            host.append("link set eth0 up")
-            if r.lans:
-                host.append(f"route add default via {r.lan_address}")
-            if r.lans6:
-                host.append(f"route add ::/0 via {r.lan_address6}")
-            self._ip_batch(r.host_netns, host)
+            self._ip_batch(r.host_netns, lan_host_commands(r))
         assert self._live is not None
         keepalive = self._router_keepalive if self._router_keepalive is not None \
             else tunnel.persistent_keepalive
@@ -341,36 +279,12 @@ class Lab:
 
     def _start_services(self) -> None:
         """Echo/listen servers that log every arrival: cloud, infra, routers, LAN hosts."""
-        gw = self.gateway
-        cloud_udp = sorted({p for s in gw.services.values() if s.proto == "udp"
-                            for r in s.ports for p in (r.first, r.last)} | {OUTSIDE_PORT})
-        cloud_tcp = sorted({p for s in gw.services.values() if s.proto == "tcp"
-                            for r in s.ports for p in (r.first, r.last)} | {22, OUTSIDE_PORT})
-        # The cloud listens on its tunnel addresses and on its infra side: a tenant reaching
-        # the host through any of its addresses shows up in the cloud's log.
-        cloud_addrs: list[IPv4Address | IPv6Address | None] = [
-            gw.address.ip, gw.address6.ip if gw.address6 else None]
-        if self.infra:
-            cloud_addrs += [self.infra.cloud_address, self.infra.cloud_address6]
-        servers: list[tuple[str, list[IPv4Address | IPv6Address | None], list[int], list[int]]] = [
-            (self.netns, cloud_addrs, cloud_udp, cloud_tcp)]
-        if self.infra:
-            servers.append((self.infra.netns, [self.infra.address, self.infra.address6],
-                            [SIP_PORT], [22]))
-        if self.routed:
-            servers.append((self.routed.netns, [self.routed.address, self.routed.address6],
-                            cloud_udp, cloud_tcp))
-        for r in self.routers.values():
-            servers.append((r.netns, [r.address, r.address6], [SIP_PORT], []))
-            if r.host_netns:
-                servers.append((r.host_netns, [r.host_address, r.host_address6], [SIP_PORT], []))
+        servers = probe_servers(self.gateway, self.netns, self.infra, self.routed,
+                                self.routers.values())
         pending = []
         for ns, addrs, udp, tcp in servers:
             ready = self.log_dir / f"serve-{ns}.ready"
-            args = ["serve", "--log", str(self.serve_log(ns).path), "--ready", str(ready)]
-            args += [a for addr in addrs if addr is not None for a in ("--bind", str(addr))]
-            args += [a for p in udp for a in ("--udp", str(p))]
-            args += [a for p in tcp for a in ("--tcp", str(p))]
+            args = serve_args(str(self.serve_log(ns).path), str(ready), addrs, udp, tcp)
             proc, popen = spawn(netprobe_argv(*args), role=f"serve {ns}", netns=ns,
                                 output=self.log_dir / f"serve-{ns}.out")
             self._track(proc, popen)
@@ -385,23 +299,16 @@ class Lab:
 
     # -- routers ---------------------------------------------------------------------------
     def _push_router(self, ident: str) -> None:
-        """Send a router its whole WireGuard config over the UAPI socket (keys never in argv).
-
-        `replace_peers` makes a fresh peer, so the router initiates a handshake at once.
-        """
+        """Send a router its whole WireGuard config over the UAPI socket (keys never in argv)."""
         assert self._live is not None
         r, cfg = self.routers[ident], self._live.configs[ident]
         tunnel = self._tunnels[ident]
         psk = derive_psk(read_host_secret(self.secret_dir / "psk.secret"), tunnel.org, tunnel.name,
                          cfg.psk_rotation)
         allowed = dict.fromkeys([*self._cloud_networks(r), *cfg.extra_allowed])
-        lines = ["set=1", f"private_key={_hex(cfg.private_key)}", "replace_peers=true",
-                 f"public_key={_hex(self.cloud_public_key)}", f"preshared_key={_hex(psk)}",
-                 f"endpoint={r.cloud_wan_address}:{self.gateway.listen_port}",
-                 "persistent_keepalive_interval=0",  # 0 then N: wireguard-go sends a keepalive now
-                 f"persistent_keepalive_interval={cfg.keepalive}",
-                 "replace_allowed_ips=true", *(f"allowed_ip={n}" for n in allowed)]
-        Runner().uapi(r.interface, "\n".join(lines) + "\n\n", write=True)
+        endpoint = f"{r.cloud_wan_address}:{self.gateway.listen_port}"
+        Runner().uapi(r.interface, router_uapi(cfg, psk, self.cloud_public_key, endpoint, allowed),
+                      write=True)
 
     def configure_router(self, ident: str, *, private_key: str | None = None,
                          psk_rotation: int | None = None, keepalive: int | None = None) -> None:
