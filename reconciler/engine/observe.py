@@ -303,12 +303,17 @@ def read_snapshot(runner: Runner, interface: str, state: ObservedState,
 
 
 def _undo_needs_keys(plan: Plan) -> bool:
+    """Whether undoing `plan` must send a key the host holds now: a removed peer's or a
+    replaced PSK, or a replaced private key. A peer without a PSK, or an interface without a
+    key (a cold converge: the dump of an empty interface is not read), has none to keep."""
     for c in plan.changes:
-        if isinstance(c, RemovePeer):
+        if isinstance(c, RemovePeer) and c.peer.psk_digest is not None:
             return True
-        if isinstance(c, UpdatePeer) and c.old.psk_digest != c.new.psk_digest:
+        if isinstance(c, UpdatePeer) and c.old.psk_digest is not None \
+                and c.old.psk_digest != c.new.psk_digest:
             return True
-        if isinstance(c, SetInterface) and (c.old is None or c.old.public_key != c.new.public_key):
+        if isinstance(c, SetInterface) and c.old is not None and c.old.public_key is not None \
+                and c.old.public_key != c.new.public_key:
             return True
     return False
 
