@@ -4,6 +4,7 @@ dying with their parent, busy nft, checkpoint round trip, restore keys, conntrac
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -227,3 +228,27 @@ def test_conntrack_listing_to_delete_filters() -> None:
         ("-f", "ipv4", "-p", "udp", "-s", "10.20.0.6", "-d", "10.20.0.1", "--sport", "4000",
          "--dport", "5060"),
         ("-f", "ipv4", "-p", "icmp", "-s", "10.10.10.5", "-d", "10.20.0.6")]
+
+
+def test_children_fall_back_to_a_preexec_tether_where_setpriv_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seccomp filter without @privileged refuses setpriv's capset (the boot units'): the
+    probe says so once and children are tethered by a preexec_fn instead, still holding the
+    locks; where setpriv works it starts them."""
+    from reconciler.engine import runner as runner_module
+
+    refused = tmp_path / "setpriv"
+    refused.write_text("#!/bin/sh\necho 'setpriv: capset failed: Operation not permitted' >&2\n"
+                       "exit 127\n")
+    refused.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda _name: str(refused))
+    runner_module.setpriv.cache_clear()
+    try:
+        argv, extra = runner_module._tethered(["true"])
+        assert argv == ["true"] and "preexec_fn" in extra and "pass_fds" in extra
+        assert Runner().run(["true"]).returncode == 0
+    finally:
+        monkeypatch.undo()
+        runner_module.setpriv.cache_clear()
+    argv, extra = runner_module._tethered(["true"])
+    assert argv[1:] == ["--pdeathsig", "KILL", "--", "true"] and "preexec_fn" not in extra

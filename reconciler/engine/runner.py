@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno as errno_mod
+import functools
 import os
 import shutil
 import signal
@@ -62,7 +63,20 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return setup
 
 
-SETPRIV = shutil.which("setpriv")  # util-linux (Essential on Debian)
+@functools.cache
+def setpriv() -> str | None:
+    """util-linux setpriv (Essential on Debian) when it can set PR_SET_PDEATHSIG here: it also
+    calls capset, which a seccomp filter without @privileged refuses (the boot units'); then
+    None, and children are tethered by a preexec_fn (slower, same guarantee)."""
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:
+        probe = subprocess.run([path, "--pdeathsig", "KILL", "--", "true"],
+                               capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if probe.returncode == 0 else None
 
 
 def _tethered(argv: list[str]) -> tuple[list[str], dict[str, object]]:
@@ -73,8 +87,9 @@ def _tethered(argv: list[str]) -> tuple[list[str], dict[str, object]]:
     per command at the service's 230 MiB, every other thread stalled meanwhile. The lock fds
     are passed either way: a child that outlives us (killed between vfork and setpriv's
     prctl) still holds the lock, so nobody mistakes its writes for nobody's."""
-    if SETPRIV is not None:
-        return [SETPRIV, "--pdeathsig", "KILL", "--", *argv], {"pass_fds": held_lock_fds()}
+    tether = setpriv()
+    if tether is not None:
+        return [tether, "--pdeathsig", "KILL", "--", *argv], {"pass_fds": held_lock_fds()}
     return argv, {"preexec_fn": _die_with_parent(os.getpid()), "pass_fds": held_lock_fds()}
 
 
