@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reconciler.engine.apply import ApplyTarget, StepFailed, apply_plan
+from reconciler.engine.apply import PEERS_BESIDE_MIN, ApplyTarget, StepFailed, apply_plan
 from reconciler.engine.commands import (
     Exec,
     KeyFile,
@@ -269,3 +271,74 @@ def test_an_apply_target_never_shows_its_keys() -> None:
                          config_text=secret)
     shown = repr(target) + str(target)
     assert "c2VjcmV0" not in shown and "priv-KEY" not in shown and "psk-KEY" not in shown
+
+
+class SlowPeers(RecordingRunner):
+    """The peers' UAPI set waits until the test lets it go (wireguard-go taking 16k peers);
+    the route batch and the peers' set can be made to fail."""
+
+    def __init__(self, fail_routes: bool = False, fail_peers: bool = False) -> None:
+        super().__init__(fail="-batch" if fail_routes else None)
+        self.fail_peers = fail_peers
+        self.release = threading.Event()
+
+    def uapi(self, interface: str, request: str, *, write: bool = False) -> str:
+        if "public_key=" in request and "private_key" not in request:
+            assert self.release.wait(10)
+            if self.fail_peers:
+                self.calls.append(("uapi", request))
+                raise CommandError(["uapi"], 1, "injected failure")
+        return super().uapi(interface, request, write=write)
+
+
+def _big(n: int = PEERS_BESIDE_MIN) -> Plan:
+    keys = [keypair()[1] for _ in range(n)]
+    return Plan((ReplaceFirewall(None, FW),
+                 *(AddPeer(peer(k, f"10.21.{i >> 8}.{i & 255}/32")) for i, k in enumerate(keys)),
+                 AddRoute(Route("192.168.10.0/24", "wg1")),
+                 WriteConfig(None, ConfigFile("/etc/wireguard/wg1.conf", "abc"))))
+
+
+def _big_secrets(plan: Plan) -> Secrets:
+    return Secrets(PRIV, {c.peer.public_key: PSK_A for c in plan.of(AddPeer)})
+
+
+def test_a_big_plans_routes_and_config_run_beside_its_peers() -> None:
+    plan = _big()
+    r = SlowPeers()
+    seen: list[str] = []
+    result: list[list[str]] = []
+    worker = threading.Thread(target=lambda: result.append(apply_plan(
+        plan, ApplyTarget(r, "wg1", _big_secrets(plan), "conf"), seen.append)))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while "write" not in kinds(r):  # routes and config are done while the peers still run
+        assert time.monotonic() < deadline, kinds(r)
+        time.sleep(0.01)
+    assert kinds(r) == ["nft", "route-add", "write"] and "peers" not in seen
+    r.release.set()
+    worker.join(10)
+    assert result == [["firewall", "peers", "routes", "config"]]
+    assert kinds(r) == ["nft", "route-add", "write", "uapi-peers"] and seen[-1] == "peers"
+
+
+def test_a_small_plan_keeps_the_order() -> None:
+    plan = _big(PEERS_BESIDE_MIN - 4)
+    r = RecordingRunner()
+    apply_plan(plan, ApplyTarget(r, "wg1", _big_secrets(plan), "conf"))
+    assert kinds(r) == ["nft", "uapi-peers", "route-add", "write"]
+
+
+def test_the_peers_failure_is_reported_and_waited_for() -> None:
+    plan = _big()
+    both = SlowPeers(fail_routes=True, fail_peers=True)
+    threading.Timer(0.3, both.release.set).start()
+    with pytest.raises(StepFailed) as info:
+        apply_plan(plan, ApplyTarget(both, "wg1", _big_secrets(plan), "conf"))
+    assert info.value.step == "peers"  # both failed: the earlier step is the one named
+    routes = SlowPeers(fail_routes=True)
+    threading.Timer(0.3, routes.release.set).start()
+    with pytest.raises(StepFailed) as info2:
+        apply_plan(plan, ApplyTarget(routes, "wg1", _big_secrets(plan), "conf"))
+    assert info2.value.step == "routes"
+    assert kinds(routes)[-1] == "uapi-peers"  # the failed routes waited for the peers' end
