@@ -99,6 +99,11 @@ def bench_repo(n: int, *, keepalive: int | None = None, out: Path = OUT,
         data = json.loads(meta.read_text())
         if data.get("format") == FORMAT:
             keys = json.loads((root / "keys.json").read_text())
+            # A cache made by a clone elsewhere (or reached by a symlink) pushes to its own
+            # remote, not to the folder it was made in.
+            remote = str(root.resolve() / "remote.git")
+            if git(root / "work", "remote", "get-url", "origin") != remote:
+                git(root / "work", "remote", "set-url", "origin", remote)
             return BenchRepo(n, keepalive, root, keys, tuple(data["files"]))
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
