@@ -104,6 +104,10 @@ def bench_repo(n: int, *, keepalive: int | None = None, out: Path = OUT,
             remote = str(root.resolve() / "remote.git")
             if git(root / "work", "remote", "get-url", "origin") != remote:
                 git(root / "work", "remote", "set-url", "origin", remote)
+            # The clone is what the remote holds: a run stopped between a commit and its push
+            # would otherwise leave a change the service never sees.
+            git(root / "work", "fetch", "-q", "origin", "main")
+            git(root / "work", "reset", "-q", "--hard", "FETCH_HEAD")
             return BenchRepo(n, keepalive, root, keys, tuple(data["files"]))
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
