@@ -17,17 +17,13 @@ so the boot and nftables-restart units load exactly what the service last checke
 
 from __future__ import annotations
 
-import base64
-import binascii
-import gc
 import logging
-import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,21 +32,15 @@ from reconciler.engine import verified_cache as knownstate
 from reconciler.engine.apply import ApplyTarget, StepFailed, apply_plan
 from reconciler.engine.commands import Step, commands_for
 from reconciler.engine.conntrack import flush_prefixes, shrunk_sources
-from reconciler.engine.files import LockHeld, pid_lock
-from reconciler.engine.hostboot import (
-    DEFAULT_STATE_DIR,
-    firewall_path,
-    persist_firewall,
-    persisted_text,
-)
+from reconciler.engine.hostboot import persist_firewall
 from reconciler.engine.hostroutes import PlanGuard, lan_owners, with_host_routes
 from reconciler.engine.hoststate import HostState, ObservedState, Secrets
+from reconciler.engine.interpreter import SWITCH_INTERVAL, gc_paused, prompt_threads
 from reconciler.engine.observe import (
     InterfaceMissing,
     KnownTable,
     NotWireGuard,
     RoutesRead,
-    Snapshot,
     changed_peers,
     committed_table,
     observe,
@@ -71,64 +61,37 @@ from reconciler.engine.plan import (
     WriteConfig,
     plan,
 )
-from reconciler.engine.psk import psk_digest, read_host_secret
-from reconciler.engine.render import RenderError, render_host
+from reconciler.engine.render import RenderError
+from reconciler.engine.rollback import (
+    recover,
+    recover_interrupted,
+    restore,
+    snapshot_state,
+    with_desired_secrets,
+)
 from reconciler.engine.runner import CommandError, Runner
-from reconciler.repo.model import Gateway
-from reconciler.repo.state import GatewayChoiceError, RepoState
+from reconciler.engine.target import (
+    PRIVATE_KEY_FILE,
+    PSK_SECRET_FILE,
+    EngineError,
+    HostTarget,
+    LockBusy,
+    desired_state,
+    host_lock,
+    read_private_key,
+    select_gateway,
+)
+from reconciler.repo.state import RepoState
+
+# Importable from here as before the split (target, interpreter, rollback).
+__all__ = [
+    "PRIVATE_KEY_FILE", "PSK_SECRET_FILE", "SWITCH_INTERVAL", "EngineError", "HostTarget",
+    "LockBusy", "ReconcileResult", "desired_state", "gc_paused", "host_lock", "prompt_threads",
+    "read_private_key", "reconcile", "recover_interrupted", "restore", "select_gateway",
+    "snapshot_state", "with_desired_secrets",
+]
 
 log = logging.getLogger("tunnelctl.engine")
-
-PRIVATE_KEY_FILE = "private.key"
-PSK_SECRET_FILE = "psk.secret"
-
-
-class EngineError(RuntimeError):
-    """A problem the operator must fix before the host can be touched (names the fix)."""
-
-
-class LockBusy(EngineError):
-    pass
-
-
-@dataclass(frozen=True)
-class HostTarget:
-    netns: str | None = None
-    interface: str | None = None  # overrides gateway.interface (labs use unique names)
-    secret_dir: Path = Path("/etc/tunnelctl")  # private.key (base64), psk.secret (host secret)
-    config_dir: Path = Path("/etc/wireguard")  # <interface>.conf is written here
-    # Not a RuntimeDirectory: systemd removes that when the service stops, and a CLI apply
-    # holding the old file could then run beside the restarted service.
-    lock_dir: Path = DEFAULT_STATE_DIR / "locks"
-    lock_timeout: float = 30.0  # seconds to wait for another apply to finish
-    # Checkpoints and the persisted table. Default: /var/lib/tunnelctl on the host, and
-    # <secret_dir>/../state for a namespace (a lab keeps its files in its own folder).
-    state_dir: Path | None = None
-
-    def config_path(self, interface: str) -> Path:
-        return self.config_dir / f"{interface}.conf"
-
-    def lock_path(self, interface: str) -> Path:
-        return self.lock_dir / (f"{self.netns}.{interface}.lock" if self.netns
-                                else f"{interface}.lock")
-
-    @property
-    def state_root(self) -> Path:
-        if self.state_dir is not None:
-            return self.state_dir
-        return DEFAULT_STATE_DIR if self.netns is None else self.secret_dir.parent / "state"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.state_root / "checkpoints"
-
-    def checkpoint_path(self, interface: str) -> Path:
-        return checkpoint.marker_path(self.checkpoint_dir, self.netns, interface)
-
-    @property
-    def firewall_path(self) -> Path:
-        return firewall_path(self.state_root, self.netns)
-
 
 @dataclass(frozen=True)
 class ReconcileResult:
@@ -154,64 +117,6 @@ class ReconcileResult:
     @property
     def changed(self) -> bool:
         return not self.plan.empty
-
-
-# ------------------------------------------------------------------------ desired state
-
-
-def select_gateway(repo: RepoState, name: str | None) -> Gateway:
-    try:
-        return repo.gateway(name)
-    except GatewayChoiceError as exc:
-        raise EngineError(str(exc)) from None
-
-
-def read_private_key(path: Path) -> str:
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        raise EngineError(f"{path}: gateway private key missing; run `tunnelctl bootstrap` "
-                          "(or `tunnelctl lab up` for a lab)") from None
-    try:
-        ok = len(base64.b64decode(text, validate=True)) == 32
-    except (binascii.Error, ValueError):
-        ok = False
-    if not ok:
-        raise EngineError(f"{path}: not a WireGuard private key (base64 of 32 bytes)")
-    return text
-
-
-def desired_state(repo: RepoState, gateway: str | None,
-                  target: HostTarget) -> tuple[HostState, Secrets]:
-    """Render stage for one gateway: reads the two secret files, then renders (pure)."""
-    gw = select_gateway(repo, gateway)
-    private_key = read_private_key(target.secret_dir / PRIVATE_KEY_FILE)
-    secret_path = target.secret_dir / PSK_SECRET_FILE
-    try:
-        host_secret = read_host_secret(secret_path)
-    except FileNotFoundError:
-        raise EngineError(f"{secret_path}: host PSK secret missing; run `tunnelctl bootstrap`"
-                          ) from None
-    except ValueError as exc:
-        raise EngineError(str(exc)) from None
-    interface = target.interface or gw.interface
-    return render_host(gw, repo.tunnels, interface=interface, private_key=private_key,
-                       host_secret=host_secret, config_path=target.config_path(interface))
-
-
-# ---------------------------------------------------------------------------- locking
-
-
-@contextmanager
-def host_lock(target: HostTarget, interface: str) -> Iterator[None]:
-    """Exclusive flock on /run/tunnelctl/[<netns>.]<interface>.lock, waiting up to
-    lock_timeout, so CLI applies and the service never run at once."""
-    path = target.lock_path(interface)
-    try:
-        with pid_lock(path, wait=target.lock_timeout, mode=0o644):
-            yield
-    except LockHeld as exc:
-        raise LockBusy(f"another tunnelctl apply (pid {exc.holder}) holds {path}") from None
 
 
 # ---------------------------------------------------------------------------- reconcile
@@ -251,51 +156,6 @@ def reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None = None
                           guard=guard, quick=quick, show_commands=show_commands)
 
 
-SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
-_switching = threading.Lock()
-_prompt_depth = 0
-_interval_before = 0.0
-
-
-@contextmanager
-def prompt_threads() -> Iterator[None]:
-    """A shorter GIL switch interval while any cycle runs. A cycle reads large outputs of
-    other processes in threads (the wg dump: 2 MB at 16k peers, read in 32 KB chunks) beside
-    CPU-bound work in the main thread (parsing, planning): at the default interval a reader
-    waits up to 5 ms for the GIL per chunk, the pipe fills and the writer stalls (a 0.1 s
-    dump took 0.3-1 s in a cold converge's verify). At 0.5 ms it reads at nearly full speed,
-    for a few more GIL hand-overs when threads compete. The first of overlapping cycles sets
-    it, the last restores it."""
-    global _prompt_depth, _interval_before
-    with _switching:
-        if _prompt_depth == 0:
-            _interval_before = sys.getswitchinterval()
-            sys.setswitchinterval(min(_interval_before, SWITCH_INTERVAL))
-        _prompt_depth += 1
-    try:
-        yield
-    finally:
-        with _switching:
-            _prompt_depth -= 1
-            if _prompt_depth == 0:
-                sys.setswitchinterval(_interval_before)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic collector off for one cycle. A cycle on 16k tenants allocates a few hundred
-    thousand short-lived objects (peers, routes, parsed output) next to the tenant models a
-    service keeps, and each full collection walks all of them; reference counting still
-    frees everything the cycle drops."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
                dry_run: bool, runner: Runner | None,
                guard: PlanGuard | None, quick: bool, show_commands: bool) -> ReconcileResult:
@@ -331,7 +191,7 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
         with lock:
             clock.lap("lock")
             if not dry_run:
-                done = _recover(target, runner, interface)
+                done = recover(target, runner, interface)
                 if done is not None:
                     recovered.append(done)
                     knownstate.take((runner.netns, interface, str(config_path)))
@@ -340,56 +200,6 @@ def _reconcile(repo: RepoState, target: HostTarget, *, gateway: str | None,
                           guard, quick, show_commands, target)
     except LockBusy as exc:
         return result(Plan(), error=str(exc), step="lock")
-
-
-def _recover(target: HostTarget, runner: Runner, interface: str) -> str | None:
-    """Under the lock: restore the checkpoint a killed apply on this interface left behind.
-    Returns what happened, None when nothing was pending. The marker goes either way: the
-    cycle that follows converges the host whatever the restore managed."""
-    path = target.checkpoint_path(interface)
-    try:
-        pending = checkpoint.load(path)
-    except ValueError as exc:
-        checkpoint.clear(path)
-        log.error("%s", exc)
-        return f"checkpoint unreadable, discarded: {exc}"
-    if pending is None:
-        return None
-    log.warning("an apply on %s by pid %d was interrupted at %.0f; restoring its checkpoint",
-                interface, pending.pid, pending.started)
-    # The checkpoint is the plan's inverse: applied over the host as it is now, it puts back
-    # exactly what the killed apply may have changed and leaves the rest as found.
-    error: str | None
-    try:
-        current: ObservedState | None = observe(runner, interface,
-                                                config_path=pending.config_path)
-    except Exception as exc:  # noqa: BLE001 - reported; the cycle then converges anyway
-        current, error = None, f"cannot observe the host: {type(exc).__name__}: {exc}"
-    if current is not None:
-        error = restore(pending.inverse.over(current), runner, interface, pending.config_path,
-                        fallback_firewall=target.firewall_path, current=current)
-    checkpoint.clear(path)
-    if error:
-        log.error("restoring the interrupted apply's checkpoint on %s: %s", interface, error)
-        return f"interrupted apply of pid {pending.pid}: restore incomplete ({error})"
-    return f"interrupted apply of pid {pending.pid}: host restored to its checkpoint"
-
-
-def recover_interrupted(target: HostTarget, runner: Runner | None = None) -> list[str]:
-    """Every checkpoint left for this target's namespace, restored under its interface's lock
-    (the service calls this at start, before anything else). Returns what happened."""
-    runner = runner or Runner(netns=target.netns)
-    out = []
-    for path in checkpoint.pending_in(target.checkpoint_dir, target.netns):
-        interface = path.name.removesuffix(".pending").rsplit(".", 1)[-1]
-        try:
-            with host_lock(target, interface):
-                done = _recover(target, runner, interface)
-        except LockBusy as exc:
-            done = f"{interface}: not recovered yet ({exc})"
-        if done is not None:
-            out.append(done)
-    return out
 
 
 class ResultFactory(Protocol):  # the shape of reconcile's local `result` helper
@@ -601,34 +411,6 @@ def _flushed(flushing: Future[list[str]]) -> None:
                   "; ".join(failed[:3]))
 
 
-def with_desired_secrets(snapshot: Snapshot, desired: HostState, secrets: Secrets,
-                         keys: Iterable[str] | None = None) -> Snapshot:
-    """The snapshot's keys completed from the desired ones wherever they are the same key
-    (same PSK digest, same public key): read_snapshot reads keys only for what the plan
-    touches, but a restore may have to re-add any peer (wireguard-go restarted meanwhile).
-    `keys`: only those peers' (the checkpoint's), instead of all 16k."""
-    st = snapshot.state
-    psks = dict(snapshot.secrets.psks)
-    wanted = desired.peers
-    peers = st.peers.items() if keys is None else \
-        [(k, st.peers[k]) for k in keys if k in st.peers]
-    for key, peer in peers:
-        if key not in psks and peer.psk_digest is not None:
-            want = secrets.psk(key)
-            if want is None:
-                continue
-            # The desired peer carries its PSK's digest already: no hashing of 16k keys.
-            same = wanted.get(key)
-            digest = same.psk_digest if same is not None else psk_digest(want)
-            if digest == peer.psk_digest:
-                psks[key] = want
-    priv = snapshot.secrets.private_key
-    if (priv is None and st.interface is not None and desired.interface is not None
-            and st.interface.public_key == desired.interface.public_key):
-        priv = secrets.private_key
-    return replace(snapshot, secrets=Secrets(priv, psks))
-
-
 def _config_text(changes: Plan, desired: HostState, secrets: Secrets) -> str | None:
     """The config file's text when the plan writes it (it holds the keys). render_host
     always renders it; rendering it again here would need the gateway (its AmneziaWG
@@ -641,35 +423,3 @@ def _config_text(changes: Plan, desired: HostState, secrets: Secrets) -> str | N
     return None
 
 
-def snapshot_state(snapshot: Snapshot) -> HostState:
-    """The snapshot as a desired state: its firewall carries the listed text to load back."""
-    st = snapshot.state
-    fw = replace(st.firewall, text=snapshot.firewall_text or "") if st.firewall else None
-    return HostState(st.interface, st.peers, st.routes, fw, st.config)
-
-
-def restore(snapshot: Snapshot, runner: Runner, interface: str, config_path: Path | None,
-            *, fallback_firewall: Path | None = None,
-            current: ObservedState | None = None) -> str | None:
-    """Converge the host back to the snapshot (peers with their PSKs, routes, firewall text,
-    config file). Returns None when the host matches the snapshot again, else why not.
-
-    A snapshot without the table's text (an element-only change) that must load the whole
-    table (it vanished meanwhile) takes the persisted table when that is the same table."""
-    if (snapshot.firewall_text is None and snapshot.state.firewall is not None
-            and fallback_firewall is not None):
-        text = persisted_text(fallback_firewall, snapshot.state.firewall.fingerprint)
-        if text is not None:
-            snapshot = replace(snapshot, firewall_text=text)
-    want = snapshot_state(snapshot)
-    content = snapshot.config_content.decode() if snapshot.config_content is not None else None
-    try:
-        if current is None:
-            current = observe(runner, interface, config_path=config_path)
-        back = plan(want, current)
-        if not back.empty:
-            apply_plan(back, ApplyTarget(runner, interface, snapshot.secrets, content))
-        left = plan(want, observe(runner, interface, config_path=config_path))
-    except Exception as exc:  # noqa: BLE001 - report it, never mask the original failure
-        return f"{type(exc).__name__}: {exc}"
-    return None if left.empty else left.summary_line()
