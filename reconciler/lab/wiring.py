@@ -58,18 +58,19 @@ def infra_commands(i: InfraHost) -> list[str]:
             f"route add ::/0 via {i.cloud_address6}"]
 
 
+def _end_host(addresses: list[str | None], routes: list[str | None]) -> list[str]:
+    """An end host's `ip -batch` lines: its addresses on eth0 (IPv6 without DAD), eth0 up,
+    then its routes; None entries are the family it does not have."""
+    return (["link set lo up"] + [f"addr add {a}" for a in addresses if a]
+            + ["link set eth0 up"] + [f"route add {r}" for r in routes if r])
+
+
 def routed_commands(h: RoutedHost) -> list[str]:
-    cmds = ["link set lo up"]
-    if h.address and h.cloud_address:
-        cmds += [f"addr add {h.address}/{h.cloud_address.network.prefixlen} dev eth0"]
-    if h.address6 and h.cloud_address6:
-        cmds += [f"addr add {h.address6}/{h.cloud_address6.network.prefixlen} dev eth0 nodad"]
-    cmds.append("link set eth0 up")
-    if h.cloud_address:
-        cmds.append(f"route add default via {h.cloud_address.ip}")
-    if h.cloud_address6:
-        cmds.append(f"route add ::/0 via {h.cloud_address6.ip}")
-    return cmds
+    c4, c6 = h.cloud_address, h.cloud_address6
+    return _end_host(
+        [f"{h.address}/{c4.network.prefixlen} dev eth0" if h.address and c4 else None,
+         f"{h.address6}/{c6.network.prefixlen} dev eth0 nodad" if h.address6 and c6 else None],
+        [f"default via {c4.ip}" if c4 else None, f"::/0 via {c6.ip}" if c6 else None])
 
 
 def cloud_networks(gw: Gateway, router: Router) -> list[IPv4Network | IPv6Network]:
@@ -103,17 +104,11 @@ def router_commands(r: Router, mtu: int,
 
 def lan_host_commands(r: Router) -> list[str]:
     """The LAN host behind a router (only for a router with `host_netns`)."""
-    host = ["link set lo up"]
-    if r.lans:
-        host.append(f"addr add {r.host_address}/{r.lans[0].prefixlen} dev eth0")
-    if r.lans6:
-        host.append(f"addr add {r.host_address6}/{r.lans6[0].prefixlen} dev eth0 nodad")
-    host.append("link set eth0 up")
-    if r.lans:
-        host.append(f"route add default via {r.lan_address}")
-    if r.lans6:
-        host.append(f"route add ::/0 via {r.lan_address6}")
-    return host
+    return _end_host(
+        [f"{r.host_address}/{r.lans[0].prefixlen} dev eth0" if r.lans else None,
+         f"{r.host_address6}/{r.lans6[0].prefixlen} dev eth0 nodad" if r.lans6 else None],
+        [f"default via {r.lan_address}" if r.lans else None,
+         f"::/0 via {r.lan_address6}" if r.lans6 else None])
 
 
 def router_uapi(cfg: RouterConfig, psk: str, cloud_public_key: str, endpoint: str,
