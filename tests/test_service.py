@@ -301,11 +301,17 @@ def test_push_converges_audits_notifies_and_exports(world: Callable[..., World])
     gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert max(gaps) < 1.0, gaps
 
-    # Metrics: totals by result, revisions, per-tunnel series labelled org/tunnel.
+    # Metrics: totals by result, revisions, per-tunnel series labelled org/tunnel. A cycle
+    # pushes its audit entry before it counts itself, so the repair is waited for here too.
     st = svc.state()
+
+    def totals() -> dict[str, float]:
+        metrics = scrape(f"http://{st['metrics_address']}/metrics")
+        return {lbl["result"]: v for lbl, v in metrics["tunnelctl_reconcile_total"]}
+
+    svc.wait("repair counted", lambda: totals().get("repaired", 0) >= 1)
     metrics = scrape(f"http://{st['metrics_address']}/metrics")
-    totals = {lbl["result"]: v for lbl, v in metrics["tunnelctl_reconcile_total"]}
-    assert totals["applied"] >= 2 and totals["repaired"] >= 1
+    assert totals()["applied"] >= 2
     assert metrics["tunnelctl_drift_repairs_total"][0][1] >= 1
     assert metrics["tunnelctl_last_applied_revision_info"][0][0]["commit"] == c2
     tunnels = {(lbl["org"], lbl["tunnel"]) for lbl, _ in metrics["wireguard_latest_handshake_seconds"]}
@@ -319,14 +325,16 @@ def test_push_converges_audits_notifies_and_exports(world: Callable[..., World])
         (lbl["org"], lbl["tunnel"]) for lbl, _ in scrape(
             f"http://{st['metrics_address']}/metrics")["wireguard_latest_handshake_seconds"]})
 
-    # status -o json while the service runs.
+    # status -o json while the service runs (between cycles: a cycle every second shows
+    # "Reconciling" while it runs).
+    svc.wait("phase Ready", lambda: svc.status()["phase"] == "Ready")
     status = svc.status()
-    assert status["running"] and status["phase"] == "Ready"
+    assert status["running"]
     assert len(status["tunnels"]) == 3 and all(t["present"] for t in status["tunnels"])
     assert {"org", "name", "subnet", "lans", "endpoint", "handshake_age", "rx_bytes", "tx_bytes",
             "online", "status"} <= set(status["tunnels"][0])
-    text = svc.cli("status").stdout
-    assert "Ready" in text and "gen00000" in text
+    svc.wait("status text Ready", lambda: "Ready" in svc.cli("status").stdout)
+    assert "gen00000" in svc.cli("status").stdout
 
 
 @pytest.mark.lab
