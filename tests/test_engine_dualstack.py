@@ -20,8 +20,8 @@ from test_engine_netns import EngineHost, FailOnce, host  # noqa: F401  (the fix
 
 from reconciler.engine.cycle import reconcile
 from reconciler.engine.hoststate import ROUTE_PROTO, Route
-from reconciler.engine.observe import observe_changes
 from reconciler.engine.plan import AddRoute, DeleteRoute, Plan, UpdatePeer
+from reconciler.engine.readback import observe_changes
 from reconciler.engine.runner import Runner
 from reconciler.lab import Lab, generate_repo, ping
 from reconciler.repo.state import load_repo

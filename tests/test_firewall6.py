@@ -47,9 +47,9 @@ from reconciler.engine.nftables import (
     Verdict,
     canonical_rule,
 )
-from reconciler.engine.observe import read_map_element
 from reconciler.engine.parsers import parse_nft_table
 from reconciler.engine.plan import Plan, RemovePeer, ReplaceFirewall
+from reconciler.engine.readback import read_map_element
 from reconciler.engine.render import RenderError, firewall_table, render_firewall
 from reconciler.engine.runner import Result, Runner
 from reconciler.repo.model import Gateway, Tunnel

@@ -40,13 +40,7 @@ from reconciler.engine.observe import (
     InterfaceMissing,
     KnownTable,
     NotWireGuard,
-    RoutesRead,
-    changed_peers,
-    committed_table,
     observe,
-    observe_changes,
-    read_dump_early,
-    read_routes_early,
     read_snapshot,
 )
 from reconciler.engine.parsers import expect_peers
@@ -60,6 +54,14 @@ from reconciler.engine.plan import (
     UpdatePeer,
     WriteConfig,
     plan,
+)
+from reconciler.engine.readback import (
+    RoutesRead,
+    changed_peers,
+    committed_table,
+    observe_changes,
+    read_dump_early,
+    read_routes_early,
 )
 from reconciler.engine.render import RenderError
 from reconciler.engine.rollback import (

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.engine.hoststate import HostState, ObservedState
-from reconciler.engine.observe import fast_verifiable, read_config_digest
+from reconciler.engine.observe import read_config_digest
 from reconciler.engine.plan import (
     AddPeer,
     AddRoute,
@@ -38,6 +38,7 @@ from reconciler.engine.plan import (
     UpdatePeer,
     WriteConfig,
 )
+from reconciler.engine.readback import fast_verifiable
 
 TRUST_SECONDS = 60.0  # two default service intervals
 MAX_CHANGES = 64  # peer and route changes; bigger plans are dominated by apply anyway
