@@ -18,7 +18,6 @@ so the boot and nftables-restart units load exactly what the service last checke
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -35,7 +34,7 @@ from reconciler.engine.conntrack import flush_prefixes, shrunk_sources
 from reconciler.engine.hostboot import persist_firewall
 from reconciler.engine.hostroutes import PlanGuard, lan_owners, with_host_routes
 from reconciler.engine.hoststate import HostState, ObservedState, Secrets
-from reconciler.engine.interpreter import SWITCH_INTERVAL, gc_paused, prompt_threads
+from reconciler.engine.interpreter import SWITCH_INTERVAL, gc_paused, prompt_threads, started
 from reconciler.engine.observe import (
     InterfaceMissing,
     KnownTable,
@@ -391,16 +390,7 @@ def _flush_soon(runner: Runner, changes: Plan) -> Future[list[str]] | None:
     prefixes = shrunk_sources(changes)
     if not prefixes:
         return None
-    future: Future[list[str]] = Future()
-
-    def flush() -> None:
-        try:
-            future.set_result(flush_prefixes(runner, prefixes))
-        except BaseException as exc:  # noqa: BLE001 - logged where it is awaited
-            future.set_exception(exc)
-
-    threading.Thread(target=flush, name="conntrack", daemon=True).start()
-    return future
+    return started(lambda: flush_prefixes(runner, prefixes), "conntrack")
 
 
 def _flushed(flushing: Future[list[str]]) -> None:

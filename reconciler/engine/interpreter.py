@@ -1,6 +1,7 @@
-"""The interpreter's settings while a cycle runs: the cyclic garbage collector paused, a
-short GIL switch interval. Both are process-wide, so overlapping cycles share them: the
-first to start sets them, the last to end puts them back.
+"""The interpreter's side of a cycle: the cyclic garbage collector paused and a short GIL
+switch interval while it runs (both process-wide, so overlapping cycles share them: the
+first to start sets them, the last to end puts them back), and the reads and writes it
+starts in threads beside its stages.
 """
 
 from __future__ import annotations
@@ -8,8 +9,12 @@ from __future__ import annotations
 import gc
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
 
 SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
 _switching = threading.Lock()
@@ -54,3 +59,18 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def started(work: Callable[[], T], name: str) -> Future[T]:
+    """`work` running now in a daemon thread called `name`; its result, or what it raised,
+    where the future is awaited (a cycle that fails meanwhile simply never awaits it)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # noqa: BLE001 - raised where the result is awaited
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from reconciler.engine.hoststate import (
     Route,
     note_derived,
 )
+from reconciler.engine.interpreter import started
 from reconciler.engine.observe import (
     KnownTable,
     forget_listing,
@@ -83,25 +83,18 @@ def read_routes_early(runner: Runner, interface: str,
     dsts = sorted({c.route.dst for c in plan.changes if isinstance(c, (AddRoute, DeleteRoute))})
     if not dsts:
         return None
-    future: Future[RoutesRead] = Future()
 
     def routes(dst: str | None) -> frozenset[Route]:
         argv = our_routes_argv(interface) + (["exact", dst] if dst is not None else [])
         return parse_routes(runner.run(argv).stdout, dev=interface, proto=ROUTE_PROTO)
 
-    def read() -> None:
-        try:
-            if len(dsts) > EXACT_ROUTE_READS:
-                future.set_result(RoutesRead(None, routes(None)))
-                return
-            with ThreadPoolExecutor(len(dsts), thread_name_prefix="verify-route") as pool:
-                found = frozenset[Route]().union(*pool.map(routes, dsts))
-            future.set_result(RoutesRead(frozenset(dsts), found))
-        except BaseException as exc:  # noqa: BLE001 - raised where the result is awaited
-            future.set_exception(exc)
+    def read() -> RoutesRead:
+        if len(dsts) > EXACT_ROUTE_READS:
+            return RoutesRead(None, routes(None))
+        with ThreadPoolExecutor(len(dsts), thread_name_prefix="verify-route") as pool:
+            return RoutesRead(frozenset(dsts), frozenset[Route]().union(*pool.map(routes, dsts)))
 
-    threading.Thread(target=read, name="verify-routes", daemon=True).start()
-    return future
+    return started(read, "verify-routes")
 
 
 def changed_peers(plan: Plan) -> set[str]:
@@ -119,7 +112,6 @@ def read_dump_early(runner: Runner, interface: str,
     With `keys` (a quick read-back) and wireguard-go's control socket, only those peers'
     lines (and the interface's), from one `get=1` on the socket: about half the time of
     `wg show dump` at 16k peers (engine/uapi_dump.py)."""
-    future: Future[str] = Future()
     wanted = sorted(keys) if keys is not None else None
 
     def dump() -> str:
@@ -127,14 +119,7 @@ def read_dump_early(runner: Runner, interface: str,
             return dump_lines(runner.uapi_get(interface), wanted)
         return runner.run(["wg", "show", interface, "dump"]).stdout
 
-    def read() -> None:
-        try:
-            future.set_result(dump())
-        except BaseException as exc:  # noqa: BLE001 - raised where the result is awaited
-            future.set_exception(exc)
-
-    threading.Thread(target=read, name="verify-dump", daemon=True).start()
-    return future
+    return started(dump, "verify-dump")
 
 
 def observe_changes(runner: Runner, interface: str, plan: Plan, before: ObservedState,
