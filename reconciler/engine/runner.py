@@ -93,6 +93,36 @@ def _tethered(argv: list[str]) -> tuple[list[str], dict[str, object]]:
     return argv, {"preexec_fn": _die_with_parent(os.getpid()), "pass_fds": held_lock_fds()}
 
 
+def _uapi_exchange(interface: str, request: bytes) -> tuple[str, str | None]:
+    """Send one request on `interface`'s control socket and read the reply to its end (a
+    blank line): (the reply before its `errno=` line, that errno, or None without one)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(UAPI_DIR / f"{interface}.sock"))
+        sock.sendall(request)
+        chunks: list[bytes] = []
+        tail = b""
+        while not tail.endswith(b"\n\n"):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            tail = (tail + chunk)[-64:]
+    body = b"".join(chunks).decode()
+    at = body.rfind("errno=")
+    if at < 0 or (at > 0 and body[at - 1] != "\n"):
+        return body, None
+    return body[:at], body[at + 6:].strip()
+
+
+def _uapi_check(interface: str, request: str, code: str) -> None:
+    """CommandError unless the reply's errno is 0 (wireguard-go sends e.g. -22, EINVAL)."""
+    if code != "0":
+        number = int(code) if code.lstrip("-").isdigit() else 1
+        raise CommandError(["uapi", interface, request], number,
+                           f"wireguard-go returned errno={code}")
+
+
 def nft_busy(argv: Sequence[str], returncode: int, stderr: str) -> bool:
     """A failed nft write the kernel refused as busy: nothing applied, safe to run again."""
     return returncode != 0 and "nft" in argv[:6] and any(m in stderr for m in NFT_BUSY)
@@ -196,50 +226,21 @@ class Runner:
         """
         if write:
             self.writes += 1
-        self.log.append(("uapi", interface, request.split("\n", 1)[0]))
-        path = UAPI_DIR / f"{interface}.sock"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(30)
-            sock.connect(str(path))
-            sock.sendall(request.encode() + (b"" if request.endswith("\n\n") else b"\n"))
-            buf = bytearray()
-            # A response ends with "errno=N\n\n"; get requests carry key=value lines before it.
-            while not buf.endswith(b"\n\n"):
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    break
-                buf += chunk
-        body = buf.decode()
-        lines = body.rstrip("\n").split("\n")
-        errno = next((ln.split("=", 1)[1] for ln in lines if ln.startswith("errno=")), "0")
-        if errno != "0":
-            raise CommandError(["uapi", interface, request.split("\n", 1)[0]], int(errno),
-                               f"wireguard-go returned errno={errno}")
-        return "\n".join(ln for ln in lines if not ln.startswith("errno="))
+        first = request.split("\n", 1)[0]
+        self.log.append(("uapi", interface, first))
+        body, code = _uapi_exchange(interface, request.encode()
+                                    + (b"" if request.endswith("\n\n") else b"\n"))
+        _uapi_check(interface, first, code or "0")
+        return body.rstrip("\n")
 
     def uapi_get(self, interface: str) -> str:
         """wireguard-go's whole `get=1` reply (interface and every peer; it holds the keys, so
-        it stays in memory), without the per-line handling of `uapi` (5 MB at 16k peers)."""
+        it stays in memory), as it came (5 MB at 16k peers: no per-line handling). A reply
+        without its errno line is an error here."""
         self.log.append(("uapi", interface, "get=1"))
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(30)
-            sock.connect(str(UAPI_DIR / f"{interface}.sock"))
-            sock.sendall(b"get=1\n\n")
-            chunks = []
-            tail = b""
-            while not tail.endswith(b"\n\n"):
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                tail = (tail + chunk)[-64:]
-        body = b"".join(chunks).decode()
-        at = body.rfind("errno=")
-        code = body[at + 6:].strip() if at >= 0 else "?"
-        if code != "0":
-            raise CommandError(["uapi", interface, "get=1"], int(code) if code.isdigit() else 1,
-                               f"wireguard-go returned errno={code}")
-        return body[:at]
+        body, code = _uapi_exchange(interface, b"get=1\n\n")
+        _uapi_check(interface, "get=1", code or "?")
+        return body
 
     def has_uapi(self, interface: str) -> bool:
         return (UAPI_DIR / f"{interface}.sock").is_socket()
