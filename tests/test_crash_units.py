@@ -33,7 +33,7 @@ from reconciler.engine.hoststate import (
 from reconciler.engine.observe import Snapshot
 from reconciler.engine.plan import Plan, RemovePeer, ReplaceFirewall, plan
 from reconciler.engine.psk import psk_digest
-from reconciler.engine.runner import Runner, nft_busy
+from reconciler.engine.runner import CommandError, Runner, nft_busy
 
 
 def test_lock_is_rechecked_when_its_file_was_replaced(tmp_path: Path) -> None:
@@ -252,3 +252,37 @@ def test_children_fall_back_to_a_preexec_tether_where_setpriv_is_refused(
         runner_module.setpriv.cache_clear()
     argv, extra = runner_module._tethered(["true"])
     assert argv[1:] == ["--pdeathsig", "KILL", "--", "true"] and "preexec_fn" not in extra
+
+
+def test_a_write_refused_as_busy_is_retried_with_growing_waits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nft -f` and the netlink element batch share one retry schedule: a busy refusal changed
+    nothing, so it is sent again after 0.1 s, 0.2 s, ...; any other failure is final."""
+    from reconciler.engine import nftbatch, nftgen
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    outcomes = [1, 1, 0]
+
+    def fake_run(argv: list[str], **_kw: object) -> subprocess.CompletedProcess[bytes]:
+        code = outcomes.pop(0)
+        return subprocess.CompletedProcess(argv, code, b"", b"Error: Device or resource busy"
+                                           if code else b"")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    runner = Runner()
+    assert runner.run(["nft", "-f", "-"], stdin="x", write=True).returncode == 0
+    assert sleeps == [0.1, 0.2] and sum(1 for a in runner.log if a[0] == "retry") == 2
+
+    sleeps.clear()
+    errors = [{2: 16}, {2: 16}, {2: 16}, {2: 0}]  # EBUSY three times, then done
+    monkeypatch.setattr(nftgen, "transact", lambda *_a: errors.pop(0))
+    messages = nftbatch.encode([], [("elem", "tenant_hosts", "10.20.0.6/32", "accept")],
+                               "inet", "tunnelctl", set())
+    assert messages is not None
+    Runner().nft_elements(messages, "add element inet tunnelctl tenant_hosts { 10.20.0.6 }")
+    assert sleeps == [0.1, 0.2, 0.4] and not errors
+    monkeypatch.setattr(nftgen, "transact", lambda *_a: {2: 2})  # ENOENT: no retry
+    with pytest.raises(CommandError, match="No such file or directory"):
+        Runner().nft_elements(messages, "")
+    assert sleeps == [0.1, 0.2, 0.4]

@@ -23,7 +23,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +123,17 @@ def _uapi_check(interface: str, request: str, code: str) -> None:
                            f"wireguard-go returned errno={code}")
 
 
+def _busy_attempts() -> Iterator[bool]:
+    """One transaction's attempts, True while one more is allowed: a refusal as busy changed
+    nothing, so the caller retries, after 0.1 s and then twice as long each time."""
+    delay = 0.1
+    for attempt in range(NFT_BUSY_RETRIES + 1):
+        if attempt:
+            time.sleep(delay)
+            delay *= 2
+        yield attempt < NFT_BUSY_RETRIES
+
+
 def nft_busy(argv: Sequence[str], returncode: int, stderr: str) -> bool:
     """A failed nft write the kernel refused as busy: nothing applied, safe to run again."""
     return returncode != 0 and "nft" in argv[:6] and any(m in stderr for m in NFT_BUSY)
@@ -180,18 +191,14 @@ class Runner:
         self.log.append(tuple(full))
         data = stdin.encode() if isinstance(stdin, str) else stdin
         exec_argv, extra = (full, {}) if detach else _tethered(full)
-        delay = 0.1
-        for attempt in range(NFT_BUSY_RETRIES + 1):
+        for may_retry in _busy_attempts():
             proc = subprocess.run(exec_argv, input=data, capture_output=True, timeout=timeout,
                                   check=False, **extra)  # type: ignore[call-overload]
             res = Result(tuple(full), proc.returncode, proc.stdout.decode(errors="replace"),
                          proc.stderr.decode(errors="replace"))
-            if not (write and attempt < NFT_BUSY_RETRIES
-                    and nft_busy(full, proc.returncode, res.stderr)):
+            if not (write and may_retry and nft_busy(full, proc.returncode, res.stderr)):
                 break
             self.log.append(("retry", *full[:4]))
-            time.sleep(delay)
-            delay *= 2
         if check and proc.returncode != 0:
             raise CommandError(full, proc.returncode, res.stderr)
         return res
@@ -263,8 +270,7 @@ class Runner:
         self.writes += 1
         self.log.append(("nft-netlink", nftbatch.text(messages)))
         argv = ["nft-netlink", nftbatch.text(messages)]
-        delay = 0.1
-        for attempt in range(NFT_BUSY_RETRIES + 1):
+        for may_retry in _busy_attempts():
             data = nftbatch.batch(messages, 1)  # a socket of its own: its numbers are its own
             seqs = range(2, 2 + len(messages))
             try:
@@ -274,10 +280,8 @@ class Runner:
             refused = [(seq, err) for seq, err in sorted(acks.items()) if err]
             if refused:
                 seq, err = refused[0]
-                if attempt < NFT_BUSY_RETRIES and err in (errno_mod.EBUSY, errno_mod.ENOBUFS):
+                if may_retry and err in (errno_mod.EBUSY, errno_mod.ENOBUFS):
                     self.log.append(("retry", "nft-netlink"))
-                    time.sleep(delay)
-                    delay *= 2
                     continue
                 what = messages[seq - seqs.start].what
                 raise CommandError(argv, err, f"{what}: {os.strerror(err)}")
