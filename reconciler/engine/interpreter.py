@@ -6,13 +6,16 @@ starts in threads beside its stages.
 
 from __future__ import annotations
 
-import gc
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import TypeVar
+
+from reconciler.gcpause import gc_paused
+
+__all__ = ["SWITCH_INTERVAL", "gc_paused", "prompt_threads", "started"]
 
 T = TypeVar("T")
 
@@ -44,21 +47,6 @@ def prompt_threads() -> Iterator[None]:
             _prompt_depth -= 1
             if _prompt_depth == 0:
                 sys.setswitchinterval(_interval_before)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic collector off for one cycle. A cycle on 16k tenants allocates a few hundred
-    thousand short-lived objects (peers, routes, parsed output) next to the tenant models a
-    service keeps, and each full collection walks all of them; reference counting still
-    frees everything the cycle drops."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def started(work: Callable[[], T], name: str) -> Future[T]:
