@@ -342,3 +342,49 @@ def test_the_peers_failure_is_reported_and_waited_for() -> None:
         apply_plan(plan, ApplyTarget(routes, "wg1", _big_secrets(plan), "conf"))
     assert info2.value.step == "routes"
     assert kinds(routes)[-1] == "uapi-peers"  # the failed routes waited for the peers' end
+
+
+class WaitsForPeerBuild(RecordingRunner):
+    """The firewall's nft -f runs until the peers' request has been built (or 5 s pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.built = threading.Event()
+        self.built_during_firewall = False
+
+    def run(self, argv: Sequence[str], **kw: Any) -> Result:
+        if argv[0] == "nft":
+            self.built_during_firewall = self.built.wait(5)
+        return super().run(argv, **kw)
+
+
+def test_a_big_plans_peer_step_is_built_while_the_firewall_step_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.engine import commands
+
+    plan = _big()
+    r = WaitsForPeerBuild()
+    build = commands.uapi_peer_request
+
+    def recorded(*a: Any, **kw: Any) -> str:
+        try:
+            return build(*a, **kw)
+        finally:
+            r.built.set()
+
+    monkeypatch.setattr(commands, "uapi_peer_request", recorded)
+    assert apply_plan(plan, ApplyTarget(r, "wg1", _big_secrets(plan), "conf")) == [
+        "firewall", "peers", "routes", "config"]
+    assert r.built_during_firewall
+    assert kinds(r) == ["nft", "route-add", "write", "uapi-peers"] or \
+        kinds(r) == ["nft", "uapi-peers", "route-add", "write"]
+
+
+def test_a_big_plans_step_that_cannot_be_built_still_fails_in_its_place() -> None:
+    plan = _big()
+    broken = Plan((*plan.changes[:-2], AddPeer(peer(D, "10.20.0.22/32")), *plan.changes[-2:]))
+    r = RecordingRunner()
+    with pytest.raises(StepFailed) as info:
+        apply_plan(broken, ApplyTarget(r, "wg1", _big_secrets(plan), "conf"))
+    assert info.value.step == "peers" and isinstance(info.value.cause, KeyError)
+    assert kinds(r) == ["nft"]  # built ahead, yet raised after the firewall ran, as before

@@ -50,6 +50,8 @@ def shrunk_sources(plan: Plan) -> list[str]:
         # mapped is among the added elements, so only those are looked through.
         delta = change.element_delta()
         gone, kept = (old - new, new) if delta is None else delta
+        if not gone:
+            continue  # a cold converge: 21.8k new elements and nothing to look up
         now = {str(e[2]): str(e[3]) for e in kept if e[0] == "elem" and e[1] in TENANT_MAPS}
         for e in gone:
             if e[0] != "elem" or e[1] not in TENANT_MAPS:

@@ -293,17 +293,20 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
                                              changed_peers(changes) if fast else None))
 
     flushing: Future[list[str]] | None = None
+    # A big apply (a cold converge): its peers' dump lines will parse by the memo. Seeded in
+    # a thread meanwhile: the first step (the firewall's nft -f) leaves the CPU free.
+    expecting = (started(lambda: expect_peers(desired.peers, secrets.psk), "expect-peers")
+                 if not fast and len(changes) > EXPECT_MIN_CHANGES else None)
     try:
         try:
             apply_plan(changes, ApplyTarget(runner, interface, secrets, config_text), on_step)
         except StepFailed as exc:
             failed_step, error = exc.step, f"{exc.cause}"
+        if expecting is not None:
+            expecting.exception()  # settled before any read-back; a failure only costs speed
         clock.lap("apply")
         if failed_step is None:
             flushing = _flush_soon(runner, changes)  # beside verify
-            if not fast and len(changes) > EXPECT_MIN_CHANGES:
-                # A big apply (a cold converge): its peers' dump lines parse by the memo.
-                expect_peers(desired.peers, secrets.psk)
             try:
                 dump = early[0] if early else None
                 after = (observe_changes(runner, interface, changes, observed, config_path, dump,
