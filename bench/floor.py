@@ -26,8 +26,9 @@ from pathlib import Path
 import yaml
 from ruamel.yaml import YAML
 
-from reconciler.engine.commands import firewall_transaction, route_batch
+from reconciler.engine.commands import route_batch
 from reconciler.engine.hoststate import HostState, Secrets
+from reconciler.engine.nft_transactions import firewall_transaction
 from reconciler.engine.render import render_config
 
 

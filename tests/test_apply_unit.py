@@ -19,11 +19,11 @@ from reconciler.engine.commands import (
     UapiSet,
     WriteFile,
     commands_for,
-    firewall_transaction,
     route_batch,
     uapi_peer_request,
 )
 from reconciler.engine.hoststate import ConfigFile, InterfaceConfig, Peer, Route, Secrets
+from reconciler.engine.nft_transactions import firewall_transaction
 from reconciler.engine.parsers import b64_to_hex, firewall_from_elements
 from reconciler.engine.plan import (
     AddPeer,
@@ -117,7 +117,7 @@ def kinds(runner: RecordingRunner) -> list[str]:
         elif kind == "run":
             argv, stdin = payload
             if argv[:2] == ("nft", "-f"):
-                out.append("nft")
+                out.append("nft-elements" if (stdin or "").startswith("add element") else "nft")
             elif "route del" in (stdin or ""):
                 out.append("route-del")
             elif "route replace" in (stdin or ""):
@@ -291,9 +291,16 @@ class SlowPeers(RecordingRunner):
         return super().uapi(interface, request, write=write)
 
 
+# A table with tenant map elements: loaded from nothing by a big plan, it is split in two.
+FW_TENANTS = firewall_from_elements(
+    {("chain", "input"), ("elem", "tenant_hosts", "10.21.0.0/32", "jump svc_sip")},
+    text="table inet tunnelctl {\n\tmap tenant_hosts {\n\t\ttype ipv4_addr : verdict\n"
+         "\t\telements = {\n\t\t\t10.21.0.0 : jump svc_sip\n\t\t}\n\t}\n}\n")
+
+
 def _big(n: int = PEERS_BESIDE_MIN) -> Plan:
     keys = [keypair()[1] for _ in range(n)]
-    return Plan((ReplaceFirewall(None, FW),
+    return Plan((ReplaceFirewall(None, FW_TENANTS),
                  *(AddPeer(peer(k, f"10.21.{i >> 8}.{i & 255}/32")) for i, k in enumerate(keys)),
                  AddRoute(Route("192.168.10.0/24", "wg1")),
                  WriteConfig(None, ConfigFile("/etc/wireguard/wg1.conf", "abc"))))
@@ -315,18 +322,19 @@ def test_a_big_plans_routes_and_config_run_beside_its_peers() -> None:
     while "write" not in kinds(r):  # routes and config are done while the peers still run
         assert time.monotonic() < deadline, kinds(r)
         time.sleep(0.01)
-    assert kinds(r) == ["nft", "route-add", "write"] and "peers" not in seen
+    assert kinds(r) == ["nft", "nft-elements", "route-add", "write"] and "peers" not in seen
     r.release.set()
     worker.join(10)
-    assert result == [["firewall", "peers", "routes", "config"]]
-    assert kinds(r) == ["nft", "route-add", "write", "uapi-peers"] and seen[-1] == "peers"
+    assert result == [["firewall", "peers", "elements", "routes", "config"]]
+    assert kinds(r) == ["nft", "nft-elements", "route-add", "write", "uapi-peers"]
+    assert seen[-1] == "peers"
 
 
 def test_a_small_plan_keeps_the_order() -> None:
     plan = _big(PEERS_BESIDE_MIN - 4)
     r = RecordingRunner()
     apply_plan(plan, ApplyTarget(r, "wg1", _big_secrets(plan), "conf"))
-    assert kinds(r) == ["nft", "uapi-peers", "route-add", "write"]
+    assert kinds(r) == ["nft", "uapi-peers", "route-add", "write"]  # and one table load
 
 
 def test_the_peers_failure_is_reported_and_waited_for() -> None:
@@ -374,10 +382,10 @@ def test_a_big_plans_peer_step_is_built_while_the_firewall_step_runs(
 
     monkeypatch.setattr(commands, "uapi_peer_request", recorded)
     assert apply_plan(plan, ApplyTarget(r, "wg1", _big_secrets(plan), "conf")) == [
-        "firewall", "peers", "routes", "config"]
+        "firewall", "peers", "elements", "routes", "config"]
     assert r.built_during_firewall
-    assert kinds(r) == ["nft", "route-add", "write", "uapi-peers"] or \
-        kinds(r) == ["nft", "uapi-peers", "route-add", "write"]
+    assert sorted(kinds(r)) == ["nft", "nft-elements", "route-add", "uapi-peers", "write"]
+    assert kinds(r)[0] == "nft"  # the structure before anything else
 
 
 def test_a_big_plans_step_that_cannot_be_built_still_fails_in_its_place() -> None:

@@ -24,17 +24,19 @@ from test_render import gateway, tunnel
 
 from reconciler.engine.apply import run_commands
 from reconciler.engine.commands import (
-    INTERVAL_DELETE_LIMIT,
     Exec,
     NftElements,
-    element_transaction,
     firewall_commands,
-    firewall_transaction,
-    interval_deletes,
 )
 from reconciler.engine.conntrack import collapse, flush_prefixes, matching_flows, shrunk_sources
 from reconciler.engine.hostboot import closed_table
 from reconciler.engine.hoststate import Firewall, Peer
+from reconciler.engine.nft_transactions import (
+    INTERVAL_DELETE_LIMIT,
+    element_transaction,
+    firewall_transaction,
+    interval_deletes,
+)
 from reconciler.engine.nftables import (
     Chain,
     DaddrInSet,

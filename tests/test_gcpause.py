@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from reconciler.gcpause import gc_paused
+from reconciler.repo.gcpause import gc_paused
 
 
 class Node:

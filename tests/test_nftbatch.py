@@ -25,11 +25,10 @@ from reconciler.engine import nftbatch
 from reconciler.engine.commands import (
     Exec,
     NftElements,
-    element_transaction,
     firewall_commands,
-    firewall_transaction,
 )
 from reconciler.engine.hoststate import Firewall
+from reconciler.engine.nft_transactions import element_transaction, firewall_transaction
 from reconciler.engine.plan import ReplaceFirewall
 from reconciler.engine.render import render_firewall
 from reconciler.engine.runner import CommandError, Result, Runner

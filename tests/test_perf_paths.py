@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from reconciler.engine import render as R
-from reconciler.engine.commands import element_transaction
 from reconciler.engine.cycle import ReconcileResult, reconcile
 from reconciler.engine.hoststate import Firewall, canonical_cidr
+from reconciler.engine.nft_transactions import element_transaction
 from reconciler.engine.plan import AddRoute, ReplaceFirewall, UpdatePeer, WriteConfig
 from reconciler.engine.psk import derive_psk, psk_deriver
 from reconciler.engine.runner import Result, Runner
@@ -268,7 +268,8 @@ def test_a_no_op_cycle_lists_the_table_only_when_the_ruleset_generation_moved(be
 
 
 def test_many_lan_removals_load_the_table_whole_host_removals_stay_element_deletes() -> None:
-    from reconciler.engine.commands import INTERVAL_DELETE_LIMIT, firewall_commands
+    from reconciler.engine.commands import firewall_commands
+    from reconciler.engine.nft_transactions import INTERVAL_DELETE_LIMIT
 
     chain = ("chain", "input", "filter", "input", -5, "accept")
     hosts = {("elem", "tenant_hosts", f"10.20.{i >> 6}.{(i & 63) * 4 + 2}/32", "jump svc_sip")

@@ -55,23 +55,26 @@ class ApplyTarget:
         return self.runner.has_uapi(self.interface) if self.use_uapi is None else self.use_uapi
 
 
-PEERS_BESIDE_MIN = 256  # plans this big run their peer step beside the route and config steps
+PEERS_BESIDE_MIN = 256  # plans this big run their peer step beside the steps after it
+# The steps after the peers that touch no peer: they may run while the peers are taken.
+BESIDE_PEERS = ("elements", "routes", "config")
 
 
 def apply_plan(plan: Plan, target: ApplyTarget,
                on_step: Callable[[str], None] | None = None) -> list[str]:
     """Run the plan's steps in order; returns the steps run. Raises StepFailed(step, cause).
 
-    Each step is built only after the ones before it ran (iter_steps is lazy), so a step
-    that cannot be built fails at its place in the order, like one whose command fails.
+    A step that cannot be built fails at its place in the order, like one whose command
+    fails: iter_steps is lazy, and a big plan's steps, built ahead (_built_ahead), still
+    raise in order.
     `on_step(name)` is told of each step done (the engine starts a read-back early); for a
     big plan's peer step that is from its own thread.
 
     A big plan (a cold converge) runs its peer step (wireguard-go taking 16k peers: ~1.3 s on
-    one core) in a thread, beside the route and config steps that follow it, which touch no
-    peer: they are done by the time the peers are, instead of competing with the read-back
-    that starts then. A route to a LAN whose peer is not there yet leads into the interface,
-    where it is dropped. Any step after those waits for the peers; a failure of either is
+    one core) in a thread, beside the steps that follow it and touch no peer (BESIDE_PEERS):
+    they are done by the time the peers are, instead of competing with the read-back that
+    starts then. A route to a LAN whose peer is not there yet leads into the interface,
+    where it is dropped; a peer whose map elements are not loaded yet only reaches ping. Any step after those waits for the peers; a failure of either is
     raised only once both are done (the peers' first: it comes first in the order)."""
     done: list[str] = []
     if plan.empty:
@@ -84,7 +87,7 @@ def apply_plan(plan: Plan, target: ApplyTarget,
     beside: _Beside | None = None
     try:
         for step in steps:  # raises StepFailed itself for a step it cannot build
-            if beside is not None and step.name not in ("routes", "config"):
+            if beside is not None and step.name not in BESIDE_PEERS:
                 beside.join()
                 beside = None
             if step.name == "peers" and big:

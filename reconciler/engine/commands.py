@@ -4,7 +4,9 @@ Order (the one place it lives):
   removal phase  routes (ip -batch: route del) -> peers (remove) -> firewall
   add phase      firewall -> interface -> peers (add/update) -> routes (ip -batch: replace)
   then           config file (only when its digest changed)
-The firewall sits between the phases: last when removing, first when adding. Each step is
+The firewall sits between the phases: last when removing, first when adding. A big plan
+that loads the table from nothing splits it (split_load): the structure with empty tenant maps
+first, the maps' elements ("elements") right after the peers. Each step is
 one call (one UAPI request or one `wg set`, one `ip -batch -`, one `nft -f -` or one netlink
 batch of map elements), and untouched peers never appear in it, so their sessions survive.
 
@@ -22,13 +24,19 @@ from pathlib import PurePath
 
 from reconciler.engine import nftbatch
 from reconciler.engine.hoststate import (
-    FIREWALL_FAMILY,
-    FIREWALL_TABLE,
-    HOST_MAPS,
     ROUTE_PROTO,
+    TENANT_MAPS,
     Peer,
     Route,
     Secrets,
+)
+from reconciler.engine.nft_transactions import (
+    INTERVAL_DELETE_LIMIT,
+    element_transaction,
+    firewall_transaction,
+    interval_deletes,
+    tenant_elements,
+    without_tenant_elements,
 )
 from reconciler.engine.nftbatch import Message
 from reconciler.engine.parsers import b64_to_hex
@@ -36,7 +44,6 @@ from reconciler.engine.plan import (
     AddPeer,
     AddRoute,
     DeleteRoute,
-    Element,
     Plan,
     RemovePeer,
     ReplaceFirewall,
@@ -203,12 +210,15 @@ def iter_steps(plan: Plan, interface: str, secrets: Secrets, *, uapi: bool,
     if removes:
         yield _step("peers", peer_commands, interface, [], [c.peer.public_key for c in removes],
                     secrets, uapi)
+    split = split_load(plan)
     if firewall:
-        yield _step("firewall", firewall_commands, firewall[-1])
+        yield _step("firewall", firewall_commands, firewall[-1], split)
     if iface:
         yield _step("interface", interface_commands, interface, iface[-1], secrets, uapi)
     if upserts:
         yield _step("peers", peer_commands, interface, upserts, [], secrets, uapi)
+    if split:
+        yield _step("elements", tenant_element_commands, firewall[-1])
     if adds:
         yield _step("routes", route_commands, [c.route for c in adds], [])
     if config:
@@ -356,46 +366,33 @@ def route_commands(add: Sequence[Route], delete: Sequence[Route]) -> tuple[Comma
 # ---------------------------------------------------------------------------- firewall
 
 
-def firewall_transaction(text: str | None, family: str = FIREWALL_FAMILY,
-                         table: str = FIREWALL_TABLE) -> str:
-    """One nft file = one transaction: declare (so delete cannot fail), delete, define again.
-    Only our table is named; nothing else in the ruleset is touched. text None = delete only."""
-    head = f"table {family} {table} {{}}\ndelete table {family} {table}\n"
-    return head + (text or "")
+# A table loaded from nothing for a plan this big (a cold converge) is loaded in two parts:
+# the structure with empty tenant maps before the peers, the maps' elements beside them
+# (engine/nft_transactions.py says why that isolates all along). The peers then wait for a
+# ~20 ms `nft -f` instead of ~0.2 s, and the elements' `nft -f` runs while wireguard-go
+# takes the peers (~1.3 s at 16k). Smaller plans keep the one transaction.
+SPLIT_LOAD_MIN = 256
 
 
-def element_transaction(removed: Iterable[Element], added: Iterable[Element],
-                        family: str = FIREWALL_FAMILY, table: str = FIREWALL_TABLE) -> str:
-    """`delete element` / `add element` statements for ("elem", map, key, value) items,
-    deletions first; one file, so one transaction. A changed value is a delete plus an add."""
-    lines = []
-    for verb, items in (("delete", removed), ("add", added)):
-        by_map: dict[str, list[str]] = {}
-        for _, name, key, value in sorted(items, key=str):
-            # A /32 or /128 as a plain address: the tenant host maps are hash maps, which
-            # take no prefixes (an interval map reads the plain address as the /32 or /128).
-            text = str(key).removesuffix("/128" if ":" in str(key) else "/32")
-            by_map.setdefault(str(name), []).append(
-                f"{text} : {value}" if verb == "add" and value != "" else text)
-        lines += [f"{verb} element {family} {table} {name} {{ {', '.join(keys)} }}"
-                  for name, keys in sorted(by_map.items())]
-    return "\n".join(lines) + "\n"
+def split_load(plan: Plan) -> bool:
+    """Whether the plan's firewall step loads the table from nothing in two parts."""
+    firewall = plan.of(ReplaceFirewall)
+    if len(plan) < SPLIT_LOAD_MIN or len(firewall) != 1:
+        return False
+    new = firewall[0].new
+    return (firewall[0].old is None and new is not None and bool(new.text)
+            and any(e[0] == "elem" and e[1] in TENANT_MAPS for e in new.elements))
 
 
-# nft 1.0.6 deletes an element of an interval set by walking the set: ~4 ms per LAN at 5.4k
-# LANs (666 deletions took 2.1-2.9 s), while deleting 2,000 elements of the tenant host
-# hash map takes ~0.06 s and loading the whole 16k-tenant table ~0.15 s. Beyond this many
-# interval deletions one `nft -f` replacing the table (as atomic) is the faster transaction.
-INTERVAL_DELETE_LIMIT = 16
+def tenant_element_commands(change: ReplaceFirewall) -> tuple[Command, ...]:
+    """The second part of a split load: every tenant map element, one `nft -f`."""
+    assert change.new is not None
+    new = change.new
+    added = tenant_elements(new.elements)
+    return (Exec(("nft", "-f", "-"), element_transaction((), added, new.family, new.table)),)
 
 
-def interval_deletes(removed: Iterable[Element]) -> int:
-    """Deleted elements that live in an interval set (everything but the host hash maps),
-    IPv4 and IPv6 alike: nft walks each interval set per delete."""
-    return sum(1 for e in removed if e[0] == "elem" and e[1] not in HOST_MAPS)
-
-
-def firewall_commands(change: ReplaceFirewall) -> tuple[Command, ...]:
+def firewall_commands(change: ReplaceFirewall, split: bool = False) -> tuple[Command, ...]:
     """One atomic transaction. When only map/set elements differ (a tenant added, removed
     or given a LAN), it deletes and adds just those elements: on 16k tenants that is ~10 ms
     instead of ~0.2 s for loading the whole table, and nothing else is rewritten; in the
@@ -415,7 +412,10 @@ def firewall_commands(change: ReplaceFirewall) -> tuple[Command, ...]:
         return (Exec(("nft", "-f", "-"), text),)
     if new is not None and not new.text:
         raise ValueError("firewall has no loadable text")
-    return (Exec(("nft", "-f", "-"), firewall_transaction(new.text if new else None)),)
+    table = new.text if new else None
+    if split and table is not None:
+        table = without_tenant_elements(table)  # the first part of a split load
+    return (Exec(("nft", "-f", "-"), firewall_transaction(table)),)
 
 
 # ------------------------------------------------------------------------------ config

@@ -29,7 +29,7 @@ from typing import Protocol
 from reconciler.engine import checkpoint
 from reconciler.engine import verified_cache as knownstate
 from reconciler.engine.apply import ApplyTarget, StepFailed, apply_plan
-from reconciler.engine.commands import Step, commands_for
+from reconciler.engine.commands import Step, commands_for, split_load
 from reconciler.engine.conntrack import flush_prefixes, shrunk_sources
 from reconciler.engine.hostboot import persist_firewall
 from reconciler.engine.hostroutes import PlanGuard, lan_owners, with_host_routes
@@ -358,7 +358,7 @@ def _table_known(runner: Runner, observed: ObservedState, changes: Plan) -> Know
     fw = changes.of(ReplaceFirewall)
     if len(fw) != 1 or fw[0].element_delta() is not None:
         return None
-    return committed_table(runner, observed.firewall, fw[0])
+    return committed_table(runner, observed.firewall, fw[0], 2 if split_load(changes) else 1)
 
 
 def _persist(target: HostTarget | None, desired: HostState) -> None:

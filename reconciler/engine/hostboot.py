@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from reconciler.engine.commands import firewall_transaction
 from reconciler.engine.files import atomic_write
 from reconciler.engine.hoststate import FIREWALL_FAMILY, FIREWALL_TABLE, TENANT_MAP
+from reconciler.engine.nft_transactions import firewall_transaction
 from reconciler.engine.nftables import (
     Chain,
     Counter,

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import TypeVar
 
-from reconciler.gcpause import gc_paused
+from reconciler.repo.gcpause import gc_paused
 
 __all__ = ["SWITCH_INTERVAL", "gc_paused", "prompt_threads", "started"]
 

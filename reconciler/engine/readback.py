@@ -197,13 +197,15 @@ def observe_changes(runner: Runner, interface: str, plan: Plan, before: Observed
 
 
 def committed_table(runner: Runner, before: Firewall | None,
-                    change: ReplaceFirewall) -> KnownTable | None:
+                    change: ReplaceFirewall, commits: int = 1) -> KnownTable | None:
     """The table now, known exactly without reading it, or None (then it is read back).
 
     `before` was listed at generation g (or found absent). If the generation now is g + 1,
     exactly one transaction committed since: the one apply just ran (its `nft -f` or element
     batch succeeded, or verify would not run), which turned `change.old` (== before) into
-    `change.new`, the whole table replaced or elements changed, atomically either way.
+    `change.new`, the whole table replaced or elements changed, atomically either way. A
+    split load (commands.split_load) is `commits` = 2 transactions: the structure, then the
+    elements (both succeeded, or verify would not run).
     Anything else (another writer, a write that did not commit, a listing not remembered)
     reads the table back instead. Either way the next full observe lists the table."""
     now = generation(runner)
@@ -214,7 +216,7 @@ def committed_table(runner: Runner, before: Firewall | None,
         return None
     key = (now[0], named.family, named.table)
     seen = listing(key)
-    if seen is None or now[1] != seen[0] + 1:
+    if seen is None or now[1] != seen[0] + commits:
         return None
     if not (seen[1] is before or seen[1] == before) or change.old != before:
         return None

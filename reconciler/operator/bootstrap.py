@@ -21,9 +21,9 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from reconciler.engine import psk, wgkeys
-from reconciler.engine.commands import firewall_transaction
 from reconciler.engine.hostboot import DEFAULT_STATE_DIR, firewall_path, persist_firewall
 from reconciler.engine.hoststate import FIREWALL_FAMILY, FIREWALL_TABLE
+from reconciler.engine.nft_transactions import firewall_transaction
 from reconciler.engine.render import render_firewall
 from reconciler.engine.runner import CommandError, Runner
 from reconciler.repo.model import Gateway

@@ -1,4 +1,5 @@
-"""The cyclic garbage collector paused around bulk work (a load, a cycle), shared by every layer.
+"""The cyclic garbage collector paused around bulk work (a load, a cycle). In the lowest layer
+because the load uses it and every layer above may import it.
 
 Thousands of small objects (16k tenant models, a cycle's peers, routes and parsed output) are
 made at once: collection passes meanwhile only cost time, reference counting frees what is
