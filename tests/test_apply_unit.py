@@ -396,3 +396,29 @@ def test_a_big_plans_step_that_cannot_be_built_still_fails_in_its_place() -> Non
         apply_plan(broken, ApplyTarget(r, "wg1", _big_secrets(plan), "conf"))
     assert info.value.step == "peers" and isinstance(info.value.cause, KeyError)
     assert kinds(r) == ["nft"]  # built ahead, yet raised after the firewall ran, as before
+
+
+def test_meanwhile_runs_once_here_while_the_peers_are_still_taken() -> None:
+    plan = _big()
+    r = SlowPeers()
+    calls: list[tuple[str, list[str]]] = []
+
+    def meanwhile() -> None:
+        calls.append((threading.current_thread().name, kinds(r)))
+        r.release.set()  # the peers finish only after this ran
+
+    assert apply_plan(plan, ApplyTarget(r, "wg1", _big_secrets(plan), "conf"),
+                      meanwhile=meanwhile)[-1] == "config"
+    assert calls == [(threading.current_thread().name,
+                      ["nft", "nft-elements", "route-add", "write"])]
+    small = _big(PEERS_BESIDE_MIN - 4)
+    seen: list[list[str]] = []
+    r2 = RecordingRunner()
+    apply_plan(small, ApplyTarget(r2, "wg1", _big_secrets(small), "conf"),
+               meanwhile=lambda: seen.append(kinds(r2)))
+    assert seen == [["nft", "uapi-peers", "route-add", "write"]]  # after the last step
+    failing = RecordingRunner(fail="-batch")
+    with pytest.raises(StepFailed):
+        apply_plan(small, ApplyTarget(failing, "wg1", _big_secrets(small), "conf"),
+                   meanwhile=lambda: seen.append(["called"]))
+    assert seen[-1] != ["called"]

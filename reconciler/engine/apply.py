@@ -35,7 +35,7 @@ from reconciler.engine.hoststate import Secrets
 from reconciler.engine.plan import Plan
 from reconciler.engine.runner import Runner
 
-__all__ = ["ApplyTarget", "StepFailed", "apply_plan", "run_commands", "secret_dir"]
+__all__ = ["ApplyTarget", "StepFailed", "apply_plan", "prepare", "run_commands", "secret_dir"]
 
 
 @dataclass(frozen=True)
@@ -60,34 +60,54 @@ PEERS_BESIDE_MIN = 256  # plans this big run their peer step beside the steps af
 BESIDE_PEERS = ("elements", "routes", "config")
 
 
+def prepare(plan: Plan, target: ApplyTarget) -> Iterator[Step]:
+    """The plan's steps for apply_plan. A big plan's are being built from now on, in a
+    thread (the engine asks before its snapshot and checkpoint, so a 16k-peer request is
+    ready when the firewall's structure is loaded); a small plan's as apply reaches them."""
+    steps = iter_steps(plan, target.interface, target.secrets, uapi=target.uapi,
+                       config_text=target.config_text)
+    return _built_ahead(steps) if len(plan) >= PEERS_BESIDE_MIN else steps
+
+
 def apply_plan(plan: Plan, target: ApplyTarget,
-               on_step: Callable[[str], None] | None = None) -> list[str]:
+               on_step: Callable[[str], None] | None = None, *,
+               steps: Iterator[Step] | None = None,
+               meanwhile: Callable[[], None] | None = None) -> list[str]:
     """Run the plan's steps in order; returns the steps run. Raises StepFailed(step, cause).
 
-    A step that cannot be built fails at its place in the order, like one whose command
-    fails: iter_steps is lazy, and a big plan's steps, built ahead (_built_ahead), still
-    raise in order.
+    `steps` are prepare(plan, target)'s (made here when not given). A step that cannot be
+    built fails at its place in the order, like one whose command fails: iter_steps is
+    lazy, and a big plan's steps, built ahead, still raise in order.
     `on_step(name)` is told of each step done (the engine starts a read-back early); for a
-    big plan's peer step that is from its own thread.
+    big plan's peer step that is from its own thread. `meanwhile()` runs once on this
+    thread when the steps beside the peers are done and it would only wait for them (or
+    after the last step); not when a step failed.
 
     A big plan (a cold converge) runs its peer step (wireguard-go taking 16k peers: ~1.3 s on
     one core) in a thread, beside the steps that follow it and touch no peer (BESIDE_PEERS):
     they are done by the time the peers are, instead of competing with the read-back that
     starts then. A route to a LAN whose peer is not there yet leads into the interface,
-    where it is dropped; a peer whose map elements are not loaded yet only reaches ping. Any step after those waits for the peers; a failure of either is
-    raised only once both are done (the peers' first: it comes first in the order)."""
+    where it is dropped; a peer whose map elements are not loaded yet only reaches ping. Any
+    step after those waits for the peers; a failure of either is raised only once both are
+    done (the peers' first: it comes first in the order)."""
     done: list[str] = []
     if plan.empty:
         return done
-    steps = iter_steps(plan, target.interface, target.secrets, uapi=target.uapi,
-                       config_text=target.config_text)
+    if steps is None:
+        steps = prepare(plan, target)
     big = len(plan) >= PEERS_BESIDE_MIN
-    if big:
-        steps = _built_ahead(steps)
     beside: _Beside | None = None
+
+    def caught_up() -> None:
+        nonlocal meanwhile
+        if meanwhile is not None:
+            work, meanwhile = meanwhile, None
+            work()
+
     try:
         for step in steps:  # raises StepFailed itself for a step it cannot build
             if beside is not None and step.name not in BESIDE_PEERS:
+                caught_up()
                 beside.join()
                 beside = None
             if step.name == "peers" and big:
@@ -101,6 +121,7 @@ def apply_plan(plan: Plan, target: ApplyTarget,
             done.append(step.name)
             if on_step is not None:
                 on_step(step.name)
+        caught_up()
     except BaseException:
         if beside is not None:
             beside.join()  # its failure, if any, is the earlier one: raised instead
@@ -111,9 +132,9 @@ def apply_plan(plan: Plan, target: ApplyTarget,
 
 
 def _built_ahead(steps: Iterator[Step]) -> Iterator[Step]:
-    """`steps`, built in a thread ahead of their turn. Building a big plan's peer step (16k
-    peers' request text, ~50 ms) then overlaps the firewall's nft -f before it, a process
-    leaving this one's CPU free. Building is pure, so only the time moves: steps still come
+    """`steps`, being built from now on in a thread, ahead of their turn. Building a big
+    plan's peer step (16k peers' request text, ~50 ms) then overlaps the engine's snapshot
+    and the firewall's `nft -f`. Building is pure, so only the time moves: steps still come
     in order, and one that cannot be built raises its StepFailed at its own turn, after the
     steps before it ran."""
     built: queue.SimpleQueue[Step | BaseException | None] = queue.SimpleQueue()
@@ -128,6 +149,10 @@ def _built_ahead(steps: Iterator[Step]) -> Iterator[Step]:
         built.put(None)
 
     threading.Thread(target=build, name="apply-build", daemon=True).start()
+    return _in_order(built)
+
+
+def _in_order(built: queue.SimpleQueue[Step | BaseException | None]) -> Iterator[Step]:
     while (item := built.get()) is not None:
         if isinstance(item, BaseException):
             raise item

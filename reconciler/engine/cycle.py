@@ -28,7 +28,7 @@ from typing import Protocol
 
 from reconciler.engine import checkpoint
 from reconciler.engine import verified_cache as knownstate
-from reconciler.engine.apply import ApplyTarget, StepFailed, apply_plan
+from reconciler.engine.apply import ApplyTarget, StepFailed, apply_plan, prepare
 from reconciler.engine.commands import Step, commands_for, split_load
 from reconciler.engine.conntrack import flush_prefixes, shrunk_sources
 from reconciler.engine.hostboot import persist_firewall
@@ -255,6 +255,8 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
         return result(changes, error=refusal, step="guard", observed=observed)
     clock.lap("guard")  # host routes, the removal share, the service's intent record
     log.info("applying on %s: %s", interface, changes.summary_line())
+    apply_target = ApplyTarget(runner, interface, secrets, config_text)
+    prepared = prepare(changes, apply_target)  # a big plan's are built beside the snapshot
     try:
         snapshot = read_snapshot(runner, interface, observed, config_path, changes)
         marker = target.checkpoint_path(interface) if target is not None else None
@@ -293,17 +295,15 @@ def _cycle(desired: HostState, secrets: Secrets, runner: Runner, interface: str,
                                              changed_peers(changes) if fast else None))
 
     flushing: Future[list[str]] | None = None
-    # A big apply (a cold converge): its peers' dump lines will parse by the memo. Seeded in
-    # a thread meanwhile: the first step (the firewall's nft -f) leaves the CPU free.
-    expecting = (started(lambda: expect_peers(desired.peers, secrets.psk), "expect-peers")
+    # A big apply (a cold converge): its peers' dump lines will parse by the memo, seeded
+    # while wireguard-go takes the peers (apply's `meanwhile`).
+    expecting = ((lambda: expect_peers(desired.peers, secrets.psk))
                  if not fast and len(changes) > EXPECT_MIN_CHANGES else None)
     try:
         try:
-            apply_plan(changes, ApplyTarget(runner, interface, secrets, config_text), on_step)
+            apply_plan(changes, apply_target, on_step, steps=prepared, meanwhile=expecting)
         except StepFailed as exc:
             failed_step, error = exc.step, f"{exc.cause}"
-        if expecting is not None:
-            expecting.exception()  # settled before any read-back; a failure only costs speed
         clock.lap("apply")
         if failed_step is None:
             flushing = _flush_soon(runner, changes)  # beside verify
