@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -221,3 +222,18 @@ def test_applying_the_plan_to_a_model_converges(desired: HostState, observed: Ho
     for k, v in observed.peers.items():
         if desired.peers.get(k) == v:
             assert k not in mentioned
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=60, max_value=140), st.randoms(use_true_random=False))
+def test_adding_to_an_empty_host_gives_the_general_plan(n: int, rnd: random.Random) -> None:
+    """Above 64 peers, an empty host takes plan_peers' shortcut; below, the general loop.
+    Both give every peer as an AddPeer in (owner, key) order, owners unordered in input."""
+    keys = [keypair()[1] for _ in range(n)]
+    owners = [f"org{rnd.randrange(10)}/t{i}" if rnd.random() < 0.9 else None for i in range(n)]
+    peers = [peer(k, f"10.30.{i >> 8}.{i & 255}/32", owner=o)
+             for i, (k, o) in enumerate(zip(keys, owners))]
+    rnd.shuffle(peers)
+    changes = plan(state(peers), state([])).of(AddPeer)
+    assert [c.peer for c in changes] == sorted(peers, key=lambda p: (p.owner or "", p.public_key))
+    assert all(c.owner == c.peer.owner for c in changes)
