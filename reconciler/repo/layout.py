@@ -79,12 +79,12 @@ def read_capped(path: str) -> bytes:
         os.close(fd)
 
 
-def scan_dir(root: Path | str) -> tuple[list[SourceFile], dict[str, str]]:
-    """Repo files under `root` (gateway files and up to tenants/<org>/<file>), skipping hidden
-    entries, and the paths refused with a reason (symlinks and special files: never followed,
-    a link could point anywhere on the host)."""
+def list_dir(root: Path | str) -> tuple[list[str], dict[str, str]]:
+    """Repo file paths under `root` (gateway files and up to tenants/<org>/<file>), sorted,
+    skipping hidden entries, and the paths refused with a reason (symlinks and special files:
+    never followed, a link could point anywhere on the host). Nothing is read yet."""
     base = os.fspath(root)
-    out: list[SourceFile] = []
+    out: list[str] = []
     refused: dict[str, str] = {}
 
     def walk(rel: str, depth: int) -> None:
@@ -102,7 +102,15 @@ def scan_dir(root: Path | str) -> tuple[list[SourceFile], dict[str, str]]:
                     refused[path] = ("symlinks and special files are not allowed in the repo; "
                                      "replace it with a regular file")
                 else:
-                    out.append(SourceFile(path, read_capped(e.path)))
+                    out.append(path)
 
     walk("", 1)
     return out, refused
+
+
+def scan_dir(root: Path | str) -> tuple[list[SourceFile], dict[str, str]]:
+    """The files of `list_dir(root)`, read (at most MAX_FILE_BYTES + 1 bytes each), and the
+    refused paths."""
+    paths, refused = list_dir(root)
+    base = os.fspath(root)
+    return [SourceFile(p, read_capped(os.path.join(base, p))) for p in paths], refused

@@ -51,6 +51,13 @@ class ParseCache:
             self.hits += 1
         return found
 
+    def add(self, content_key: str, kind: type[Tunnel | Gateway], result: FileCheck) -> None:
+        """A result checked beforehand (repo.parallel.read_and_check), unless already known."""
+        key = (content_key, kind.__name__)
+        if key not in self._checks:
+            self.misses += 1
+            self._checks[key] = result
+
     def prefill(self, items: list[tuple[str, type[Tunnel | Gateway], bytes]],
                 jobs: int) -> None:
         """Check every uncached file at once, on `jobs` processes when it pays off."""

@@ -18,7 +18,7 @@ loads in full. The result types are in repo.repostate, the cache in repo.parseca
 
 from __future__ import annotations
 
-import gc
+import os
 from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
@@ -26,11 +26,21 @@ from pathlib import Path
 from yaml.nodes import Node
 
 from reconciler.repo.crossfile import Finding, GatewayFile, TunnelFile, check_gateways
-from reconciler.repo.fileload import MAX_ISSUES_PER_FILE
+from reconciler.repo.fileload import MAX_ISSUES_PER_FILE, FileCheck
+from reconciler.repo.gcpause import gc_paused
 from reconciler.repo.incremental import patched as _patched
 from reconciler.repo.incremental import tunnel_findings
-from reconciler.repo.layout import Placed, SourceFile, content_key, place, scan_dir
+from reconciler.repo.layout import (
+    Placed,
+    SourceFile,
+    content_key,
+    list_dir,
+    place,
+    read_capped,
+    scan_dir,
+)
 from reconciler.repo.model import Gateway, Tunnel
+from reconciler.repo.parallel import read_and_check
 from reconciler.repo.parsecache import LastLoad, ParseCache
 from reconciler.repo.repostate import GatewayChoiceError, Problem, RepoState
 from reconciler.repo.yamlio import Loc
@@ -50,7 +60,9 @@ def load_files(files: Iterable[SourceFile], cache: ParseCache | None = None,
 
 
 def _load(files: Iterable[SourceFile], cache: ParseCache | None, today: date | None,
-          refused: Mapping[str, str], jobs: int = 1) -> RepoState:
+          refused: Mapping[str, str], jobs: int = 1,
+          checked: Mapping[str, FileCheck] | None = None) -> RepoState:
+    """`checked`: single-file results by path made beforehand (load_repo's parallel read)."""
     today = today or date.today()
     cache = cache if cache is not None else ParseCache()
     sources = list(files)
@@ -59,25 +71,21 @@ def _load(files: Iterable[SourceFile], cache: ParseCache | None, today: date | N
     for path, reason in refused.items():
         placed = place(path, tenants_dir)
         problems.append(Problem(path, 1, 1, reason, placed.org if placed else None))
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # thousands of small models: collection passes only cost time here
-    try:
+    with gc_paused():  # thousands of small models: collection passes only cost time here
         last, cache.last = cache.last, None  # taken: put back only by a clean load
         if last is not None and not refused:
             patched = _patched(last, sources, tenants_dir, cache, today)
             if patched is not None:
                 return patched
-        return _load_placed(sources, tenants_dir, cache, today, problems, jobs)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+        return _load_placed(sources, tenants_dir, cache, today, problems, jobs, checked or {})
 
 
 _Entry = tuple[SourceFile, Placed, str, "type[Tunnel | Gateway]"]
 
 
 def _load_placed(sources: list[SourceFile], tenants_dir: bool, cache: ParseCache, today: date,
-                 problems: list[Problem], jobs: int) -> RepoState:
+                 problems: list[Problem], jobs: int,
+                 checked: Mapping[str, FileCheck]) -> RepoState:
     entries: list[_Entry] = []
     org_of: dict[str, str | None] = {}
     for sf in sources:
@@ -90,6 +98,8 @@ def _load_placed(sources: list[SourceFile], tenants_dir: bool, cache: ParseCache
             continue
         kind = Gateway if placed.kind == "gateway" else Tunnel
         entries.append((sf, placed, content_key(sf), kind))
+        if sf.path in checked:
+            cache.add(entries[-1][2], kind, checked[sf.path])
     cache.prefill([(key, kind, sf.data) for sf, _, key, kind in entries], jobs)
 
     by_path: dict[str, tuple[str, SourceFile]] = {}
@@ -172,6 +182,36 @@ def _capped(problems: list[Problem]) -> list[Problem]:
 
 def load_repo(path: Path | str, cache: ParseCache | None = None,
               today: date | None = None, *, jobs: int = 1) -> RepoState:
-    """Load and validate the config repo rooted at `path` (the folder with gateway.yaml)."""
-    files, refused = scan_dir(path)
-    return _load(files, cache, today, refused, jobs)
+    """Load and validate the config repo rooted at `path` (the folder with gateway.yaml).
+    `jobs > 1` lets a cold load fork a helper that reads and parses part of the files (only
+    from single-threaded code)."""
+    cache = cache if cache is not None else ParseCache()
+    if jobs < 2 or len(cache) or cache.last is not None:  # warm: most files are cached
+        files, refused = scan_dir(path)
+        return _load(files, cache, today, refused, jobs)
+    with gc_paused():
+        paths, refused = list_dir(path)
+        files, checked = _read_checked(os.fspath(path), paths, jobs)
+        return _load(files, cache, today, refused, jobs, checked)
+
+
+def _read_checked(base: str, paths: list[str],
+                  jobs: int) -> tuple[list[SourceFile], dict[str, FileCheck]]:
+    """The listed files, read, and the single-file checks of the gateway and tunnel files
+    among them, both made on `jobs` processes (repo.parallel) right after the listing."""
+    tenants_dir = any(p.startswith("tenants/") for p in paths)
+    kinds: dict[str, type[Tunnel | Gateway]] = {}
+    for p in paths:
+        placed = place(p, tenants_dir)
+        if placed is not None and placed.kind != "misplaced":
+            kinds[p] = Gateway if placed.kind == "gateway" else Tunnel
+    done = dict(zip(kinds, read_and_check([(os.path.join(base, p), k)
+                                           for p, k in kinds.items()], jobs)))
+    files: list[SourceFile] = []
+    checked: dict[str, FileCheck] = {}
+    for p in paths:
+        data, check = done[p] if p in done else (read_capped(os.path.join(base, p)), None)
+        files.append(SourceFile(p, data))
+        if check is not None:
+            checked[p] = check
+    return files, checked
