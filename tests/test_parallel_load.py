@@ -1,12 +1,14 @@
-"""A cold `load_repo(jobs=2)` lists the folder, forks a helper that reads and parses part of
-the files and streams the values back in chunks: whatever the tree holds and whatever happens
-to the helper (it dies, sends garbage, fails on a file), the result is exactly jobs=1's."""
+"""A cold `load_repo(jobs=2)` lists the folder, forks a helper that reads and parses files from
+the end down and streams the values back in chunks while this process works from the start up:
+whatever the tree holds and whatever happens to the helper (it dies, sends garbage, fails on a
+file, is slow), the result is exactly jobs=1's."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,6 +108,20 @@ def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return pids
 
 
+@pytest.fixture
+def slow_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process checks slowly (1 ms a file), so that the helper does most of the files
+    and sends many chunks, whatever the machine's load."""
+    me, real = os.getpid(), check_document
+
+    def slow(*args: Any) -> Any:
+        if os.getpid() == me:
+            time.sleep(0.001)
+        return real(*args)
+
+    monkeypatch.setattr(parallel, "check_document", slow)
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tenants=st.booleans(),
        kinds=st.lists(st.sampled_from(KINDS), min_size=0, max_size=24),
@@ -175,8 +191,8 @@ LOADERS = pytest.mark.parametrize("loader", [from_disk, from_files, checks_of_by
 
 
 @LOADERS
-def test_the_helpers_values_are_used(forks: list[int], tree: Path, loader: Loader,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_helpers_values_are_used(forks: list[int], slow_parent: None, tree: Path,
+                                     loader: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
     """Proof that the streamed chunks are what the load uses (so the tests below can fail)."""
     monkeypatch.setattr(parallel, "_values_only", lambda data: YamlProblem(1, 1, "from child"))
     result = loader(tree, 2)
@@ -213,7 +229,7 @@ def fail() -> Any:
 @LOADERS
 @pytest.mark.parametrize("after", [0, 1, 3, 4, 20])
 def test_a_helper_that_dies_mid_stream_changes_nothing(
-        forks: list[int], tree: Path, loader: Loader, after: int,
+        forks: list[int], slow_parent: None, tree: Path, loader: Loader, after: int,
         monkeypatch: pytest.MonkeyPatch) -> None:
     serial = loader(tree, 1)
     # The helper exits while parsing its file number `after` (CHUNK is 3: after one chunk).
@@ -225,7 +241,8 @@ def test_a_helper_that_dies_mid_stream_changes_nothing(
 
 @LOADERS
 def test_files_that_fail_in_the_helper_are_done_here(
-        forks: list[int], tree: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+        forks: list[int], slow_parent: None, tree: Path, loader: Loader,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     serial = loader(tree, 1)
     real = parallel._values_only
     monkeypatch.setattr(parallel, "_values_only",
@@ -283,7 +300,7 @@ def wrong_values(blob: bytes, message: Any) -> bytes:
                                    wrong_values])
 @pytest.mark.parametrize("message_no", [0, 2])
 def test_a_spoiled_chunk_changes_nothing(
-        forks: list[int], tree: Path, loader: Loader, message_no: int,
+        forks: list[int], slow_parent: None, tree: Path, loader: Loader, message_no: int,
         spoil: Callable[[bytes, Any], bytes], monkeypatch: pytest.MonkeyPatch) -> None:
     serial = loader(tree, 1)
     count = iter(range(1 << 30))
@@ -294,6 +311,22 @@ def test_a_spoiled_chunk_changes_nothing(
 
     monkeypatch.setattr(parallel, "pickle", SimpleNamespace(
         dumps=dumps, loads=pickle.loads, HIGHEST_PROTOCOL=pickle.HIGHEST_PROTOCOL))
+    assert_same(loader(tree, 2), serial)
+    assert forks
+
+
+@LOADERS
+def test_a_slow_helper_is_overtaken(forks: list[int], tree: Path, loader: Loader,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process goes on past the files the helper has not sent yet, and does them."""
+    serial = loader(tree, 1)
+    real = parallel._values_only
+
+    def slow(data: bytes) -> Any:
+        time.sleep(0.05)
+        return real(data)
+
+    monkeypatch.setattr(parallel, "_values_only", slow)
     assert_same(loader(tree, 2), serial)
     assert forks
 
@@ -313,8 +346,11 @@ def test_a_file_that_vanishes_after_the_listing_is_an_error_as_before(
         load_repo(tree, ParseCache(), TODAY, jobs=2)
 
 
-def test_the_parent_waits_for_its_helper(forks: list[int], tree: Path) -> None:
+def test_the_parent_waits_for_its_helper_and_closes_its_pipes(forks: list[int],
+                                                              tree: Path) -> None:
+    fds = len(os.listdir("/proc/self/fd"))
     load_repo(tree, ParseCache(), TODAY, jobs=2)
+    assert len(os.listdir("/proc/self/fd")) == fds
     for pid in forks:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # already reaped: no zombie left behind

@@ -1,11 +1,12 @@
 """Single-file checks of many files on two CPUs, for cold loads of big repos.
 
 Parsing is the expensive part of a cold load (about 45 µs a file with libyaml, against 18 µs
-for the schema), so a forked child parses the larger part of the files and streams back the
-plain values (cheap to pickle, unlike models) in chunks, while this process parses its own part
-and then validates everything, the child's chunks as they arrive. When the files are still on
-disk (`read_and_check`) the child also reads its own share and sends the bytes back with the
-values, so reading is split too.
+for the schema). A forked child parses files from the end of the list down and streams back the
+plain values (cheap to pickle, unlike models) in chunks; this process checks files from the
+start up and, between its own files, validates the child's chunks as they arrive, until the two
+meet. There is no fixed share: the two vCPUs of a shared VM are often unequally fast, and
+whoever is faster simply does more. When the files are still on disk (`read_and_check`) the
+child also reads its files and sends the bytes back with the values, so reading is split too.
 
 Anything odd on the child's side (it dies, a chunk is short or garbled, one file fails there)
 only means this process does those files itself: the result is always the serial one, in the
@@ -21,7 +22,7 @@ import gc
 import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 from reconciler.repo.fileload import FileCheck, check_document
 from reconciler.repo.layout import read_capped
@@ -29,14 +30,11 @@ from reconciler.repo.model import Gateway, Tunnel
 from reconciler.repo.yamlio import ParsedYaml, YamlProblem, parse
 
 MIN_FILES = 2000  # below this a fork costs more than it saves
-# This process's share of the files: it also validates and unpickles the child's share
-# (about 18 + 4 µs a file against 45 µs of parsing), so the child takes the larger part.
-PARENT_SHARE = 0.42
-CHUNK = 256  # files per message from the child: small enough to keep both processes busy
-_DRAIN_EVERY = 32  # own files between two looks at the pipe, so the child never waits on it
-_HEADER = 8  # bytes of a message's length prefix
-# A chunk is ~150 kB: in the default 64 kB pipe the child would wait for this process's next
-# look at the pipe several times a chunk.
+CHUNK = 64  # files per message from the child (~40 kB); chunks shrink near the meeting point
+_LOOK_EVERY = 16  # files between two looks at the other process's progress
+_HEADER = 8  # bytes of a message's length prefix (and of a position)
+# Room for many chunks: in the default 64 kB pipe the child would wait for this process's next
+# look at the pipe.
 _PIPE_BYTES = 1 << 20
 
 Kind = type[Tunnel | Gateway]
@@ -112,103 +110,164 @@ def _checked(data: bytes, kind: Kind, parsed: Parsed | None) -> FileCheck | None
 
 def _split(n: int, mine: Callable[[int], R], theirs: Callable[[int], object],
            finish: Callable[[int, object], R]) -> list[R]:
-    """[mine(i) for i in range(n)], with the tail's work shared with a forked child: the child
-    runs theirs(i) and this process turns each result into finish(i, result)."""
-    cut = int(n * PARENT_SHARE)
+    """[mine(i) for i in range(n)], shared with a forked child that works from the end: it
+    runs theirs(i) on chunks going down, this process turns each into finish(i, result) and
+    does mine(i) going up until the two meet. No fixed split: the two CPUs of a shared VM are
+    not always equally fast, so whoever is faster simply does more."""
     read_fd, write_fd = os.pipe()
+    pos_read, pos_write = os.pipe()  # this process's position, for the child to stop at
     with contextlib.suppress(OSError, AttributeError):  # Linux: room for a few chunks
         fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
     try:
         pid = os.fork()
     except OSError:
-        os.close(read_fd)
-        os.close(write_fd)
+        for fd in (read_fd, write_fd, pos_read, pos_write):
+            os.close(fd)
         return [mine(i) for i in range(n)]
     if pid == 0:
         os.close(read_fd)
-        _child(range(cut, n), theirs, write_fd)
+        os.close(pos_write)
+        _child(n, theirs, write_fd, pos_read)
     os.close(write_fd)
+    os.close(pos_read)
+    os.set_blocking(pos_write, False)
     stream = _Stream(read_fd)
     try:
-        out: list[R] = []
-        for i in range(cut):
-            out.append(mine(i))
-            if i % _DRAIN_EVERY == _DRAIN_EVERY - 1:
-                stream.drain()
-        # A child that died or sent garbage: the rest is done here.
-        with contextlib.suppress(Exception):
-            for message in stream.messages():
-                out.extend(_finished(message, len(out), n, finish))
-        out.extend(mine(i) for i in range(len(out), n))
-        return out
+        return _meet(n, mine, finish, stream, pos_write)
     finally:
+        os.close(pos_write)  # the child stops at its next look
         os.close(read_fd)  # a child still writing gets EPIPE and exits
         os.waitpid(pid, 0)
 
 
-def _finished(message: object, start: int, n: int,
-              finish: Callable[[int, object], R]) -> list[R]:
-    """One chunk from the child as results; ValueError unless it is the next one expected."""
-    if not (isinstance(message, tuple) and len(message) == 2 and message[0] == start
-            and isinstance(message[1], list) and len(message[1]) == min(CHUNK, n - start)):
+def _meet(n: int, mine: Callable[[int], R], finish: Callable[[int, object], R],
+          stream: _Stream, pos_write: int) -> list[R]:
+    out: list[Any] = [None] * n
+    i, low = 0, n  # this process has done [0, i); the child's chunks cover [low, n)
+    live = True
+    while i < low:
+        if live and i % _LOOK_EVERY == 0:
+            with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                os.write(pos_write, i.to_bytes(_HEADER, "big"))
+            try:
+                for message in stream.ready():
+                    low = _take(message, i, low, out, finish)
+            except Exception:  # noqa: BLE001  (a dead child or garbage: the rest is done here)
+                live = False
+        if i < low:
+            out[i] = mine(i)
+            i += 1
+    return out
+
+
+def _take(message: object, i: int, low: int, out: list[Any],
+          finish: Callable[[int, object], Any]) -> int:
+    """The child's next chunk (the one just below `low`) into `out`, except files this process
+    did meanwhile; the new low. ValueError unless it is the chunk expected next."""
+    if not (isinstance(message, tuple) and len(message) == 2 and isinstance(message[0], int)
+            and isinstance(message[1], list) and 0 < len(message[1]) <= CHUNK
+            and message[0] + len(message[1]) == low and message[0] >= 0):
         raise ValueError("not the chunk expected next")
-    return [finish(start + k, sent) for k, sent in enumerate(message[1])]
+    start, sent = int(message[0]), message[1]
+    for k in range(max(start, i), low):
+        out[k] = finish(k, sent[k - start])
+    return start
 
 
-def _child(todo: range, theirs: Callable[[int], object], write_fd: int) -> NoReturn:
+def _child(n: int, theirs: Callable[[int], object], write_fd: int, pos_read: int) -> NoReturn:
     try:
         gc.disable()
         with os.fdopen(write_fd, "wb") as out:
-            for start in range(todo.start, todo.stop, CHUNK):
-                sent: list[object] = []
-                for i in range(start, min(start + CHUNK, todo.stop)):
-                    try:
-                        sent.append(theirs(i))
-                    except Exception:  # noqa: BLE001  (the parent does this file itself)
-                        sent.append(None)
-                blob = pickle.dumps((start, sent), protocol=pickle.HIGHEST_PROTOCOL)
-                out.write(len(blob).to_bytes(_HEADER, "big"))
-                out.write(blob)
-                out.flush()
+            _send_chunks(n, theirs, out, _Position(pos_read))
     finally:
         os._exit(0)  # no atexit handlers, no flushing the parent's buffers twice
 
 
+def _send_chunks(n: int, theirs: Callable[[int], object], out: BinaryIO,
+                 parent: _Position) -> None:
+    """Chunks of files from the end down, until the parent's position or its end. Chunks
+    shrink near the parent (a quarter of the gap), so that it rarely overtakes one in work."""
+    hi = n
+    while True:
+        at = parent.at()
+        lo = hi - max(1, min(CHUNK, (hi - at) // 4))
+        if lo < at:
+            return
+        sent: list[object] = []
+        for k in range(lo, hi):
+            if k % _LOOK_EVERY == 0 and parent.done():
+                return
+            try:
+                sent.append(theirs(k))
+            except Exception:  # noqa: BLE001  (the parent does this file itself)
+                sent.append(None)
+        blob = pickle.dumps((lo, sent), protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(len(blob).to_bytes(_HEADER, "big"))
+        out.write(blob)
+        out.flush()
+        hi = lo
+
+
+class _Position:
+    """The parent's latest position as the child sees it (it writes one 8-byte number now
+    and then, and closes the pipe when it is done)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending = b""
+        self._at = 0
+        self._done = False
+        os.set_blocking(fd, False)
+
+    def _look(self) -> None:
+        while not self._done:
+            try:
+                data = os.read(self._fd, 4096)
+            except BlockingIOError:
+                return
+            self._done = not data
+            self._pending += data
+            whole = len(self._pending) // _HEADER * _HEADER
+            if whole:
+                self._at = int.from_bytes(self._pending[whole - _HEADER:whole], "big")
+                self._pending = self._pending[whole:]
+
+    def at(self) -> int:
+        self._look()
+        return self._at
+
+    def done(self) -> bool:
+        self._look()
+        return self._done
+
+
 class _Stream:
-    """The child's length-prefixed messages. `drain` takes what the pipe holds without
-    waiting, so that the child is never stopped by a full pipe while this process is busy."""
+    """The child's length-prefixed messages, taken without waiting."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buf = bytearray()
+        self._pos = 0  # where the next message starts in _buf
         self._eof = False
         os.set_blocking(fd, False)
 
-    def drain(self) -> None:
+    def ready(self) -> Iterator[object]:
+        """Each message complete by now, unpickled."""
         while not self._eof:
             try:
                 data = os.read(self._fd, 1 << 20)
             except BlockingIOError:
-                return
+                break
             self._eof = not data
             self._buf += data
-
-    def messages(self) -> Iterator[object]:
-        """Each complete message, unpickled, waiting for more until the child closes."""
-        os.set_blocking(self._fd, True)
-        buf, pos = self._buf, 0  # the next message starts at pos (no copying of the rest)
-        while True:
-            if len(buf) - pos >= _HEADER:
-                size = int.from_bytes(buf[pos:pos + _HEADER], "big")
-                if len(buf) - pos - _HEADER >= size:
-                    message = pickle.loads(buf[pos + _HEADER:pos + _HEADER + size])
-                    pos += _HEADER + size
-                    yield message
-                    continue
-            if self._eof:
-                return
-            del buf[:pos]
-            pos = 0
-            data = os.read(self._fd, 1 << 20)
-            self._eof = not data
-            buf += data
+        buf = self._buf
+        while len(buf) - self._pos >= _HEADER:
+            size = int.from_bytes(buf[self._pos:self._pos + _HEADER], "big")
+            end = self._pos + _HEADER + size
+            if len(buf) < end:
+                break
+            message = pickle.loads(buf[self._pos + _HEADER:end])
+            self._pos = end
+            yield message
+        del buf[:self._pos]
+        self._pos = 0
