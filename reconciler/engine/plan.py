@@ -146,21 +146,16 @@ def _action(change: Change) -> str:
     return "add" if change.old is None or change.old.digest is None else "change"
 
 
-_KIND_ACTION: dict[type, tuple[str, str]] = {
-    AddPeer: ("peers", "add"), RemovePeer: ("peers", "remove"), UpdatePeer: ("peers", "change"),
-    AddRoute: ("routes", "add"), DeleteRoute: ("routes", "remove")}
+# The summary's kind of each change type (exact types: no change type has subclasses). A
+# lookup, not an isinstance chain: a cold converge summarises 21.8k changes.
+_KINDS: dict[type, str] = {
+    AddPeer: "peers", RemovePeer: "peers", UpdatePeer: "peers", AddRoute: "routes",
+    DeleteRoute: "routes", ReplaceFirewall: "firewall", SetInterface: "interface",
+    WriteConfig: "config"}
 
 
 def _kind(change: Change) -> str:
-    if isinstance(change, (AddPeer, RemovePeer, UpdatePeer)):
-        return "peers"
-    if isinstance(change, (AddRoute, DeleteRoute)):
-        return "routes"
-    if isinstance(change, ReplaceFirewall):
-        return "firewall"
-    if isinstance(change, SetInterface):
-        return "interface"
-    return "config"
+    return _KINDS[type(change)]
 
 
 @dataclass(frozen=True)
@@ -195,9 +190,8 @@ class Plan:
         out = {k: {"add": 0, "change": 0, "remove": 0}
                for k in ("interface", "firewall", "peers", "routes", "config", "total")}
         for c in self.changes:
-            kind = _KIND_ACTION.get(type(c))  # most changes: by type alone, no isinstance chain
-            name, action = kind if kind is not None else (_kind(c), _action(c))
-            out[name][action] += 1
+            action = _action(c)
+            out[_kind(c)][action] += 1
             out["total"][action] += 1
         return out
 
