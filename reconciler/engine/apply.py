@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.engine.commands import (
+    BIG_PLAN,
     Command,
     Exec,
     KeyFile,
@@ -55,7 +56,7 @@ class ApplyTarget:
         return self.runner.has_uapi(self.interface) if self.use_uapi is None else self.use_uapi
 
 
-PEERS_BESIDE_MIN = 256  # plans this big run their peer step beside the steps after it
+PEERS_BESIDE_MIN = BIG_PLAN  # plans this big run their peer step beside the steps after it
 # The steps after the peers that touch no peer: they may run while the peers are taken.
 BESIDE_PEERS = ("elements", "routes", "config")
 

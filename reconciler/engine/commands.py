@@ -366,12 +366,14 @@ def route_commands(add: Sequence[Route], delete: Sequence[Route]) -> tuple[Comma
 # ---------------------------------------------------------------------------- firewall
 
 
-# A table loaded from nothing for a plan this big (a cold converge) is loaded in two parts:
-# the structure with empty tenant maps before the peers, the maps' elements beside them
+# A big plan (a cold converge): apply builds its steps ahead and runs its peer step beside
+# the steps after it, and a table it loads from nothing is loaded in two parts: the
+# structure with empty tenant maps before the peers, the maps' elements beside them
 # (engine/nft_transactions.py says why that isolates all along). The peers then wait for a
 # ~20 ms `nft -f` instead of ~0.2 s, and the elements' `nft -f` runs while wireguard-go
-# takes the peers (~1.3 s at 16k). Smaller plans keep the one transaction.
-SPLIT_LOAD_MIN = 256
+# takes the peers (~1.3 s at 16k). Smaller plans keep the one transaction, in order.
+BIG_PLAN = 256
+SPLIT_LOAD_MIN = BIG_PLAN
 
 
 def split_load(plan: Plan) -> bool:
